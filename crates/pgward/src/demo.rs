@@ -1,0 +1,126 @@
+//! `pgward demo`: a throwaway PostgreSQL with sample data, TLS with a generated
+//! certificate, and pgward in front on 127.0.0.1. Everything lives in one temporary
+//! directory that Ctrl-C removes.
+
+use std::fmt::Write as _;
+
+use anyhow::{anyhow, Context};
+use pgward_devkit::postgres::{EphemeralPostgres, PgOptions};
+use pgward_proxy::config::{LogConfig, LogFormat};
+use pgward_proxy::{Config, Server};
+
+const SAMPLE_SCHEMA: &str = r#"
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, country text NOT NULL);
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers(id),
+                     amount numeric(10,2) NOT NULL, placed_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE salaries (employee text PRIMARY KEY, amount numeric(10,2) NOT NULL);
+INSERT INTO customers (name, country) VALUES ('Contoso', 'US'), ('Fabrikam', 'DE'), ('Northwind', 'FR');
+INSERT INTO orders (customer_id, amount)
+  SELECT 1 + (g % 3), round((random() * 500)::numeric, 2) FROM generate_series(1, 30) g;
+INSERT INTO salaries VALUES ('alice', 98000), ('bob', 87000), ('carol', 123000);
+"#;
+
+fn random_password() -> anyhow::Result<String> {
+    let mut b = [0u8; 18];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("random: {e}"))?;
+    Ok(b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    }))
+}
+
+pub fn run(port: u16) -> anyhow::Result<()> {
+    crate::logging::init(&LogConfig {
+        format: LogFormat::Text,
+        level: "warn,pgward_proxy=info".into(),
+    })?;
+    let dir = tempfile::Builder::new()
+        .prefix("pgward-demo-")
+        .tempdir()
+        .context("cannot create the demo directory")?;
+    println!("Starting a throwaway PostgreSQL server...");
+    let pg = EphemeralPostgres::start(PgOptions::default()).map_err(|e| anyhow!(e))?;
+    let password = random_password()?;
+    pg.psql("postgres", "CREATE DATABASE app")
+        .map_err(|e| anyhow!("create database: {e}"))?;
+    pg.psql("app", SAMPLE_SCHEMA)
+        .map_err(|e| anyhow!("sample data: {e}"))?;
+    pg.create_login("pgward_proxy", &password, "scram-sha-256")
+        .map_err(|e| anyhow!(e))?;
+    pg.psql(
+        "app",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO pgward_proxy;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO pgward_proxy;",
+    )
+    .map_err(|e| anyhow!("grants: {e}"))?;
+
+    let certs = pgward_devkit::certs::generate(dir.path(), "demo", &["127.0.0.1", "localhost"])
+        .map_err(|e| anyhow!(e))?;
+    let password_file = dir.path().join("upstream-password");
+    std::fs::write(&password_file, &password).context("writing the password file")?;
+    let config_path = dir.path().join("pgward.toml");
+    let config_text = format!(
+        r#"# Written by `pgward demo`.
+[listen]
+addr = "127.0.0.1:{port}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+# The demo has no identity provider yet: clients are let in without signing in.
+allow_unauthenticated = true
+drain_timeout_secs = 2
+
+[[upstreams]]
+name = "demo"
+kind = "postgres"
+host = "127.0.0.1"
+port = {pg_port}
+tls = "disable"
+[upstreams.credential]
+type = "password"
+user = "pgward_proxy"
+password_file = "{password_file}"
+
+[[routes]]
+database = "app"
+upstream = "demo"
+upstream_database = "app"
+"#,
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+        pg_port = pg.port,
+        password_file = password_file.display(),
+    );
+    std::fs::write(&config_path, config_text).context("writing the demo config")?;
+    let config = Config::load(&config_path)?;
+
+    let rt = crate::runtime(0)?;
+    rt.block_on(async {
+        let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
+        crate::spawn_signal_handlers(server.handle())?;
+        let ca = certs.ca.display();
+        println!(
+            r#"
+pgward demo is running.
+  pgward          127.0.0.1:{port} (TLS; certificate from a demo CA: {ca})
+  PostgreSQL      127.0.0.1:{pg_port} (throwaway; tables customers, orders, salaries in database "app")
+  configuration   {config}
+
+Connect through pgward:
+  psql "host=127.0.0.1 port={port} dbname=app user=alice sslmode=verify-full sslrootcert={ca}"
+
+Then try:
+  SELECT c.name, count(*), sum(o.amount) FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY 1;
+
+Sign-in with Entra tokens, per-role policy and the audit log are not in this build yet;
+until then every demo client acts as the upstream role pgward_proxy.
+Press Ctrl-C to stop; everything the demo made is removed."#,
+            pg_port = pg.port,
+            config = config_path.display(),
+        );
+        server.run().await;
+        anyhow::Ok(())
+    })?;
+    drop(pg);
+    println!("pgward demo stopped and cleaned up.");
+    Ok(())
+}

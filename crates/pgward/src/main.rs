@@ -1,0 +1,121 @@
+//! The `pgward` command: wires the library crates together; no proxy logic lives here.
+
+mod demo;
+mod logging;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pgward_proxy::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "pgward",
+    version,
+    about = "Identity-aware access proxy for PostgreSQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration; prints every problem and exits non-zero on any.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// One-command local trial: a throwaway PostgreSQL with sample data and pgward in
+    /// front of it on 127.0.0.1. Ctrl-C removes everything it made.
+    Demo {
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Check { config } => return check(&config),
+        Command::Demo { port } => demo::run(port),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let problems = config.problems();
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("{}: {p}", path.display());
+        }
+        eprintln!("{} problem(s)", problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+pub(crate) fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        b.worker_threads(worker_threads);
+    }
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    logging::init(&config.log)?;
+    let rt = runtime(config.listen.worker_threads)?;
+    rt.block_on(async {
+        let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
+        spawn_signal_handlers(server.handle())?;
+        server.run().await;
+        Ok(())
+    })
+}
+
+/// SIGTERM / SIGINT drain and stop; SIGHUP reloads.
+pub(crate) fn spawn_signal_handlers(
+    handle: pgward_proxy::server::ServerHandle,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: draining"); handle.shutdown(); }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); handle.shutdown(); }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); handle.reload(); }
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! pgward's configuration file (TOML). Keys follow ../shared/PRODUCT.md; additions are
+//! documented in docs/configuration.md. Relative paths are resolved against the
+//! directory of the configuration file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pgward_upstream::{Credential, TlsMode, UpstreamConfig};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub addr: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Accept clients that don't ask for TLS. Development only; logged as a warning.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Let clients in without signing them in (no [entra] section). Development only:
+    /// every client then acts with pgward's upstream credential. Refused unless set.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_secs: u64,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Startup parameters clients may send beyond the harmless built-in set.
+    #[serde(default)]
+    pub allowed_startup_parameters: Vec<String>,
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
+    /// Runtime worker threads; 0 = one per CPU.
+    #[serde(default)]
+    pub worker_threads: usize,
+}
+
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_startup_timeout() -> u64 {
+    15
+}
+fn default_max_message_bytes() -> usize {
+    pgward_wire::DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_drain_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as "info" or "pgward_proxy=debug,info".
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The dbname a client asks for.
+    pub database: String,
+    pub upstream: String,
+    /// Database on the upstream server; defaults to `database`.
+    pub upstream_database: Option<String>,
+}
+
+impl RouteConfig {
+    pub fn upstream_database(&self) -> &str {
+        self.upstream_database.as_deref().unwrap_or(&self.database)
+    }
+}
+
+/// A configuration file that could not be read or parsed; the message names the line.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut config = Self::parse(&text).map_err(err)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses TOML text; errors carry the line and column.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            format!("{at}{}", e.message())
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.listen.tls_cert.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.listen.tls_key.as_mut() {
+            fix(p);
+        }
+        for u in &mut self.upstreams {
+            if let Some(p) = u.ca_file.as_mut() {
+                fix(p);
+            }
+            let pgward_upstream::CredentialConfig::Password { password_file, .. } =
+                &mut u.credential;
+            if let Some(p) = password_file.as_mut() {
+                fix(p);
+            }
+        }
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .addr
+            .parse()
+            .map_err(|e| format!("[listen] addr {:?}: {e}", self.listen.addr))
+    }
+
+    pub fn route(&self, database: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.database == database)
+    }
+
+    /// Every problem `pgward check` can find without serving, each a full sentence.
+    /// Empty means the configuration is usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = self.listen_addr() {
+            p.push(e);
+        }
+        if let Some(admin) = &self.admin {
+            if let Err(e) = admin.addr.parse::<SocketAddr>() {
+                p.push(format!("[admin] addr {:?}: {e}", admin.addr));
+            }
+        }
+        match (&self.listen.tls_cert, &self.listen.tls_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::load_server_config(cert, key) {
+                    p.push(e);
+                }
+            }
+            (None, None) if !self.listen.allow_plaintext => p.push(
+                "[listen] has no tls_cert/tls_key and allow_plaintext is false: no client could connect"
+                    .into(),
+            ),
+            (None, None) => {}
+            _ => p.push("[listen] tls_cert and tls_key must be given together".into()),
+        }
+        if !self.listen.allow_unauthenticated {
+            p.push(
+                "no client sign-in is configured: add an [entra] section, or set [listen] allow_unauthenticated = true for local development"
+                    .into(),
+            );
+        }
+        if self.listen.max_connections == 0 {
+            p.push("[listen] max_connections must be at least 1".into());
+        }
+        if self.listen.max_message_bytes < 8192 || self.listen.max_message_bytes > (1 << 30) {
+            p.push("[listen] max_message_bytes must be between 8192 and 1073741824".into());
+        }
+        for name in &self.listen.allowed_startup_parameters {
+            if crate::handshake::always_refused_parameter(name) {
+                p.push(format!(
+                    "[listen] allowed_startup_parameters: {name:?} can never be allowed"
+                ));
+            }
+        }
+        if self.upstreams.is_empty() {
+            p.push("no [[upstreams]] configured".into());
+        }
+        let mut names = HashSet::new();
+        for u in &self.upstreams {
+            if !names.insert(u.name.as_str()) {
+                p.push(format!("[[upstreams]] name {:?} is used twice", u.name));
+            }
+            if u.tls == TlsMode::Disable && !is_loopback_host(&u.host) {
+                p.push(format!(
+                    "upstream {:?}: tls = \"disable\" sends data unencrypted to {}; use require or verify-full",
+                    u.name, u.host
+                ));
+            }
+            if let Err(e) = Credential::load(&u.credential) {
+                p.push(format!("upstream {:?}: {e}", u.name));
+            }
+            if let Err(e) = pgward_upstream::Upstream::new(u.clone()) {
+                if !p.iter().any(|x| x == &e) {
+                    p.push(e);
+                }
+            }
+        }
+        if self.routes.is_empty() {
+            p.push("no [[routes]] configured: every database would be refused".into());
+        }
+        let mut dbs = HashSet::new();
+        for r in &self.routes {
+            if !dbs.insert(r.database.as_str()) {
+                p.push(format!(
+                    "[[routes]] database {:?} is routed twice",
+                    r.database
+                ));
+            }
+            if !names.contains(r.upstream.as_str()) {
+                p.push(format!(
+                    "route for database {:?} names unknown upstream {:?}",
+                    r.database, r.upstream
+                ));
+            }
+        }
+        p.dedup();
+        p
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[listen]
+addr = "127.0.0.1:6432"
+allow_plaintext = true
+allow_unauthenticated = true
+
+[[upstreams]]
+name = "main"
+host = "127.0.0.1"
+port = 5432
+tls = "disable"
+[upstreams.credential]
+type = "password"
+user = "pgward"
+password = "x"
+
+[[routes]]
+database = "app"
+upstream = "main"
+"#;
+
+    #[test]
+    fn minimal_config_has_no_problems() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.problems(), Vec::<String>::new());
+        assert_eq!(c.route("app").unwrap().upstream_database(), "app");
+        assert!(c.route("other").is_none());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let text = MINIMAL.replace(
+            "allow_plaintext = true",
+            "allow_plaintext = true\nbogus = 1",
+        );
+        let e = Config::parse(&text).unwrap_err();
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn finds_every_problem() {
+        let text = MINIMAL
+            .replace("upstream = \"main\"", "upstream = \"nope\"")
+            .replace("allow_unauthenticated = true", "")
+            .replace("127.0.0.1\"\nport", "db.example.com\"\nport")
+            .replace("password = \"x\"", "");
+        let c = Config::parse(&text).unwrap();
+        let problems = c.problems().join("\n");
+        assert!(problems.contains("unknown upstream \"nope\""), "{problems}");
+        assert!(problems.contains("no client sign-in"), "{problems}");
+        assert!(problems.contains("unencrypted"), "{problems}");
+        assert!(problems.contains("exactly one of password"), "{problems}");
+    }
+}

@@ -1,0 +1,22 @@
+//! The pgward proxy.
+//!
+//! The life of a connection, one module per stage:
+//! `server` accepts (connection limit, shutdown, drain) → `handshake` runs the startup
+//! phase (TLS, protocol version, startup parameters, routing) → `session` signs the
+//! client in and opens the upstream session → `relay` moves whole messages both ways
+//! until either side ends. `cancel` maps pgward's cancel keys to upstream ones;
+//! `admin` serves /healthz, /readyz and /metrics.
+
+pub mod admin;
+pub mod cancel;
+pub mod config;
+pub mod handshake;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod tls;
+
+pub use config::Config;
+pub use server::Server;

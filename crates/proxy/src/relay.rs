@@ -1,0 +1,411 @@
+//! The relay: whole messages both ways between a signed-in client and its upstream
+//! session, until either side ends.
+//!
+//! Two directions run concurrently in one task, so neither can block the other (a
+//! client pipelining thousands of statements while the server streams results back
+//! must not deadlock the proxy):
+//! - client → upstream: every message is framed whole and checked (`Framer::peek`)
+//!   before it is forwarded; the batch of complete messages from one read goes out in
+//!   one write, zero-copy.
+//! - upstream → client: `Scanner` finds boundaries and reads the few replies the
+//!   proxy tracks; everything else streams through unbuffered.
+//!
+//! Both directions feed `Conversation`, the protocol state (`Phase`) shared between them.
+
+use std::io;
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use pgward_wire::backend::{self, Scanner};
+use pgward_wire::build::{self, Severity};
+use pgward_wire::frontend::{self, Framer};
+use pgward_wire::{TxStatus, WireError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Where the conversation stands, derived from both directions' messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The server's last word was ReadyForQuery and nothing is outstanding.
+    Idle(TxStatus),
+    /// Requests are outstanding; replies run until ReadyForQuery.
+    Busy,
+    /// COPY FROM STDIN: the client streams CopyData.
+    CopyIn,
+    /// COPY TO STDOUT: the server streams CopyData.
+    CopyOut,
+}
+
+/// Protocol state both directions update.
+#[derive(Debug)]
+pub struct Conversation {
+    phase: Phase,
+    /// Query, Sync and FunctionCall messages sent whose ReadyForQuery hasn't come back.
+    outstanding: u32,
+}
+
+impl Conversation {
+    pub fn new(tx: TxStatus) -> Self {
+        Self {
+            phase: Phase::Idle(tx),
+            outstanding: 0,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn on_client_message(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'S' | b'F' => {
+                self.outstanding += 1;
+                if self.phase != Phase::CopyIn {
+                    self.phase = Phase::Busy;
+                }
+            }
+            // Extended-protocol messages before their Sync: the server may already be
+            // working (Execute + Flush) even though no ReadyForQuery is due yet.
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                if matches!(self.phase, Phase::Idle(_)) {
+                    self.phase = Phase::Busy;
+                }
+            }
+            b'c' | b'f' if self.phase == Phase::CopyIn => self.phase = Phase::Busy,
+            _ => {}
+        }
+    }
+
+    fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<(), WireError> {
+        match tag {
+            b'Z' => {
+                let tx = backend::ready_for_query(body)?;
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.phase = if self.outstanding == 0 {
+                    Phase::Idle(tx)
+                } else {
+                    Phase::Busy
+                };
+            }
+            b'G' => self.phase = Phase::CopyIn,
+            b'H' => self.phase = Phase::CopyOut,
+            b'c' if self.phase == Phase::CopyOut => self.phase = Phase::Busy,
+            // Cancel keys, authentication and protocol negotiation belong to startup;
+            // mid-session they would leak upstream secrets or confuse the client.
+            b'K' | b'R' | b'v' | b'W' => {
+                return Err(WireError::malformed(
+                    "backend message",
+                    "startup-only message after startup",
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client's connection closed or failed without Terminate.
+    ClientGone(Option<io::Error>),
+    ClientProtocol(WireError),
+    UpstreamGone(Option<io::Error>),
+    UpstreamProtocol(WireError),
+    /// pgward is shutting down and the drain deadline passed.
+    Shutdown,
+}
+
+impl RelayEnd {
+    /// Error-kind metric label, `None` for a normal end.
+    pub fn error_kind(&self) -> Option<&'static str> {
+        match self {
+            Self::ClientTerminated => None,
+            Self::ClientGone(_) => Some("client_gone"),
+            Self::ClientProtocol(_) => Some("protocol"),
+            Self::UpstreamGone(_) => Some("upstream_gone"),
+            Self::UpstreamProtocol(_) => Some("upstream_protocol"),
+            Self::Shutdown => Some("shutdown"),
+        }
+    }
+}
+
+/// Totals for the session log and audit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub bytes_to_upstream: u64,
+    pub bytes_to_client: u64,
+    pub messages_to_upstream: u64,
+    pub messages_to_client: u64,
+}
+
+pub struct RelayOutcome {
+    pub end: RelayEnd,
+    pub totals: Totals,
+    /// True when an upstream query may still be running (the caller cancels it).
+    pub upstream_busy: bool,
+}
+
+/// State of the upstream → client direction that outlives a cancelled future, so the
+/// caller can tell whether it is safe to write a final ErrorResponse to the client.
+struct ToClient {
+    scanner: Scanner,
+    /// A write to the client was in progress (possibly a partial message).
+    writing: bool,
+    /// Bytes read from upstream but not yet forwarded.
+    held: usize,
+}
+
+impl ToClient {
+    fn at_boundary(&self) -> bool {
+        !self.writing && self.held == 0 && self.scanner.at_boundary()
+    }
+}
+
+/// Relays until either side ends or `shutdown` fires. `client_buf` holds bytes the
+/// client already sent.
+pub async fn run<C, U>(
+    client: C,
+    upstream: U,
+    client_buf: BytesMut,
+    tx: TxStatus,
+    max_message_bytes: usize,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Send,
+    U: AsyncRead + AsyncWrite + Send,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
+    let conversation = Mutex::new(Conversation::new(tx));
+    let mut to_client = ToClient {
+        scanner: Scanner::new(max_message_bytes),
+        writing: false,
+        held: 0,
+    };
+    let mut totals = Totals::default();
+    let mut up_totals = Totals::default();
+
+    let end = {
+        let inbound = client_to_upstream(
+            &mut client_rd,
+            &mut upstream_wr,
+            client_buf,
+            Framer::new(max_message_bytes),
+            &conversation,
+            metrics,
+            &mut totals,
+        );
+        let outbound = upstream_to_client(
+            &mut upstream_rd,
+            &mut client_wr,
+            &mut to_client,
+            &conversation,
+            metrics,
+            &mut up_totals,
+        );
+        tokio::select! {
+            end = inbound => end,
+            end = outbound => end,
+            () = shutdown.cancelled() => RelayEnd::Shutdown,
+        }
+    };
+    totals.bytes_to_client = up_totals.bytes_to_client;
+    totals.messages_to_client = up_totals.messages_to_client;
+
+    let phase = conversation
+        .lock()
+        .map(|c| c.phase())
+        .unwrap_or(Phase::Busy);
+    let fatal = match &end {
+        RelayEnd::ClientProtocol(e) => Some(("08P01", format!("invalid message: {e}"))),
+        RelayEnd::UpstreamProtocol(_) | RelayEnd::UpstreamGone(_) => Some((
+            "08006",
+            "pgward lost the connection to the upstream server".to_owned(),
+        )),
+        RelayEnd::Shutdown => Some((
+            "57P01",
+            "terminating connection because pgward is shutting down".to_owned(),
+        )),
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => None,
+    };
+    if let Some((code, message)) = fatal {
+        if to_client.at_boundary() {
+            let mut out = BytesMut::new();
+            build::error_response(&mut out, Severity::Fatal, code, &message);
+            let _ = client_wr.write_all(&out).await;
+            let _ = client_wr.flush().await;
+        }
+    }
+    let _ = client_wr.shutdown().await;
+    if !matches!(end, RelayEnd::UpstreamGone(_) | RelayEnd::ClientTerminated) {
+        // Ends the upstream backend at once; a running query is cancelled by the caller.
+        let mut out = BytesMut::new();
+        build::terminate(&mut out);
+        let _ = upstream_wr.write_all(&out).await;
+        let _ = upstream_wr.flush().await;
+    }
+    let _ = upstream_wr.shutdown().await;
+    RelayOutcome {
+        upstream_busy: !matches!(phase, Phase::Idle(_))
+            && !matches!(end, RelayEnd::UpstreamGone(_) | RelayEnd::ClientTerminated),
+        end,
+        totals,
+    }
+}
+
+async fn client_to_upstream<C, U>(
+    client: &mut ReadHalf<C>,
+    upstream: &mut WriteHalf<U>,
+    mut buf: BytesMut,
+    framer: Framer,
+    conversation: &Mutex<Conversation>,
+    metrics: &Metrics,
+    totals: &mut Totals,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    loop {
+        // Frame every whole message in the buffer; forward them as one write.
+        let mut ready = 0;
+        let mut messages = 0u64;
+        let mut terminated = false;
+        {
+            let mut conv = conversation.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let msg = match framer.peek(&buf[ready..]) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => return RelayEnd::ClientProtocol(e),
+                };
+                if msg.tag == b'Q' {
+                    // Refuse malformed text here rather than let the server guess.
+                    if let Err(e) = frontend::query_text(msg.body) {
+                        return RelayEnd::ClientProtocol(e);
+                    }
+                }
+                conv.on_client_message(msg.tag);
+                ready += msg.total_len;
+                messages += 1;
+                if msg.tag == b'X' {
+                    terminated = true;
+                    break;
+                }
+            }
+        }
+        if ready > 0 {
+            let chunk = buf.split_to(ready);
+            if let Err(e) = write_flush(upstream, &chunk).await {
+                return RelayEnd::UpstreamGone(Some(e));
+            }
+            totals.bytes_to_upstream += ready as u64;
+            totals.messages_to_upstream += messages;
+            metrics.bytes_to_upstream.inc_by(ready as u64);
+            metrics.messages_to_upstream.inc_by(messages);
+        }
+        if terminated {
+            return RelayEnd::ClientTerminated;
+        }
+        if buf.capacity() - buf.len() < 8 * 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        frontend::reserve_for_next(&mut buf);
+        match client.read_buf(&mut buf).await {
+            Ok(0) => return RelayEnd::ClientGone(None),
+            Ok(_) => {}
+            Err(e) => return RelayEnd::ClientGone(Some(e)),
+        }
+    }
+}
+
+async fn upstream_to_client<C, U>(
+    upstream: &mut ReadHalf<U>,
+    client: &mut WriteHalf<C>,
+    state: &mut ToClient,
+    conversation: &Mutex<Conversation>,
+    metrics: &Metrics,
+    totals: &mut Totals,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < 8 * 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        match upstream.read_buf(&mut buf).await {
+            Ok(0) => return RelayEnd::UpstreamGone(None),
+            Ok(_) => {}
+            Err(e) => return RelayEnd::UpstreamGone(Some(e)),
+        }
+        let mut messages = 0u64;
+        let scanned = {
+            let mut conv = conversation.lock().unwrap_or_else(|p| p.into_inner());
+            state.scanner.scan::<WireError>(&buf, |tag, body| {
+                messages += 1;
+                conv.on_server_message(tag, body)
+            })
+        };
+        let ready = match scanned {
+            Ok(s) => s.ready,
+            Err(e) => return RelayEnd::UpstreamProtocol(e),
+        };
+        state.held = buf.len() - ready;
+        if ready > 0 {
+            let chunk = buf.split_to(ready);
+            state.writing = true;
+            if let Err(e) = write_flush(client, &chunk).await {
+                return RelayEnd::ClientGone(Some(e));
+            }
+            state.writing = false;
+            totals.bytes_to_client += ready as u64;
+            totals.messages_to_client += messages;
+            metrics.bytes_to_client.inc_by(ready as u64);
+            metrics.messages_to_client.inc_by(messages);
+        }
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_tracks_pipelined_syncs_and_copy() {
+        let mut c = Conversation::new(TxStatus::Idle);
+        c.on_client_message(b'P');
+        c.on_client_message(b'S');
+        c.on_client_message(b'Q');
+        assert_eq!(c.phase(), Phase::Busy);
+        c.on_server_message(b'Z', b"T").unwrap();
+        assert_eq!(c.phase(), Phase::Busy, "one ReadyForQuery still due");
+        c.on_server_message(b'Z', b"I").unwrap();
+        assert_eq!(c.phase(), Phase::Idle(TxStatus::Idle));
+        c.on_client_message(b'Q');
+        c.on_server_message(b'G', b"").unwrap();
+        assert_eq!(c.phase(), Phase::CopyIn);
+        c.on_client_message(b'd');
+        c.on_client_message(b'c');
+        assert_eq!(c.phase(), Phase::Busy);
+        c.on_server_message(b'Z', b"I").unwrap();
+        assert_eq!(c.phase(), Phase::Idle(TxStatus::Idle));
+        assert!(c.on_server_message(b'K', b"12345678").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! The listener: accepts clients within the connection limit, runs a session task for
+//! each, reloads TLS on request, and on shutdown stops accepting, drains sessions up
+//! to the configured deadline, then ends those still open.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgward_upstream::Upstream;
+use pgward_wire::build::{self, Severity};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, Readiness};
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::handshake::HandshakeConfig;
+use crate::metrics::Metrics;
+use crate::session::{self, Shared};
+use crate::tls::TlsSettings;
+
+/// Controls for a running server, used by the binary's signal handlers and by tests.
+#[derive(Clone)]
+pub struct ServerHandle {
+    drain: CancellationToken,
+    tls: Arc<TlsSettings>,
+}
+
+impl ServerHandle {
+    /// Stop accepting and drain (SIGTERM / SIGINT).
+    pub fn shutdown(&self) {
+        self.drain.cancel();
+    }
+
+    /// Re-read the TLS certificate and key (SIGHUP). The old ones stay on failure.
+    pub fn reload(&self) {
+        match self.tls.reload() {
+            Ok(true) => info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+        }
+    }
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    admin: Option<(TcpListener, SocketAddr)>,
+    readiness: Arc<Readiness>,
+    handle: ServerHandle,
+}
+
+impl Server {
+    /// Validates the configuration, binds the listeners and prepares upstreams. Nothing
+    /// is accepted until `run`.
+    pub async fn bind(config: Config) -> Result<Self, String> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(format!(
+                "invalid configuration:\n  {}",
+                problems.join("\n  ")
+            ));
+        }
+        if config.listen.allow_plaintext {
+            warn!("allow_plaintext = true: clients may connect without TLS (development only)");
+        }
+        if config.listen.allow_unauthenticated {
+            warn!("allow_unauthenticated = true: clients are not signed in (development only)");
+        }
+        let tls = Arc::new(TlsSettings::new(
+            config.listen.tls_cert.as_deref(),
+            config.listen.tls_key.as_deref(),
+        )?);
+        let mut upstreams = HashMap::new();
+        for u in &config.upstreams {
+            upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u.clone())?));
+        }
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| format!("listener address: {e}"))?;
+        let admin = match &config.admin {
+            Some(a) => Some(admin::bind(&a.addr).await?),
+            None => None,
+        };
+        let handshake = HandshakeConfig::new(
+            tls.clone(),
+            config.listen.allow_plaintext,
+            &config.listen.allowed_startup_parameters,
+        );
+        let shared = Arc::new(Shared {
+            config,
+            upstreams,
+            handshake,
+            cancels: Arc::new(CancelRegistry::default()),
+            metrics: Arc::new(Metrics::new()),
+            hard_stop: CancellationToken::new(),
+        });
+        Ok(Self {
+            shared,
+            listener,
+            local_addr,
+            admin,
+            readiness: Arc::new(Readiness::default()),
+            handle: ServerHandle {
+                drain: CancellationToken::new(),
+                tls,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, a)| *a)
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until `ServerHandle::shutdown`, then drains.
+    pub async fn run(self) {
+        let Server {
+            shared,
+            listener,
+            local_addr,
+            admin,
+            readiness,
+            handle,
+        } = self;
+        let admin_stop = CancellationToken::new();
+        if let Some((l, a)) = admin {
+            info!(addr = %a, "admin endpoint listening");
+            tokio::spawn(admin::serve(
+                l,
+                shared.metrics.clone(),
+                readiness.clone(),
+                admin_stop.clone(),
+            ));
+        }
+        let limit = Arc::new(Semaphore::new(shared.config.listen.max_connections));
+        let tracker = TaskTracker::new();
+        readiness.set_serving(true);
+        info!(addr = %local_addr, "pgward listening");
+
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = handle.drain.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            match limit.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    shared.metrics.connection("accepted");
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        session::handle(tcp, peer, shared).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    shared.metrics.connection("refused_limit");
+                    tokio::spawn(refuse_over_limit(tcp));
+                }
+            }
+        }
+
+        // Draining: refuse new clients, let sessions finish until the deadline.
+        readiness.set_serving(false);
+        drop(listener);
+        tracker.close();
+        let deadline = Duration::from_secs(shared.config.listen.drain_timeout_secs);
+        info!(
+            sessions = tracker.len(),
+            deadline_secs = deadline.as_secs(),
+            "draining"
+        );
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                sessions = tracker.len(),
+                "drain deadline passed; ending remaining sessions"
+            );
+            shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        }
+        admin_stop.cancel();
+        info!("pgward stopped");
+    }
+}
+
+/// Over the connection limit: answer like PostgreSQL (53300) without reading anything.
+async fn refuse_over_limit(mut tcp: TcpStream) {
+    let mut out = BytesMut::new();
+    build::error_response(
+        &mut out,
+        Severity::Fatal,
+        "53300",
+        "sorry, too many clients already",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tcp.write_all(&out).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}

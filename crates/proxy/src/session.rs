@@ -1,0 +1,224 @@
+//! One client connection from accept to close: startup phase, routing, sign-in,
+//! upstream session, greeting, relay, cleanup.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pgward_upstream::Upstream;
+use pgward_wire::build::{self, Severity};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::handshake::{self, ClientStartup, Handshake, HandshakeConfig};
+use crate::metrics::Metrics;
+use crate::relay::{self, RelayEnd};
+use crate::stream::ClientStream;
+
+/// Everything sessions share, built once by the server.
+pub struct Shared {
+    pub config: Config,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub handshake: HandshakeConfig,
+    pub cancels: Arc<CancelRegistry>,
+    pub metrics: Arc<Metrics>,
+    /// Fired when the drain deadline passes: sessions still open are ended.
+    pub hard_stop: CancellationToken,
+}
+
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let accepted = Instant::now();
+    let timeout = Duration::from_secs(shared.config.listen.startup_timeout_secs);
+    let startup = match tokio::time::timeout(timeout, handshake::run(tcp, &shared.handshake)).await
+    {
+        Err(_) => {
+            shared.metrics.error("startup_timeout");
+            debug!(%peer, "startup timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            shared.metrics.error(e.kind());
+            match &e {
+                handshake::HandshakeError::Io(_) => debug!(%peer, error = %e, "startup ended"),
+                _ => info!(%peer, error = %e, "startup refused"),
+            }
+            return;
+        }
+        Ok(Ok(Handshake::Cancel { pid, secret })) => {
+            forward_cancel(pid, &secret, &shared).await;
+            return;
+        }
+        Ok(Ok(Handshake::Session(s))) => *s,
+    };
+    let span = tracing::info_span!(
+        "session",
+        %peer,
+        user = %startup.user,
+        database = %startup.database,
+        tls = startup.stream.is_tls()
+    );
+    run_session(startup, accepted, &shared)
+        .instrument(span)
+        .await;
+}
+
+async fn forward_cancel(pid: u32, secret: &[u8], shared: &Shared) {
+    match shared.cancels.lookup(pid, secret) {
+        Some((upstream, key)) => match upstream.cancel(&key).await {
+            Ok(()) => {
+                shared.metrics.cancel("forwarded");
+                debug!(pid, upstream = upstream.name(), "cancel forwarded");
+            }
+            Err(e) => {
+                shared.metrics.cancel("failed");
+                warn!(pid, error = %e, "cancel could not be forwarded");
+            }
+        },
+        None => {
+            // Like PostgreSQL: no answer, so a guesser learns nothing.
+            shared.metrics.cancel("unknown_key");
+            debug!(pid, "cancel with unknown key ignored");
+        }
+    }
+}
+
+async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    build::error_response(&mut out, Severity::Fatal, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+async fn run_session(startup: ClientStartup, accepted: Instant, shared: &Shared) {
+    let ClientStartup {
+        mut stream,
+        buf,
+        user,
+        database,
+        application_name,
+        forwarded,
+        direct_tls,
+    } = startup;
+    let _ = user;
+
+    let Some(route) = shared.config.route(&database) else {
+        shared.metrics.error("unknown_database");
+        info!("refused: no route for database");
+        refuse(
+            &mut stream,
+            "3D000",
+            &format!("database \"{database}\" does not exist"),
+        )
+        .await;
+        return;
+    };
+    let Some(upstream) = shared.upstreams.get(&route.upstream).cloned() else {
+        // `check` rejects such configs; keep the session safe anyway.
+        refuse(&mut stream, "08006", "route names an unknown upstream").await;
+        return;
+    };
+
+    // Client sign-in: only the development mode exists until [entra] lands; the server
+    // refuses to start without one of them.
+    debug_assert!(shared.config.listen.allow_unauthenticated);
+
+    let session = match upstream
+        .connect(route.upstream_database(), &forwarded)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.error("upstream_connect");
+            warn!(error = %e, "upstream connect failed");
+            refuse(&mut stream, e.sqlstate(), &e.client_message()).await;
+            return;
+        }
+    };
+
+    let registration = session
+        .key
+        .clone()
+        .map(|key| shared.cancels.register(upstream.clone(), key));
+    let mut greeting = BytesMut::with_capacity(512);
+    build::authentication_ok(&mut greeting);
+    for (k, v) in &session.parameters {
+        build::parameter_status(&mut greeting, k, v);
+    }
+    if let Some(r) = &registration {
+        build::backend_key_data(&mut greeting, r.pid, &r.secret);
+    }
+    build::ready_for_query(&mut greeting, session.tx_status);
+    if let Err(e) = stream.write_all(&greeting).await {
+        debug!(error = %e, "client left before the greeting");
+        return;
+    }
+    let _ = stream.flush().await;
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(accepted.elapsed().as_secs_f64());
+    info!(
+        application_name = application_name.as_deref().unwrap_or(""),
+        direct_tls,
+        upstream = upstream.name(),
+        "session started"
+    );
+
+    shared.metrics.sessions_active.inc();
+    let started = Instant::now();
+    let upstream_key = session.key.clone();
+    let outcome = relay::run(
+        stream,
+        session.stream,
+        buf,
+        session.tx_status,
+        shared.config.listen.max_message_bytes,
+        &shared.metrics,
+        &shared.hard_stop,
+    )
+    .await;
+    shared.metrics.sessions_active.dec();
+    drop(registration);
+
+    if outcome.upstream_busy {
+        // The client is gone but its statement may still run upstream: cancel it so the
+        // backend is not left working for nobody.
+        if let Some(key) = upstream_key {
+            if let Err(e) = upstream.cancel(&key).await {
+                warn!(error = %e, "could not cancel the orphaned upstream query");
+            }
+        }
+    }
+    if let Some(kind) = outcome.end.error_kind() {
+        shared.metrics.error(kind);
+    }
+    let t = outcome.totals;
+    let reason = match &outcome.end {
+        RelayEnd::ClientTerminated => "client terminated".to_owned(),
+        RelayEnd::ClientGone(e) => format!("client gone{}", fmt_err(e)),
+        RelayEnd::ClientProtocol(e) => format!("client protocol violation: {e}"),
+        RelayEnd::UpstreamGone(e) => format!("upstream gone{}", fmt_err(e)),
+        RelayEnd::UpstreamProtocol(e) => format!("upstream protocol violation: {e}"),
+        RelayEnd::Shutdown => "shutdown".to_owned(),
+    };
+    info!(
+        reason,
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_to_upstream = t.bytes_to_upstream,
+        bytes_to_client = t.bytes_to_client,
+        messages_to_upstream = t.messages_to_upstream,
+        messages_to_client = t.messages_to_client,
+        "session ended"
+    );
+}
+
+fn fmt_err(e: &Option<std::io::Error>) -> String {
+    e.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+}

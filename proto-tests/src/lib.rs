@@ -1,0 +1,528 @@
+//! Harness for pgward's end-to-end tests: a throwaway PostgreSQL 15, the real `pgward`
+//! binary with a generated configuration, and helpers to run real clients (psql,
+//! pgbench, Python) against either. Tests read like the user's story: start a
+//! database, start pgward, connect, try this, expect that.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use pgward_devkit::postgres::{EphemeralPostgres, PgOptions, CLEARTEXT_ROLE, MD5_ROLE};
+
+/// The upstream login role pgward signs in as, and its password.
+pub const PROXY_ROLE: &str = "pgward_proxy";
+pub const PROXY_PASSWORD: &str = "proxy-secret-Zx81";
+
+/// A PostgreSQL server with database `app`, sample tables, and pgward's login roles
+/// (SCRAM `pgward_proxy`, MD5 `pgward_md5`, cleartext `pgward_cleartext`).
+pub struct Database {
+    pub pg: EphemeralPostgres,
+}
+
+impl Database {
+    pub fn start() -> Self {
+        Self::start_with(PgOptions::default())
+    }
+
+    pub fn start_with(opts: PgOptions) -> Self {
+        let pg = EphemeralPostgres::start(opts).unwrap_or_else(|e| panic!("{e}"));
+        pg.psql("postgres", "CREATE DATABASE app").unwrap();
+        pg.create_login(PROXY_ROLE, PROXY_PASSWORD, "scram-sha-256")
+            .unwrap();
+        pg.create_login(MD5_ROLE, PROXY_PASSWORD, "md5").unwrap();
+        pg.create_login(CLEARTEXT_ROLE, PROXY_PASSWORD, "scram-sha-256")
+            .unwrap();
+        pg.psql(
+            "app",
+            &format!(
+                "CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL);
+                 INSERT INTO orders (item, qty) SELECT 'item' || g, g FROM generate_series(1, 100) g;
+                 GRANT ALL ON SCHEMA public TO {PROXY_ROLE}, {MD5_ROLE}, {CLEARTEXT_ROLE};
+                 GRANT ALL ON ALL TABLES IN SCHEMA public TO {PROXY_ROLE}, {MD5_ROLE}, {CLEARTEXT_ROLE};
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {PROXY_ROLE}, {MD5_ROLE}, {CLEARTEXT_ROLE};
+                 ALTER DATABASE app OWNER TO {PROXY_ROLE};"
+            ),
+        )
+        .unwrap();
+        Self { pg }
+    }
+
+    /// libpq connection string for a direct connection as pgward's role.
+    pub fn direct_conn(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={db} user={PROXY_ROLE} password={PROXY_PASSWORD} sslmode=disable",
+            self.pg.port
+        )
+    }
+
+    /// Runs SQL as the superuser (not through pgward).
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        self.pg
+            .psql(db, sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// How a test wants pgward configured.
+#[derive(Clone)]
+pub struct PgwardOptions {
+    /// Serve TLS on the client leg (certificate from a generated CA).
+    pub tls: bool,
+    pub allow_plaintext: bool,
+    /// `tls` key of the upstream ("disable", "require", "verify-full").
+    pub upstream_tls: &'static str,
+    /// Upstream login role (selects SCRAM, MD5 or cleartext auth in the test pg_hba).
+    pub upstream_role: &'static str,
+    /// Extra lines appended to [listen].
+    pub listen_extra: Vec<String>,
+    /// Point the upstream at another port (e.g. one where nothing listens).
+    pub upstream_port: Option<u16>,
+    /// Trust this CA for the upstream instead of the one that signed its certificate.
+    pub upstream_ca: Option<PathBuf>,
+}
+
+impl Default for PgwardOptions {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            allow_plaintext: true,
+            upstream_tls: "disable",
+            upstream_role: PROXY_ROLE,
+            listen_extra: Vec::new(),
+            upstream_port: None,
+            upstream_ca: None,
+        }
+    }
+}
+
+/// A running pgward binary.
+pub struct Pgward {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+/// The pgward binary under test: $PGWARD_BIN, else target/<profile>/pgward next to the
+/// test executable (scripts/test builds it first).
+pub fn pgward_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PGWARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps layout");
+    let bin = profile_dir.join("pgward");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p pgward`, as scripts/test does) or set PGWARD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+impl Pgward {
+    pub fn start(db: &Database, opts: PgwardOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pgward-test-")
+            .tempdir()
+            .unwrap();
+        let port = pgward_devkit::free_port().unwrap();
+        let admin_port = pgward_devkit::free_port().unwrap();
+        let mut listen = vec![
+            format!("addr = \"127.0.0.1:{port}\""),
+            format!("allow_plaintext = {}", opts.allow_plaintext),
+            "allow_unauthenticated = true".to_owned(),
+        ];
+        let mut ca = None;
+        if opts.tls {
+            let files =
+                pgward_devkit::certs::generate(dir.path(), "client", &["127.0.0.1", "localhost"])
+                    .unwrap();
+            listen.push(format!("tls_cert = \"{}\"", files.cert.display()));
+            listen.push(format!("tls_key = \"{}\"", files.key.display()));
+            ca = Some(files.ca);
+        }
+        listen.extend(opts.listen_extra.iter().cloned());
+        let upstream_ca = opts.upstream_ca.as_deref().or(db.pg.ca_file());
+        let ca_line = match upstream_ca {
+            Some(p) if opts.upstream_tls == "verify-full" => {
+                format!("ca_file = \"{}\"", p.display())
+            }
+            _ => String::new(),
+        };
+        let config = format!(
+            r#"
+[listen]
+{listen}
+
+[admin]
+addr = "127.0.0.1:{admin_port}"
+
+[log]
+level = "debug"
+
+[[upstreams]]
+name = "main"
+host = "127.0.0.1"
+port = {pg_port}
+tls = "{upstream_tls}"
+{ca_line}
+[upstreams.credential]
+type = "password"
+user = "{role}"
+password_env = "PGWARD_TEST_UPSTREAM_PASSWORD"
+
+[[routes]]
+database = "app"
+upstream = "main"
+
+[[routes]]
+database = "postgres"
+upstream = "main"
+"#,
+            listen = listen.join("\n"),
+            pg_port = opts.upstream_port.unwrap_or(db.pg.port),
+            upstream_tls = opts.upstream_tls,
+            role = opts.upstream_role,
+        );
+        let config_path = dir.path().join("pgward.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut p = Self {
+            child: None,
+            port,
+            admin_port,
+            dir,
+            config_path,
+            ca,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(pgward_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("PGWARD_TEST_UPSTREAM_PASSWORD", PROXY_PASSWORD)
+            .env_remove("PGWARD_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start pgward");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("pgward exited during startup ({status}):\n{}", self.log());
+            }
+            if matches!(self.admin_get("/readyz"), Some((200, _))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgward not ready in 30s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("pgward.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit; `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// GET on the admin endpoint: (status, body), `None` if it can't be reached.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+
+    /// A metric's value summed over all its label sets (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").expect("metrics");
+        body.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// libpq connection string through pgward.
+    pub fn conn(&self, db: &str, sslmode: &str) -> String {
+        let mut s = format!(
+            "host=127.0.0.1 port={} dbname={db} user=alice sslmode={sslmode} connect_timeout=10",
+            self.port
+        );
+        if let Some(ca) = &self.ca {
+            s.push_str(&format!(" sslrootcert={}", ca.display()));
+        }
+        s
+    }
+}
+
+impl Drop for Pgward {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs psql with `-X -v ON_ERROR_STOP=1` and the given extra arguments.
+pub fn psql(conn: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("psql");
+    cmd.arg(conn)
+        .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .env_remove("PGOPTIONS")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("psql (apt-get install -y postgresql-client)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// psql that must succeed; returns stdout.
+pub fn psql_ok(conn: &str, args: &[&str]) -> String {
+    let out = psql(conn, args, None);
+    assert!(
+        out.status.success(),
+        "psql {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Python interpreter with psycopg and asyncpg: $PGWARD_PYTHON, else the venv
+/// scripts/test creates at target/pyenv.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("PGWARD_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(
+        root.exists(),
+        "Python clients missing: run scripts/test (it creates target/pyenv with psycopg and asyncpg) or set PGWARD_PYTHON"
+    );
+    root
+}
+
+/// Runs one of proto-tests/python/*.py with the given environment; panics with its
+/// output on failure.
+pub fn run_python(script: &str, env: &[(&str, String)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut cmd = Command::new(python());
+    cmd.arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A minimal blocking PostgreSQL wire client for tests that must send bytes no real
+/// client would.
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn connect(port: u16) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    pub fn startup_packet(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&((3u32 << 16) | u32::from(minor)).to_be_bytes());
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend(body);
+        p
+    }
+
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        message(b'Q', &b)
+    }
+
+    /// Reads one backend message; `None` on EOF or timeout.
+    pub fn read_message(s: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.checked_sub(4)?];
+        s.read_exact(&mut body).ok()?;
+        Some((head[0], body))
+    }
+
+    /// Reads messages until ReadyForQuery or an ErrorResponse; returns all of them.
+    pub fn read_until_ready(s: &mut impl Read) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some((tag, body)) = read_message(s) {
+            let done = tag == b'Z';
+            out.push((tag, body));
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The SQLSTATE of an ErrorResponse body.
+    pub fn sqlstate(body: &[u8]) -> String {
+        let mut fields = body.split(|b| *b == 0);
+        fields
+            .find_map(|f| f.strip_prefix(b"C"))
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Signs in over plaintext (pgward test configs allow it) and waits for ReadyForQuery.
+    pub fn session(port: u16, db: &str) -> TcpStream {
+        let mut s = connect(port);
+        s.write_all(&startup_packet(0, &[("user", "alice"), ("database", db)]))
+            .unwrap();
+        let msgs = read_until_ready(&mut s);
+        assert_eq!(
+            msgs.last().map(|m| m.0),
+            Some(b'Z'),
+            "no ReadyForQuery: {msgs:?}"
+        );
+        s
+    }
+
+    /// True once the peer has closed the connection (EOF) within the read timeout.
+    pub fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    )
+                }
+            }
+        }
+    }
+}
