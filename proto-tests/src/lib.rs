@@ -81,6 +81,9 @@ pub struct PgwardOptions {
     pub upstream_port: Option<u16>,
     /// Trust this CA for the upstream instead of the one that signed its certificate.
     pub upstream_ca: Option<PathBuf>,
+    /// An `[entra]` section (client sign-in with tokens); `None` lets clients in
+    /// unauthenticated (development mode).
+    pub entra: Option<String>,
 }
 
 impl Default for PgwardOptions {
@@ -93,6 +96,7 @@ impl Default for PgwardOptions {
             listen_extra: Vec::new(),
             upstream_port: None,
             upstream_ca: None,
+            entra: None,
         }
     }
 }
@@ -138,8 +142,10 @@ impl Pgward {
         let mut listen = vec![
             format!("addr = \"127.0.0.1:{port}\""),
             format!("allow_plaintext = {}", opts.allow_plaintext),
-            "allow_unauthenticated = true".to_owned(),
         ];
+        if opts.entra.is_none() {
+            listen.push("allow_unauthenticated = true".to_owned());
+        }
         let mut ca = None;
         if opts.tls {
             let files =
@@ -186,7 +192,10 @@ upstream = "main"
 [[routes]]
 database = "postgres"
 upstream = "main"
+
+{entra}
 "#,
+            entra = opts.entra.as_deref().unwrap_or(""),
             listen = listen.join("\n"),
             pg_port = opts.upstream_port.unwrap_or(db.pg.port),
             upstream_tls = opts.upstream_tls,

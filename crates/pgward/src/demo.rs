@@ -58,6 +58,14 @@ pub fn run(port: u16) -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))?;
     let password_file = dir.path().join("upstream-password");
     std::fs::write(&password_file, &password).context("writing the password file")?;
+    let rt = crate::runtime(0)?;
+    // The development issuer: OIDC discovery and JWKS on loopback, key generated now.
+    let issuer = rt
+        .block_on(pgward_entra::dev::DevIssuer::start(
+            ([127, 0, 0, 1], 0).into(),
+            pgward_entra::dev::DEMO_TENANT,
+        ))
+        .map_err(|e| anyhow!("development issuer: {e}"))?;
     let config_path = dir.path().join("pgward.toml");
     let config_text = format!(
         r#"# Written by `pgward demo`.
@@ -65,9 +73,14 @@ pub fn run(port: u16) -> anyhow::Result<()> {
 addr = "127.0.0.1:{port}"
 tls_cert = "{cert}"
 tls_key = "{key}"
-# The demo has no identity provider yet: clients are let in without signing in.
-allow_unauthenticated = true
 drain_timeout_secs = 2
+
+# Clients sign in with access tokens from the demo's development issuer
+# (mint one with `pgward token`). Point authority at login.microsoftonline.com
+# and tenant_id at your tenant for real Entra ID.
+[entra]
+tenant_id = "{tenant}"
+authority = "{authority}"
 
 [[upstreams]]
 name = "demo"
@@ -89,11 +102,15 @@ upstream_database = "app"
         key = certs.key.display(),
         pg_port = pg.port,
         password_file = password_file.display(),
+        tenant = issuer.tenant_id(),
+        authority = issuer.authority(),
     );
     std::fs::write(&config_path, config_text).context("writing the demo config")?;
     let config = Config::load(&config_path)?;
 
-    let rt = crate::runtime(0)?;
+    let exe = std::env::current_exe().context("locating the pgward binary")?;
+    let exe = exe.display();
+    let authority = issuer.authority();
     rt.block_on(async {
         let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
         crate::spawn_signal_handlers(server.handle())?;
@@ -105,21 +122,31 @@ pgward demo is running.
   PostgreSQL      127.0.0.1:{pg_port} (throwaway; tables customers, orders, salaries in database "app")
   configuration   {config}
 
-Connect through pgward:
-  psql "host=127.0.0.1 port={port} dbname=app user=alice sslmode=verify-full sslrootcert={ca}"
+  token issuer    {authority} (development stand-in for Entra ID, tenant {tenant})
+
+Connect through pgward as alice, with a fresh access token as the password:
+  PGPASSWORD="$({exe} token --issuer {authority} --user alice@contoso.com)" \
+    psql "host=127.0.0.1 port={port} dbname=app user=alice@contoso.com sslmode=verify-full sslrootcert={ca}"
 
 Then try:
   SELECT c.name, count(*), sum(o.amount) FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY 1;
 
-Sign-in with Entra tokens, per-role policy and the audit log are not in this build yet;
-until then every demo client acts as the upstream role pgward_proxy.
+A token for someone else is refused (28000; the exact reason is in pgward's log):
+  PGPASSWORD="$({exe} token --issuer {authority} --user mallory@contoso.com)" \
+    psql "host=127.0.0.1 port={port} dbname=app user=alice@contoso.com sslmode=verify-full sslrootcert={ca}"
+
+Per-role policy and the audit log are not in this build yet: signed-in clients act
+with the upstream role pgward_proxy.
 Press Ctrl-C to stop; everything the demo made is removed."#,
             pg_port = pg.port,
             config = config_path.display(),
+            tenant = pgward_entra::dev::DEMO_TENANT,
         );
         server.run().await;
         anyhow::Ok(())
     })?;
+    drop(issuer);
+    drop(rt);
     drop(pg);
     println!("pgward demo stopped and cleaned up.");
     Ok(())

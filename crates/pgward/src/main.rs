@@ -2,6 +2,7 @@
 
 mod demo;
 mod logging;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Mint an access token from a running demo's development issuer. Such tokens are
+    /// trusted only by a pgward whose [entra] authority is that issuer.
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => return check(&config),
         Command::Demo { port } => demo::run(port),
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,21 +20,35 @@ use tracing::debug;
 
 use crate::metrics::Metrics;
 
-/// Readiness: set once the listener is up, cleared when draining.
+/// Readiness: the listener is up and not draining, and the token keys are loaded.
 #[derive(Default)]
 pub struct Readiness {
     serving: AtomicBool,
+    validator: Option<pgward_entra::Validator>,
 }
 
 impl Readiness {
+    pub fn new(validator: Option<pgward_entra::Validator>) -> Self {
+        Self {
+            serving: AtomicBool::new(false),
+            validator,
+        }
+    }
+
     pub fn set_serving(&self, v: bool) {
         self.serving.store(v, Ordering::Release);
     }
     /// Reasons the proxy is not ready; empty when ready.
-    pub fn problems(&self) -> Vec<&'static str> {
+    pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !self.serving.load(Ordering::Acquire) {
-            p.push("not accepting connections (starting or draining)");
+            p.push("not accepting connections (starting or draining)".to_owned());
+        }
+        if let Some(v) = &self.validator {
+            if !v.is_ready() {
+                let why = v.last_error().unwrap_or_else(|| "not fetched yet".into());
+                p.push(format!("Entra signing keys not loaded: {why}"));
+            }
         }
         p
     }

@@ -16,6 +16,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    /// Client sign-in with Entra ID access tokens (docs/entra.md).
+    pub entra: Option<pgward_entra::EntraConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -47,6 +49,13 @@ pub struct ListenConfig {
     /// Runtime worker threads; 0 = one per CPU.
     #[serde(default)]
     pub worker_threads: usize,
+    /// Sign-in failures an address may have within a minute before its attempts are slowed.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_before_delay: u32,
+}
+
+fn default_auth_failures() -> u32 {
+    crate::auth::FREE_FAILURES
 }
 
 fn default_max_connections() -> usize {
@@ -210,11 +219,25 @@ impl Config {
             (None, None) => {}
             _ => p.push("[listen] tls_cert and tls_key must be given together".into()),
         }
-        if !self.listen.allow_unauthenticated {
-            p.push(
+        match (&self.entra, self.listen.allow_unauthenticated) {
+            (None, false) => p.push(
                 "no client sign-in is configured: add an [entra] section, or set [listen] allow_unauthenticated = true for local development"
                     .into(),
-            );
+            ),
+            (Some(_), true) => p.push(
+                "[entra] and [listen] allow_unauthenticated = true contradict each other: remove allow_unauthenticated"
+                    .into(),
+            ),
+            (Some(entra), false) => {
+                p.extend(entra.problems().iter().map(|e| format!("[entra] {e}")));
+                if entra.groups_overage == pgward_entra::GroupsOverage::Graph {
+                    p.push(
+                        "[entra] groups_overage = \"graph\" needs pgward's own Azure credential for Microsoft Graph, which is not available yet; use \"refuse\""
+                            .into(),
+                    );
+                }
+            }
+            (None, true) => {}
         }
         if self.listen.max_connections == 0 {
             p.push("[listen] max_connections must be at least 1".into());

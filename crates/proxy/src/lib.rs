@@ -8,6 +8,7 @@
 //! `admin` serves /healthz, /readyz and /metrics.
 
 pub mod admin;
+pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod handshake;

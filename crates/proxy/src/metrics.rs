@@ -15,6 +15,7 @@ pub struct Metrics {
     connections: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     cancels: Family<Labels, Counter>,
+    auth: Family<Labels, Counter>,
     pub sessions_active: Gauge,
     pub bytes_to_upstream: Counter,
     pub bytes_to_client: Counter,
@@ -40,6 +41,7 @@ impl Metrics {
         let connections = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
         let cancels = Family::<Labels, Counter>::default();
+        let auth = Family::<Labels, Counter>::default();
         let bytes = Family::<Labels, Counter>::default();
         let messages = Family::<Labels, Counter>::default();
         let sessions_active = Gauge::default();
@@ -71,6 +73,11 @@ impl Metrics {
             cancels.clone(),
         );
         registry.register(
+            "auth",
+            "Client sign-in attempts by result (ok, or the failure reason's label)",
+            auth.clone(),
+        );
+        registry.register(
             "handshake_seconds",
             "Time from accept to the first ReadyForQuery",
             handshake_seconds.clone(),
@@ -86,6 +93,7 @@ impl Metrics {
             connections,
             errors,
             cancels,
+            auth,
             sessions_active,
             handshake_seconds,
         }
@@ -99,6 +107,10 @@ impl Metrics {
 
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&label("kind", kind)).inc();
+    }
+
+    pub fn auth(&self, result: &str) {
+        self.auth.get_or_create(&label("result", result)).inc();
     }
 
     pub fn cancel(&self, result: &str) {

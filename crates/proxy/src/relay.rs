@@ -13,6 +13,7 @@
 //! Both directions feed `Conversation`, the protocol state (`Phase`) shared between them.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::BytesMut;
@@ -21,6 +22,7 @@ use pgward_wire::build::{self, Severity};
 use pgward_wire::frontend::{self, Framer};
 use pgward_wire::{TxStatus, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -120,6 +122,9 @@ pub enum RelayEnd {
     UpstreamProtocol(WireError),
     /// pgward is shutting down and the drain deadline passed.
     Shutdown,
+    /// The client's access token expired (plus grace): ended when idle, or at the
+    /// client's next message.
+    TokenExpired,
 }
 
 impl RelayEnd {
@@ -132,6 +137,7 @@ impl RelayEnd {
             Self::UpstreamGone(_) => Some("upstream_gone"),
             Self::UpstreamProtocol(_) => Some("upstream_protocol"),
             Self::Shutdown => Some("shutdown"),
+            Self::TokenExpired => Some("token_expired"),
         }
     }
 }
@@ -152,6 +158,14 @@ pub struct RelayOutcome {
     pub upstream_busy: bool,
 }
 
+/// What both directions share for the life of a relay.
+struct Link<'a> {
+    conversation: &'a Mutex<Conversation>,
+    /// Set when the token expired while a statement was in flight.
+    expired: &'a AtomicBool,
+    metrics: &'a Metrics,
+}
+
 /// State of the upstream → client direction that outlives a cancelled future, so the
 /// caller can tell whether it is safe to write a final ErrorResponse to the client.
 struct ToClient {
@@ -168,13 +182,15 @@ impl ToClient {
     }
 }
 
-/// Relays until either side ends or `shutdown` fires. `client_buf` holds bytes the
-/// client already sent.
+/// Relays until either side ends, `shutdown` fires, or the session reaches `expires_at`.
+/// `client_buf` holds bytes the client already sent.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C, U>(
     client: C,
     upstream: U,
     client_buf: BytesMut,
     tx: TxStatus,
+    expires_at: Option<Instant>,
     max_message_bytes: usize,
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -193,6 +209,12 @@ where
     };
     let mut totals = Totals::default();
     let mut up_totals = Totals::default();
+    let expired = AtomicBool::new(false);
+    let link = Link {
+        conversation: &conversation,
+        expired: &expired,
+        metrics,
+    };
 
     let end = {
         let inbound = client_to_upstream(
@@ -200,22 +222,43 @@ where
             &mut upstream_wr,
             client_buf,
             Framer::new(max_message_bytes),
-            &conversation,
-            metrics,
+            &link,
             &mut totals,
         );
         let outbound = upstream_to_client(
             &mut upstream_rd,
             &mut client_wr,
             &mut to_client,
-            &conversation,
-            metrics,
+            &link,
             &mut up_totals,
         );
-        tokio::select! {
-            end = inbound => end,
-            end = outbound => end,
-            () = shutdown.cancelled() => RelayEnd::Shutdown,
+        let expiry = async {
+            match expires_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(inbound, outbound, expiry);
+        let mut expiry_armed = true;
+        loop {
+            tokio::select! {
+                end = &mut inbound => break end,
+                end = &mut outbound => break end,
+                () = shutdown.cancelled() => break RelayEnd::Shutdown,
+                () = &mut expiry, if expiry_armed => {
+                    expiry_armed = false;
+                    let idle = matches!(
+                        conversation.lock().map(|c| c.phase()),
+                        Ok(Phase::Idle(_))
+                    );
+                    if idle {
+                        break RelayEnd::TokenExpired;
+                    }
+                    // Busy: the statement in flight finishes; the session ends when it
+                    // is idle again or the client sends anything more.
+                    expired.store(true, Ordering::Release);
+                }
+            }
         }
     };
     totals.bytes_to_client = up_totals.bytes_to_client;
@@ -235,6 +278,7 @@ where
             "57P01",
             "terminating connection because pgward is shutting down".to_owned(),
         )),
+        RelayEnd::TokenExpired => Some(("28000", "token expired".to_owned())),
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => None,
     };
     if let Some((code, message)) = fatal {
@@ -267,8 +311,7 @@ async fn client_to_upstream<C, U>(
     upstream: &mut WriteHalf<U>,
     mut buf: BytesMut,
     framer: Framer,
-    conversation: &Mutex<Conversation>,
-    metrics: &Metrics,
+    link: &Link<'_>,
     totals: &mut Totals,
 ) -> RelayEnd
 where
@@ -276,12 +319,15 @@ where
     U: AsyncRead + AsyncWrite,
 {
     loop {
+        if !buf.is_empty() && link.expired.load(Ordering::Acquire) {
+            return RelayEnd::TokenExpired;
+        }
         // Frame every whole message in the buffer; forward them as one write.
         let mut ready = 0;
         let mut messages = 0u64;
         let mut terminated = false;
         {
-            let mut conv = conversation.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 let msg = match framer.peek(&buf[ready..]) {
                     Ok(Some(m)) => m,
@@ -310,8 +356,8 @@ where
             }
             totals.bytes_to_upstream += ready as u64;
             totals.messages_to_upstream += messages;
-            metrics.bytes_to_upstream.inc_by(ready as u64);
-            metrics.messages_to_upstream.inc_by(messages);
+            link.metrics.bytes_to_upstream.inc_by(ready as u64);
+            link.metrics.messages_to_upstream.inc_by(messages);
         }
         if terminated {
             return RelayEnd::ClientTerminated;
@@ -332,8 +378,7 @@ async fn upstream_to_client<C, U>(
     upstream: &mut ReadHalf<U>,
     client: &mut WriteHalf<C>,
     state: &mut ToClient,
-    conversation: &Mutex<Conversation>,
-    metrics: &Metrics,
+    link: &Link<'_>,
     totals: &mut Totals,
 ) -> RelayEnd
 where
@@ -351,12 +396,15 @@ where
             Err(e) => return RelayEnd::UpstreamGone(Some(e)),
         }
         let mut messages = 0u64;
+        let idle_again;
         let scanned = {
-            let mut conv = conversation.lock().unwrap_or_else(|p| p.into_inner());
-            state.scanner.scan::<WireError>(&buf, |tag, body| {
+            let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
+            let r = state.scanner.scan::<WireError>(&buf, |tag, body| {
                 messages += 1;
                 conv.on_server_message(tag, body)
-            })
+            });
+            idle_again = matches!(conv.phase(), Phase::Idle(_));
+            r
         };
         let ready = match scanned {
             Ok(s) => s.ready,
@@ -372,8 +420,11 @@ where
             state.writing = false;
             totals.bytes_to_client += ready as u64;
             totals.messages_to_client += messages;
-            metrics.bytes_to_client.inc_by(ready as u64);
-            metrics.messages_to_client.inc_by(messages);
+            link.metrics.bytes_to_client.inc_by(ready as u64);
+            link.metrics.messages_to_client.inc_by(messages);
+        }
+        if idle_again && state.held == 0 && link.expired.load(Ordering::Acquire) {
+            return RelayEnd::TokenExpired;
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, Readiness};
+use crate::auth::{ClientAuth, FailureThrottle};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::handshake::HandshakeConfig;
@@ -98,8 +99,22 @@ impl Server {
             config.listen.allow_plaintext,
             &config.listen.allowed_startup_parameters,
         );
+        let (auth, validator) = match &config.entra {
+            Some(entra) => {
+                let http = pgward_entra::default_http_client()
+                    .map_err(|e| format!("[entra] HTTP client: {e}"))?;
+                let v = pgward_entra::Validator::start(entra.clone(), http)
+                    .await
+                    .map_err(|e| format!("[entra] {e}"))?;
+                (ClientAuth::Entra(v.clone()), Some(v))
+            }
+            None => (ClientAuth::Unauthenticated, None),
+        };
+        let throttle = FailureThrottle::new(config.listen.auth_failures_before_delay);
         let shared = Arc::new(Shared {
             config,
+            auth,
+            throttle,
             upstreams,
             handshake,
             cancels: Arc::new(CancelRegistry::default()),
@@ -111,7 +126,7 @@ impl Server {
             listener,
             local_addr,
             admin,
-            readiness: Arc::new(Readiness::default()),
+            readiness: Arc::new(Readiness::new(validator)),
             handle: ServerHandle {
                 drain: CancellationToken::new(),
                 tls,

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::{self, ClientAuth, FailureThrottle};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::handshake::{self, ClientStartup, Handshake, HandshakeConfig};
@@ -28,6 +29,8 @@ pub struct Shared {
     pub handshake: HandshakeConfig,
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Arc<Metrics>,
+    pub auth: ClientAuth,
+    pub throttle: FailureThrottle,
     /// Fired when the drain deadline passes: sessions still open are ended.
     pub hard_stop: CancellationToken,
 }
@@ -61,9 +64,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         %peer,
         user = %startup.user,
         database = %startup.database,
-        tls = startup.stream.is_tls()
+        tls = startup.stream.is_tls(),
+        oid = tracing::field::Empty,
     );
-    run_session(startup, accepted, &shared)
+    run_session(startup, peer, accepted, &shared)
         .instrument(span)
         .await;
 }
@@ -96,17 +100,16 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
     let _ = stream.shutdown().await;
 }
 
-async fn run_session(startup: ClientStartup, accepted: Instant, shared: &Shared) {
+async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant, shared: &Shared) {
     let ClientStartup {
         mut stream,
-        buf,
+        mut buf,
         user,
         database,
         application_name,
         forwarded,
         direct_tls,
     } = startup;
-    let _ = user;
 
     let Some(route) = shared.config.route(&database) else {
         shared.metrics.error("unknown_database");
@@ -125,9 +128,44 @@ async fn run_session(startup: ClientStartup, accepted: Instant, shared: &Shared)
         return;
     };
 
-    // Client sign-in: only the development mode exists until [entra] lands; the server
-    // refuses to start without one of them.
-    debug_assert!(shared.config.listen.allow_unauthenticated);
+    let identity = match &shared.auth {
+        ClientAuth::Unauthenticated => None,
+        ClientAuth::Entra(validator) => {
+            let ip = peer.ip();
+            let wait = shared.throttle.delay(ip);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            match auth::sign_in(validator, &mut stream, &mut buf, &user).await {
+                Ok(identity) => {
+                    shared.throttle.succeeded(ip);
+                    shared.metrics.auth("ok");
+                    Some(identity)
+                }
+                Err(e) => {
+                    shared.metrics.auth(e.label());
+                    if matches!(e, auth::AuthFailure::ClientGone) {
+                        debug!("client left during sign-in");
+                        return;
+                    }
+                    shared.throttle.failed(ip);
+                    warn!(reason = %e, "sign-in refused");
+                    refuse(&mut stream, e.sqlstate(), &e.client_message(&user)).await;
+                    return;
+                }
+            }
+        }
+    };
+    let expires_at = identity.as_ref().map(|id| {
+        let grace = match &shared.auth {
+            ClientAuth::Entra(v) => v.config().expiry_grace(),
+            ClientAuth::Unauthenticated => Duration::ZERO,
+        };
+        tokio::time::Instant::now() + id.session_remaining(std::time::SystemTime::now(), grace)
+    });
+    if let Some(id) = &identity {
+        tracing::Span::current().record("oid", id.oid.as_str());
+    }
 
     let session = match upstream
         .connect(route.upstream_database(), &forwarded)
@@ -179,6 +217,7 @@ async fn run_session(startup: ClientStartup, accepted: Instant, shared: &Shared)
         session.stream,
         buf,
         session.tx_status,
+        expires_at,
         shared.config.listen.max_message_bytes,
         &shared.metrics,
         &shared.hard_stop,
@@ -207,6 +246,7 @@ async fn run_session(startup: ClientStartup, accepted: Instant, shared: &Shared)
         RelayEnd::UpstreamGone(e) => format!("upstream gone{}", fmt_err(e)),
         RelayEnd::UpstreamProtocol(e) => format!("upstream protocol violation: {e}"),
         RelayEnd::Shutdown => "shutdown".to_owned(),
+        RelayEnd::TokenExpired => "token expired".to_owned(),
     };
     info!(
         reason,

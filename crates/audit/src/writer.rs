@@ -1,0 +1,1074 @@
+//! The authoritative file sink: one writer thread that owns the chain state and the
+//! active file. Callers serialise their event on their own task and send it here; the
+//! thread takes everything queued (a batch), frames each record with `v, seq, ts,
+//! instance`, chains it, writes the batch with one write(2), fdatasyncs once in
+//! `fsync = "batch"` mode (group commit) and only then completes the callers' futures.
+//! Batching falls out of the queue: while one batch is being written or synced, the next
+//! accumulates.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::chain::{self, Hasher, GENESIS};
+use crate::config::{AuditConfig, FailureMode, Fsync};
+use crate::event::{self, EventKind, LogEvent, Predecessor, Redaction, SessionInfo};
+use crate::sink::{LineSink, SealedRecord, Sink};
+use crate::time::Timestamp;
+use crate::AuditError;
+
+/// Most records in one batch; bounds latency and memory under a burst.
+const MAX_BATCH: usize = 4096;
+/// Room for the framing around a body (`v`, `seq`, `ts`, `instance`, hashes).
+const FRAME_OVERHEAD: u64 = 256;
+/// After a failed time rotation, wait this long before trying again.
+const ROTATE_RETRY: Duration = Duration::from_secs(1);
+
+/// Proof that a record was written (and synced, in batch mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The record's `seq` (0 when not recorded).
+    pub seq: u64,
+    /// False only under `failure_mode = "log"` when the write failed.
+    pub recorded: bool,
+}
+
+type Reply = oneshot::Sender<Result<Receipt, AuditError>>;
+
+struct Pending {
+    body: Vec<u8>,
+    reply: Reply,
+}
+
+enum Msg {
+    Append(Pending),
+    Close { reason: String, reply: Reply },
+}
+
+/// Builds an [`AuditLog`] (for the proxy, [`AuditLog::open`] from `[audit]` is enough).
+pub struct AuditLogBuilder {
+    instance: String,
+    file: Option<PathBuf>,
+    rotate_bytes: Option<u64>,
+    rotate_after: Option<Duration>,
+    fsync: Fsync,
+    key: Option<Vec<u8>>,
+    redaction: Redaction,
+    failure_mode: FailureMode,
+    sinks: Vec<(Box<dyn Sink>, bool)>,
+}
+
+impl AuditLogBuilder {
+    /// A log for this pgward instance (host or pod name; written in every record).
+    pub fn new(instance: impl Into<String>) -> Self {
+        AuditLogBuilder {
+            instance: instance.into(),
+            file: None,
+            rotate_bytes: None,
+            rotate_after: None,
+            fsync: Fsync::None,
+            key: None,
+            redaction: Redaction::Types,
+            failure_mode: FailureMode::Refuse,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// The active file (without one, records only go to the sinks).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Size rotation.
+    pub fn rotate_bytes(mut self, bytes: u64) -> Self {
+        self.rotate_bytes = (bytes > 0).then_some(bytes);
+        self
+    }
+
+    /// Time rotation.
+    pub fn rotate_after(mut self, age: Duration) -> Self {
+        self.rotate_after = (!age.is_zero()).then_some(age);
+        self
+    }
+
+    /// Durability mode.
+    pub fn fsync(mut self, fsync: Fsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Keyed chaining (HMAC-SHA-256).
+    pub fn hmac_key(mut self, key: Vec<u8>) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Parameter redaction (recorded in `audit_start`; applied by [`crate::Params::capture`]).
+    pub fn redaction(mut self, redaction: Redaction) -> Self {
+        self.redaction = redaction;
+        self
+    }
+
+    /// What a failed write means for the caller.
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.failure_mode = mode;
+        self
+    }
+
+    /// Adds a sink. An authoritative sink's failure fails the append like a file failure.
+    pub fn sink(mut self, sink: Box<dyn Sink>, authoritative: bool) -> Self {
+        self.sinks.push((sink, authoritative));
+        self
+    }
+
+    /// Opens (or continues) the log: recovers the chain from the existing files, writes
+    /// `audit_start`, and starts the writer thread. Blocking I/O: call it at startup.
+    pub fn open(self) -> Result<AuditLog, AuditError> {
+        let hasher = Hasher::new(self.key.as_deref());
+        let instance_json = serde_json::to_string(&self.instance)
+            .map_err(|e| AuditError::Config(format!("instance name: {e}")))?;
+        let failing = Arc::new(Health::default());
+        let lock = self.file.as_deref().map(lock_log).transpose()?;
+        let mut w = Writer {
+            _lock: lock,
+            path: self.file,
+            file: None,
+            rotate_bytes: self.rotate_bytes,
+            rotate_after: self.rotate_after,
+            fsync: self.fsync,
+            hasher,
+            instance_json,
+            redaction: self.redaction,
+            seq: 0,
+            last_hash: GENESIS.to_string(),
+            last_ts: Timestamp(0),
+            header: None,
+            stopped: None,
+            sinks: self.sinks,
+            failing: failing.clone(),
+            buf: Vec::with_capacity(1 << 16),
+            marks: Vec::new(),
+            rotate_not_before: None,
+        };
+        w.recover()?;
+        // The first audit_start must be on disk before the proxy accepts clients: an
+        // unwritable log is a startup error, not a surprise at the first statement.
+        match w.ensure_header() {
+            // Under failure_mode = "log" an extra sink that is down at startup is only
+            // logged; the file itself must work.
+            Err(e @ AuditError::Sink { .. }) if self.failure_mode == FailureMode::Log => {
+                tracing::warn!(error = %e, "audit sink failed at startup");
+            }
+            r => r?,
+        }
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("pgward-audit".to_string())
+            .spawn(move || w.run(rx))
+            .map_err(|e| AuditError::Config(format!("cannot start the audit writer: {e}")))?;
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tx,
+                failing,
+                redaction: self.redaction,
+                failure_mode: self.failure_mode,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+}
+
+/// Whether the last write failed, and with what, for [`AuditLog::ready`].
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    last_error: Mutex<Option<AuditError>>,
+}
+
+impl Health {
+    fn set(&self, e: Option<&AuditError>) {
+        // The flag is what the hot path reads; the error is only for the message.
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e.cloned();
+        }
+        self.failing.store(e.is_some(), Ordering::Release);
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    failing: Arc<Health>,
+    redaction: Redaction,
+    failure_mode: FailureMode,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The audit log handle. Cheap to clone; share it between sessions.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl AuditLog {
+    /// Opens the log described by `[audit]` (paths already resolved), for `instance`.
+    pub fn open(cfg: &AuditConfig, instance: &str) -> Result<AuditLog, AuditError> {
+        let mut b = AuditLogBuilder::new(instance)
+            .file(cfg.file.clone())
+            .rotate_bytes(cfg.rotate_bytes)
+            .rotate_after(Duration::from_secs(cfg.rotate_secs))
+            .fsync(cfg.fsync)
+            .redaction(cfg.redaction)
+            .failure_mode(cfg.failure_mode);
+        if let Some(key) = cfg.hmac_key()? {
+            b = b.hmac_key(key);
+        }
+        if cfg.stdout {
+            b = b.sink(Box::new(LineSink::stdout()), false);
+        }
+        b.open()
+    }
+
+    /// The redaction setting, for [`crate::Params::capture`].
+    pub fn redaction(&self) -> Redaction {
+        self.inner.redaction
+    }
+
+    /// `Err` while the last write failed. Under `failure_mode = "refuse"` the proxy should
+    /// check this before relaying a statement upstream, refuse it with 58030 if it fails,
+    /// and still append that refusal's record: the first append that succeeds again
+    /// clears the state.
+    pub fn ready(&self) -> Result<(), AuditError> {
+        let h = &self.inner.failing;
+        if h.failing.load(Ordering::Acquire) && self.inner.failure_mode == FailureMode::Refuse {
+            let last = h.last_error.lock().ok().and_then(|g| g.clone());
+            return Err(last.unwrap_or(AuditError::Stopped(
+                "the last audit write failed".to_string(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts recording a client connection: serialises its context once so each later
+    /// record of the session only serialises its own fields.
+    pub fn session(&self, info: &SessionInfo) -> SessionLog {
+        SessionLog {
+            log: self.clone(),
+            ctx: Arc::from(event::session_fragment(info)),
+        }
+    }
+
+    fn submit(&self, body: Vec<u8>) -> Append {
+        let (reply, rx) = oneshot::channel();
+        let state = match self.inner.tx.send(Msg::Append(Pending { body, reply })) {
+            Ok(()) => State::Waiting(rx),
+            Err(_) => State::Done(Some(Err(AuditError::Closed))),
+        };
+        Append {
+            state,
+            failure_mode: self.inner.failure_mode,
+        }
+    }
+
+    /// Writes `audit_stop`, flushes, and stops the writer. Appends after this fail with
+    /// [`AuditError::Closed`].
+    pub async fn close(&self, reason: &str) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.inner.tx.send(Msg::Close {
+            reason: reason.to_string(),
+            reply,
+        });
+        if sent.is_err() {
+            return Err(AuditError::Closed);
+        }
+        let res = rx.await.unwrap_or(Err(AuditError::Closed)).map(|_| ());
+        // The thread has replied and is returning; joining is immediate. Take the handle
+        // out first so the lock is not held while joining.
+        let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        res
+    }
+}
+
+/// The per-connection recorder, from [`AuditLog::session`].
+#[derive(Clone)]
+pub struct SessionLog {
+    log: AuditLog,
+    ctx: Arc<str>,
+}
+
+impl SessionLog {
+    /// Records a successful sign-in.
+    pub fn connect(&self, c: &event::Connect<'_>) -> Append {
+        self.log
+            .submit(event::body(EventKind::Connect, &self.ctx, c))
+    }
+
+    /// Records a refused sign-in with its exact reason.
+    pub fn auth_failed(&self, reason: &str) -> Append {
+        let detail = event::AuthFailed { reason };
+        self.log
+            .submit(event::body(EventKind::AuthFailed, &self.ctx, &detail))
+    }
+
+    /// Records a statement. Await the result before relaying the statement's result to
+    /// the client; on `Err`, answer SQLSTATE 58030 instead.
+    pub fn statement(&self, s: &event::Statement<'_>) -> Append {
+        self.log
+            .submit(event::body(EventKind::Statement, &self.ctx, s))
+    }
+
+    /// Records the end of the session.
+    pub fn disconnect(&self, d: &event::Disconnect<'_>) -> Append {
+        self.log
+            .submit(event::body(EventKind::Disconnect, &self.ctx, d))
+    }
+
+    /// The log this session writes to.
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+}
+
+enum State {
+    Waiting(oneshot::Receiver<Result<Receipt, AuditError>>),
+    Done(Option<Result<Receipt, AuditError>>),
+}
+
+/// A pending append: resolves once the record is written (and synced in batch mode).
+/// The event was already serialised when this was created, so it borrows nothing.
+#[must_use = "the record is only known to be written once this resolves"]
+pub struct Append {
+    state: State,
+    failure_mode: FailureMode,
+}
+
+impl Append {
+    fn finish(&self, r: Result<Receipt, AuditError>) -> Result<Receipt, AuditError> {
+        match r {
+            Err(e) if self.failure_mode == FailureMode::Log => {
+                tracing::warn!(error = %e, "audit record not written (failure_mode = log)");
+                Ok(Receipt {
+                    seq: 0,
+                    recorded: false,
+                })
+            }
+            r => r,
+        }
+    }
+
+    /// Blocks the current thread until written (for synchronous callers; never call it
+    /// from inside an async task).
+    pub fn wait(self) -> Result<Receipt, AuditError> {
+        let r = match self.state {
+            State::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(AuditError::Closed)),
+            State::Done(ref r) => r.clone().unwrap_or(Err(AuditError::Closed)),
+        };
+        let a = Append {
+            state: State::Done(None),
+            failure_mode: self.failure_mode,
+        };
+        a.finish(r)
+    }
+}
+
+impl Future for Append {
+    type Output = Result<Receipt, AuditError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = match &mut self.state {
+            State::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r.unwrap_or(Err(AuditError::Closed)),
+            },
+            State::Done(r) => r.take().unwrap_or(Err(AuditError::Closed)),
+        };
+        Poll::Ready(self.finish(r))
+    }
+}
+
+/// The first record a file (or a process) must write before any other.
+#[derive(Clone)]
+struct Header {
+    kind: EventKind,
+    reason: String,
+    predecessor: Option<Predecessor>,
+}
+
+struct ActiveFile {
+    file: File,
+    len: u64,
+    records: u64,
+    opened: Instant,
+}
+
+struct Writer {
+    path: Option<PathBuf>,
+    /// Held for the writer's lifetime: the exclusive lock on `<file>.lock`.
+    _lock: Option<File>,
+    file: Option<ActiveFile>,
+    rotate_bytes: Option<u64>,
+    rotate_after: Option<Duration>,
+    fsync: Fsync,
+    hasher: Hasher,
+    instance_json: String,
+    redaction: Redaction,
+    /// Chain state: the last record written.
+    seq: u64,
+    last_hash: String,
+    last_ts: Timestamp,
+    /// A header still to be written before any other record.
+    header: Option<Header>,
+    /// Set after a failure that leaves durability unknown.
+    stopped: Option<String>,
+    sinks: Vec<(Box<dyn Sink>, bool)>,
+    failing: Arc<Health>,
+    buf: Vec<u8>,
+    /// (seq, start, end) of each record in `buf`.
+    marks: Vec<(u64, usize, usize)>,
+    rotate_not_before: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+struct ChainPoint {
+    seq: u64,
+    hash: String,
+}
+
+impl Writer {
+    fn path_str(&self) -> String {
+        self.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    fn io_err(&self, what: &str, e: &io::Error) -> AuditError {
+        AuditError::Io {
+            path: self.path_str(),
+            kind: e.kind(),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    /// Finds where the chain stands and what the first record must be.
+    fn recover(&mut self) -> Result<(), AuditError> {
+        let version = format!("pgward {}", env!("CARGO_PKG_VERSION"));
+        let Some(path) = self.path.clone() else {
+            self.header = Some(Header {
+                kind: EventKind::AuditStart,
+                reason: version,
+                predecessor: None,
+            });
+            return Ok(());
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, "create directory", &e))?;
+        }
+        let archived = archived_files(&path).map_err(|e| AuditError::io(&path, "list", &e))?;
+        let active_len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(AuditError::io(&path, "stat", &e)),
+        };
+        let mut predecessor = None;
+        let mut reason = "start".to_string();
+        if active_len > 0 {
+            let tail = last_complete_line(&path).map_err(|e| AuditError::io(&path, "read", &e))?;
+            let point = match &tail.line {
+                Some(l) => Some(parse_point(&path, l)?),
+                None => None,
+            };
+            if tail.torn {
+                // Never append after a torn line (that would bury the tear mid-file):
+                // move the file aside and continue in a new one that names it.
+                let point = match point {
+                    Some(p) => Some(p),
+                    None => newest_point(&archived)?,
+                };
+                let to = rotated_name(&path, Timestamp::now());
+                fs::rename(&path, &to)
+                    .map_err(|e| AuditError::io(&path, "rename torn file", &e))?;
+                if let Some(p) = &point {
+                    self.seq = p.seq;
+                    self.last_hash = p.hash.clone();
+                }
+                predecessor = Some(Predecessor {
+                    file: file_name(&to),
+                    last_seq: self.seq,
+                    last_hash: self.last_hash.clone(),
+                });
+                reason = "start after a crash: the previous file ends with a torn line".to_string();
+            } else if let Some(p) = point {
+                self.seq = p.seq;
+                self.last_hash = p.hash;
+            }
+        } else if let Some(newest) = archived.last() {
+            // Crash between rotation's rename and the new file's first record, or the
+            // active file was moved away: continue from the newest rotated file.
+            if let Some(p) = newest_point(&archived)? {
+                self.seq = p.seq;
+                self.last_hash = p.hash;
+            }
+            predecessor = Some(Predecessor {
+                file: file_name(newest),
+                last_seq: self.seq,
+                last_hash: self.last_hash.clone(),
+            });
+        }
+        self.header = Some(Header {
+            kind: EventKind::AuditStart,
+            reason: format!("{reason} ({version})"),
+            predecessor,
+        });
+        Ok(())
+    }
+
+    fn open_active(&mut self) -> Result<(), AuditError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| AuditError::io(path, "open", &e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| AuditError::io(path, "stat", &e))?
+            .len();
+        self.file = Some(ActiveFile {
+            file,
+            len,
+            records: 0,
+            opened: Instant::now(),
+        });
+        if self.fsync == Fsync::Batch {
+            sync_dir(path).map_err(|e| AuditError::io(path, "sync directory", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending header (`audit_start` or `rotate`), if any.
+    fn ensure_header(&mut self) -> Result<(), AuditError> {
+        if let Some(s) = &self.stopped {
+            return Err(AuditError::Stopped(s.clone()));
+        }
+        let Some(h) = self.header.clone() else {
+            return Ok(());
+        };
+        if self.file.is_none() && self.path.is_some() {
+            self.open_active()?;
+        }
+        let detail = LogEvent {
+            reason: Some(&h.reason),
+            predecessor: h.predecessor.as_ref(),
+            alg: Some(self.hasher.alg()),
+            key_id: self.hasher.key_id(),
+            version: (h.kind == EventKind::AuditStart).then_some(env!("CARGO_PKG_VERSION")),
+            redaction: (h.kind == EventKind::AuditStart).then_some(self.redaction),
+        };
+        let body = event::body(h.kind, "\"session\":null", &detail);
+        self.buf.clear();
+        self.marks.clear();
+        let (seq, hash) = self.seal(&body, self.seq + 1, self.last_hash.clone());
+        let res = self.commit(seq, hash);
+        // Written to the file even if an extra sink then failed: do not write it twice.
+        if self.seq == seq {
+            self.header = None;
+        }
+        res
+    }
+
+    /// Appends one framed, chained record to `buf`; returns its seq and hash.
+    fn seal(&mut self, body: &[u8], seq: u64, prev: String) -> (u64, String) {
+        let now = Timestamp::now();
+        // Keep ts non-decreasing along the chain even if the clock steps back.
+        let ts = if now < self.last_ts {
+            self.last_ts
+        } else {
+            now
+        };
+        self.last_ts = ts;
+        let start = self.buf.len();
+        let b = &mut self.buf;
+        b.extend_from_slice(b"{\"v\":");
+        b.extend_from_slice(event::SCHEMA_VERSION.to_string().as_bytes());
+        b.extend_from_slice(b",\"seq\":");
+        b.extend_from_slice(seq.to_string().as_bytes());
+        b.extend_from_slice(b",\"ts\":\"");
+        b.extend_from_slice(ts.to_string().as_bytes());
+        b.extend_from_slice(b"\",\"instance\":");
+        b.extend_from_slice(self.instance_json.as_bytes());
+        b.push(b',');
+        b.extend_from_slice(body);
+        b.extend_from_slice(b",\"prev_hash\":\"");
+        b.extend_from_slice(prev.as_bytes());
+        b.push(b'"');
+        let digest = self.hasher.hash(&b[start..]);
+        let mut hash = String::with_capacity(64);
+        chain::push_hex(&mut hash, &digest);
+        b.extend_from_slice(b",\"hash\":\"");
+        chain::push_hex_bytes(b, &digest);
+        b.extend_from_slice(b"\"}");
+        let end = b.len();
+        b.push(b'\n');
+        self.marks.push((seq, start, end));
+        (seq, hash)
+    }
+
+    /// Writes `buf` (records ending at chain point `seq`/`hash`), syncs per mode, feeds
+    /// the sinks, and advances the chain. On a file failure nothing advances and the
+    /// file is cut back to where it was, so no partial line stays behind.
+    fn commit(&mut self, seq: u64, hash: String) -> Result<(), AuditError> {
+        let n = self.marks.len() as u64;
+        if let Some(f) = self.file.as_mut() {
+            let before = f.len;
+            if let Err(e) = f.file.write_all(&self.buf) {
+                let err = AuditError::Io {
+                    path: self.path_str(),
+                    kind: e.kind(),
+                    message: format!("write: {e}"),
+                };
+                let cut = self
+                    .file
+                    .as_mut()
+                    .map(|f| f.file.set_len(before))
+                    .unwrap_or(Ok(()));
+                if let Err(e2) = cut {
+                    self.stopped = Some(format!(
+                        "a failed write ({e}) could not be rolled back ({e2})"
+                    ));
+                }
+                return Err(err);
+            }
+            if self.fsync == Fsync::Batch {
+                if let Err(e) = f.file.sync_data() {
+                    // After a failed fsync the kernel may have dropped the dirty pages; the
+                    // file's content is unknown, so stop rather than pretend.
+                    self.stopped = Some(format!("fsync failed: {e}"));
+                    return Err(self.io_err("fsync", &e));
+                }
+            }
+            f.len += self.buf.len() as u64;
+            f.records += n;
+        }
+        self.seq = seq;
+        self.last_hash = hash;
+        let mut result = Ok(());
+        if !self.sinks.is_empty() {
+            let batch: Vec<SealedRecord<'_>> = self
+                .marks
+                .iter()
+                .map(|&(seq, s, e)| SealedRecord {
+                    seq,
+                    line: &self.buf[s..e],
+                })
+                .collect();
+            for (sink, authoritative) in &mut self.sinks {
+                if let Err(e) = sink.write_batch(&batch) {
+                    if *authoritative {
+                        result = Err(AuditError::Sink {
+                            sink: sink.name().to_string(),
+                            message: e.to_string(),
+                        });
+                    } else {
+                        tracing::warn!(sink = sink.name(), error = %e, "audit sink failed (best effort)");
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn time_until_rotation(&self) -> Option<Duration> {
+        let age = self.rotate_after?;
+        let f = self.file.as_ref()?;
+        let mut due = f.opened + age;
+        if let Some(nb) = self.rotate_not_before {
+            due = due.max(nb);
+        }
+        Some(due.saturating_duration_since(Instant::now()))
+    }
+
+    /// Rotates when the next record (of `next_len` bytes) would overflow the file, or the
+    /// file is old enough. A file holding only its header is not rotated (an idle proxy
+    /// would otherwise make one empty file per interval).
+    fn rotate_if_due(&mut self, next_len: u64) -> Result<(), AuditError> {
+        let Some(f) = &self.file else {
+            return Ok(());
+        };
+        if f.records <= 1 {
+            return Ok(());
+        }
+        let by_size = self
+            .rotate_bytes
+            .is_some_and(|max| f.len + next_len + FRAME_OVERHEAD > max);
+        let by_time = self
+            .rotate_after
+            .is_some_and(|age| f.opened.elapsed() >= age)
+            && self.rotate_not_before.is_none_or(|t| Instant::now() >= t);
+        if !by_size && !by_time {
+            return Ok(());
+        }
+        let res = self.rotate(if by_size { "size" } else { "time" });
+        self.rotate_not_before = res.is_err().then(|| Instant::now() + ROTATE_RETRY);
+        res
+    }
+
+    fn rotate(&mut self, reason: &str) -> Result<(), AuditError> {
+        let (Some(path), Some(f)) = (self.path.clone(), self.file.as_ref()) else {
+            return Ok(());
+        };
+        if self.fsync == Fsync::Batch {
+            if let Err(e) = f.file.sync_all() {
+                self.stopped = Some(format!("fsync failed: {e}"));
+                return Err(self.io_err("fsync before rotation", &e));
+            }
+        }
+        let to = rotated_name(&path, self.last_ts.max(Timestamp::now()));
+        fs::rename(&path, &to).map_err(|e| self.io_err("rotate (rename)", &e))?;
+        self.file = None;
+        self.header = Some(Header {
+            kind: EventKind::Rotate,
+            reason: reason.to_string(),
+            predecessor: Some(Predecessor {
+                file: file_name(&to),
+                last_seq: self.seq,
+                last_hash: self.last_hash.clone(),
+            }),
+        });
+        self.ensure_header()
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = match self.time_until_rotation() {
+                Some(t) => rx.recv_timeout(t),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let mut close = None;
+            match first {
+                Ok(Msg::Append(p)) => batch.push(p),
+                Ok(Msg::Close { reason, reply }) => close = Some((reason, reply)),
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle time rotation. A failure is retried later and reported to the
+                    // next appends if it persists.
+                    if let Err(e) = self.rotate_if_due(0) {
+                        tracing::warn!(error = %e, "audit time rotation failed");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop("all handles dropped", None);
+                    return;
+                }
+            }
+            while close.is_none() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Append(p)) => batch.push(p),
+                    Ok(Msg::Close { reason, reply }) => close = Some((reason, reply)),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch);
+            if let Some((reason, reply)) = close {
+                self.stop(&reason, Some(reply));
+                return;
+            }
+        }
+    }
+
+    fn process(&mut self, batch: &mut Vec<Pending>) {
+        let mut pending = std::mem::take(batch).into_iter().peekable();
+        while let Some(first_len) = pending.peek().map(|p| p.body.len() as u64) {
+            let prepared = self
+                .ensure_header()
+                .and_then(|()| self.rotate_if_due(first_len));
+            if let Err(e) = prepared {
+                self.fail_all(pending.by_ref(), &e);
+                break;
+            }
+            // Seal as many as fit in the current file (at least one).
+            self.buf.clear();
+            self.marks.clear();
+            let mut seq = self.seq;
+            let mut prev = self.last_hash.clone();
+            let mut taken = Vec::new();
+            let base = self.file.as_ref().map_or(0, |f| f.len);
+            while let Some(p) = pending.next_if(|p| {
+                taken.is_empty()
+                    || self.rotate_bytes.is_none_or(|max| {
+                        base + (self.buf.len() + p.body.len()) as u64 + FRAME_OVERHEAD <= max
+                    })
+            }) {
+                let (s, h) = self.seal(&p.body, seq + 1, prev);
+                seq = s;
+                prev = h;
+                taken.push(p.reply);
+            }
+            match self.commit(seq, prev) {
+                Ok(()) => {
+                    if self.failing.failing.load(Ordering::Relaxed) {
+                        self.failing.set(None);
+                    }
+                    for (reply, &(seq, _, _)) in taken.into_iter().zip(&self.marks) {
+                        let _ = reply.send(Ok(Receipt {
+                            seq,
+                            recorded: true,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    self.failing.set(Some(&e));
+                    for reply in taken {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        // Keep the allocation for the next batch.
+        batch.clear();
+    }
+
+    fn fail_all(&mut self, rest: impl Iterator<Item = Pending>, e: &AuditError) {
+        self.failing.set(Some(e));
+        for p in rest {
+            let _ = p.reply.send(Err(e.clone()));
+        }
+    }
+
+    fn stop(&mut self, reason: &str, reply: Option<Reply>) {
+        let res = self.ensure_header().and_then(|()| {
+            let detail = LogEvent {
+                reason: Some(reason),
+                ..LogEvent::default()
+            };
+            let body = event::body(EventKind::AuditStop, "\"session\":null", &detail);
+            self.buf.clear();
+            self.marks.clear();
+            let (seq, hash) = self.seal(&body, self.seq + 1, self.last_hash.clone());
+            self.commit(seq, hash)?;
+            if let Some(f) = &self.file {
+                // A clean stop is always made durable, whatever the mode.
+                f.file.sync_all().map_err(|e| self.io_err("fsync", &e))?;
+            }
+            Ok(Receipt {
+                seq,
+                recorded: true,
+            })
+        });
+        for (sink, _) in &mut self.sinks {
+            if let Err(e) = sink.close() {
+                tracing::warn!(sink = sink.name(), error = %e, "closing audit sink failed");
+            }
+        }
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "audit_stop not written");
+        }
+        if let Some(r) = reply {
+            let _ = r.send(res);
+        }
+    }
+}
+
+fn parse_point(path: &Path, line: &[u8]) -> Result<ChainPoint, AuditError> {
+    serde_json::from_slice::<ChainPoint>(line).map_err(|e| {
+        AuditError::Config(format!(
+            "the last complete record of {} is unreadable ({e}); run `pgward audit verify` on it, \
+             then move it aside to start a new chain",
+            path.display()
+        ))
+    })
+}
+
+fn newest_point(archived: &[PathBuf]) -> Result<Option<ChainPoint>, AuditError> {
+    for p in archived.iter().rev() {
+        let tail = last_complete_line(p).map_err(|e| AuditError::io(p, "read", &e))?;
+        if let Some(l) = tail.line {
+            return parse_point(p, &l).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `(stem, ext)` of the active file: `pgward.jsonl` → (`pgward`, `.jsonl`).
+fn stem_ext(active: &Path) -> (String, String) {
+    let stem = active
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = active
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    (stem, ext)
+}
+
+/// A free name for a rotated file: `<stem>.<YYYYMMDDTHHMMSS.ffffffZ><ext>`.
+fn rotated_name(active: &Path, ts: Timestamp) -> PathBuf {
+    let (stem, ext) = stem_ext(active);
+    let dir = active.parent().unwrap_or(Path::new(""));
+    let mut t = ts;
+    loop {
+        let p = dir.join(format!("{stem}.{}{ext}", t.compact()));
+        // Later names must sort later; on a clash, move forward a microsecond.
+        if !p.exists() {
+            return p;
+        }
+        t = Timestamp(t.0 + 1);
+    }
+}
+
+/// Rotated files of the log whose active file is `active`, oldest first.
+pub fn archived_files(active: &Path) -> io::Result<Vec<PathBuf>> {
+    let (stem, ext) = stem_ext(active);
+    let dir = match active.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!("{stem}.");
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(mid) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(ext.as_str()))
+        else {
+            continue;
+        };
+        // `20261122T174541.123456Z`
+        let b = mid.as_bytes();
+        if b.len() == 23 && b[8] == b'T' && b[15] == b'.' && b[22] == b'Z' {
+            out.push(active.with_file_name(&name));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// All files of a log in chain order: the rotated ones, then the active one.
+pub fn log_files(active: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut v = archived_files(active)?;
+    if active.exists() {
+        v.push(active.to_path_buf());
+    }
+    Ok(v)
+}
+
+pub(crate) struct Tail {
+    /// The last newline-terminated line (without its newline).
+    pub line: Option<Vec<u8>>,
+    /// The file does not end with a newline.
+    pub torn: bool,
+}
+
+/// Reads backwards in growing windows to find the last complete line without reading the
+/// whole (possibly 100 MiB) file at startup.
+pub(crate) fn last_complete_line(path: &Path) -> io::Result<Tail> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(Tail {
+            line: None,
+            torn: false,
+        });
+    }
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        Read::take(&mut f, len - start).read_to_end(&mut buf)?;
+        let torn = buf.last() != Some(&b'\n');
+        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
+            if start == 0 {
+                return Ok(Tail { line: None, torn });
+            }
+            window *= 2;
+            continue;
+        };
+        match buf[..end].iter().rposition(|&c| c == b'\n') {
+            Some(s) => {
+                return Ok(Tail {
+                    line: Some(buf[s + 1..end].to_vec()),
+                    torn,
+                })
+            }
+            None if start == 0 => {
+                return Ok(Tail {
+                    line: Some(buf[..end].to_vec()),
+                    torn,
+                })
+            }
+            None => window *= 2,
+        }
+    }
+}
+
+/// Takes an exclusive, non-blocking flock(2) on `<file>.lock` (released when the writer
+/// ends or the process dies), so a second pgward pointed at the same file fails at start
+/// instead of forking the chain.
+fn lock_log(file: &Path) -> Result<File, AuditError> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, "create directory", &e))?;
+    }
+    let mut name = file.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AuditError::io(&path, "open lock file", &e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.kind() == io::ErrorKind::WouldBlock {
+            AuditError::Config(format!(
+                "audit log {} is in use by another process (lock {})",
+                file.display(),
+                path.display()
+            ))
+        } else {
+            AuditError::io(&path, "lock", &e)
+        });
+    }
+    Ok(f)
+}
+
+fn sync_dir(file: &Path) -> io::Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}

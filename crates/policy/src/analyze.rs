@@ -1,0 +1,1678 @@
+//! SQL analysis: what every statement does to which objects.
+//!
+//! The walk visits every node of PostgreSQL's parse tree (the child lists come from
+//! `walk_gen.rs`, generated from pg_query's protobuf definitions, so no field can be
+//! forgotten). Statement nodes get a handler that knows which relation is the target and what
+//! is done to it; every other relation reference anywhere in the tree is a read. Statement kinds
+//! without a handler are "not understood" and therefore denied.
+
+use std::fmt;
+
+use pg_query::protobuf as pb;
+use pg_query::NodeRef;
+
+use crate::walk_gen::{children, stmt_name};
+
+/// Deeper trees than this are refused rather than walked, so hostile input cannot exhaust the
+/// stack of the proxy's worker threads.
+const MAX_DEPTH: usize = 400;
+
+/// Statements longer than this are refused without parsing (1 MiB of SQL text).
+const MAX_SQL_LEN: usize = 1 << 20;
+
+/// What a statement does to an object. The names are the policy file's action names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Read rows (SELECT, COPY TO client, RETURNING, reads in WHERE of UPDATE/DELETE).
+    Select,
+    /// Add rows.
+    Insert,
+    /// Change rows; also row locks (FOR UPDATE/SHARE), as in PostgreSQL.
+    Update,
+    /// Remove rows.
+    Delete,
+    /// TRUNCATE.
+    Truncate,
+    /// CREATE of any object.
+    Create,
+    /// ALTER, RENAME, COMMENT, OWNER TO, SET SCHEMA and CREATE INDEX/TRIGGER/POLICY/RULE on a table.
+    Alter,
+    /// DROP.
+    Drop,
+    /// GRANT / REVOKE / ALTER DEFAULT PRIVILEGES.
+    Grant,
+    /// CALL of a procedure, DO blocks and procedural code (see docs/policy.md).
+    Execute,
+    /// COPY to or from a server file or program.
+    CopyFile,
+    /// LISTEN on a channel.
+    Listen,
+    /// NOTIFY / pg_notify() on a channel.
+    Notify,
+    /// Change a setting (SET, RESET, set_config()).
+    Set,
+    /// VACUUM, ANALYZE, CLUSTER, REINDEX, LOCK, REFRESH MATERIALIZED VIEW, CHECKPOINT, LOAD.
+    Utility,
+}
+
+impl Action {
+    /// Every action, in documentation order.
+    pub const ALL: [Action; 15] = [
+        Action::Select,
+        Action::Insert,
+        Action::Update,
+        Action::Delete,
+        Action::Truncate,
+        Action::Create,
+        Action::Alter,
+        Action::Drop,
+        Action::Grant,
+        Action::Execute,
+        Action::CopyFile,
+        Action::Listen,
+        Action::Notify,
+        Action::Set,
+        Action::Utility,
+    ];
+
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Select => "select",
+            Action::Insert => "insert",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Truncate => "truncate",
+            Action::Create => "create",
+            Action::Alter => "alter",
+            Action::Drop => "drop",
+            Action::Grant => "grant",
+            Action::Execute => "execute",
+            Action::CopyFile => "copy_file",
+            Action::Listen => "listen",
+            Action::Notify => "notify",
+            Action::Set => "set",
+            Action::Utility => "utility",
+        }
+    }
+
+    /// Parses a policy-file action name.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.iter().copied().find(|a| a.as_str() == s)
+    }
+
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kinds of objects that live outside schemas. In policy files they are written
+/// `kind.name` (for example `setting.search_path`, `channel.jobs`, `role.alice`); a `*` in the
+/// schema position never matches them, so a role allowed `"*"` still cannot change settings,
+/// roles or channels unless it names the kind.
+pub const PSEUDO_KINDS: [&str; 9] = [
+    "setting",
+    "channel",
+    "role",
+    "database",
+    "extension",
+    "language",
+    "library",
+    "server",
+    "tablespace",
+];
+
+/// An object a statement touches, as written (unqualified names are resolved at decision time
+/// against the session's search path).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectRef {
+    /// A relation, view, sequence, function, procedure, type or other schema-scoped object.
+    /// `schema` is `None` when the statement did not qualify the name.
+    Relation {
+        /// The schema as written, if any.
+        schema: Option<String>,
+        /// The object name (already case-folded by the parser).
+        name: String,
+    },
+    /// A whole schema (CREATE/DROP SCHEMA, GRANT ... ALL TABLES IN SCHEMA, REINDEX SCHEMA).
+    Schema(String),
+    /// The whole database (VACUUM with no table, REINDEX DATABASE, CHECKPOINT, ...).
+    All,
+    /// An object outside schemas: `kind` is one of [`PSEUDO_KINDS`].
+    Pseudo {
+        /// One of [`PSEUDO_KINDS`].
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl ObjectRef {
+    fn rel(schema: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef::Relation {
+            schema: schema.filter(|s| !s.is_empty()).map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectRef::Relation {
+                schema: Some(s),
+                name,
+            } => write!(f, "{}.{}", quote(s), quote(name)),
+            ObjectRef::Relation { schema: None, name } => write!(f, "{}", quote(name)),
+            ObjectRef::Schema(s) => write!(f, "{}.*", quote(s)),
+            ObjectRef::All => f.write_str("*"),
+            ObjectRef::Pseudo { kind, name } => write!(f, "{kind}.{}", quote(name)),
+        }
+    }
+}
+
+/// Quotes an identifier when it would not read back the same unquoted.
+pub(crate) fn quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !s.starts_with(|c: char| c.is_ascii_digit() || c == '$');
+    if plain {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+/// One (action, object) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Access {
+    /// What is done.
+    pub action: Action,
+    /// To what.
+    pub object: ObjectRef,
+}
+
+/// A function called (or a pseudo-function such as `do`, see docs/policy.md).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionRef {
+    /// The schema as written, if any.
+    pub schema: Option<String>,
+    /// The function name (case-folded by the parser).
+    pub name: String,
+}
+
+impl fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{}.{}", quote(s), quote(&self.name)),
+            None => f.write_str(&quote(&self.name)),
+        }
+    }
+}
+
+/// A change to a run-time setting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SettingChange {
+    /// SET name = value / set_config(name, value, ...). `value` is the textual value when it
+    /// was a literal (`None` for DEFAULT or a non-literal value).
+    Set {
+        /// Lower-cased setting name (`*` when set_config() was given a non-literal name).
+        name: String,
+        /// Elements of the value, when literal (a list for search_path).
+        value: Option<Vec<String>>,
+    },
+    /// RESET name (also SET name TO DEFAULT).
+    Reset {
+        /// Lower-cased setting name.
+        name: String,
+    },
+    /// RESET ALL or DISCARD ALL.
+    ResetAll,
+}
+
+impl SettingChange {
+    /// The setting's name (`all` for RESET ALL).
+    pub fn name(&self) -> &str {
+        match self {
+            SettingChange::Set { name, .. } | SettingChange::Reset { name } => name,
+            SettingChange::ResetAll => "all",
+        }
+    }
+}
+
+/// What a statement changes in pgward's view of the session (see [`crate::SessionState`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEffect {
+    /// Stores a prepared statement under a name (SQL PREPARE).
+    Prepare(String, Box<StatementAnalysis>),
+    /// Forgets a prepared statement (`None`: all of them).
+    Deallocate(Option<String>),
+    /// DISCARD ALL: forgets prepared statements and resets settings.
+    DiscardAll,
+}
+
+/// The analysis of one SQL statement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatementAnalysis {
+    /// The statement's kind, e.g. `SelectStmt`, `CopyStmt`.
+    pub kind: &'static str,
+    /// The statement's text.
+    pub sql: String,
+    /// Every (action, object) pair, sorted and without duplicates.
+    pub accesses: Vec<Access>,
+    /// Every function called, sorted and without duplicates.
+    pub functions: Vec<FunctionRef>,
+    /// Settings changed.
+    pub settings: Vec<SettingChange>,
+    /// Why parts of the statement were not understood; non-empty means the statement is denied.
+    pub not_understood: Vec<String>,
+    /// The prepared statement an EXECUTE runs (decided as what was prepared).
+    pub executes: Option<String>,
+    /// Changes to pgward's session state.
+    pub effects: Vec<SessionEffect>,
+}
+
+/// The analysis of a whole query string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Analysis {
+    /// One entry per statement, in order.
+    pub statements: Vec<StatementAnalysis>,
+}
+
+/// Why a query string could not be analysed at all; the query is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnalysisError {
+    /// PostgreSQL's parser rejected it.
+    Parse(String),
+    /// Longer than pgward accepts.
+    TooLong(usize),
+    /// Nested too deeply, or too many chained operators, to be parsed at a bounded cost.
+    TooComplex,
+}
+
+impl fmt::Display for AnalysisError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnalysisError::Parse(e) => write!(f, "syntax error: {e}"),
+            AnalysisError::TooLong(n) => write!(f, "statement too long ({n} bytes, limit {MAX_SQL_LEN})"),
+            AnalysisError::TooComplex => f.write_str(
+                "statement nests too deeply or chains too many operators for pgward to analyse (see docs/policy.md, Limits)",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AnalysisError {}
+
+/// Longer SQL is parsed on a thread with a large stack: libpg_query's conversion of the parse
+/// tree recurses once per nesting level, and `SELECT 1+1+1...` nests once per two bytes, which
+/// could overflow a 2 MiB async worker stack. Shorter SQL cannot nest deeply enough to matter.
+const BIG_SQL: usize = 4 * 1024;
+
+/// Stack for parsing big SQL (address space reserved, not memory used, unless the SQL nests).
+const BIG_STACK: usize = 256 << 20;
+
+/// Most operators a statement longer than [`BIG_SQL`] may chain. libpg_query's tree output is
+/// quadratic in the depth of left-deep operator chains (`1+1+1...`: 100,000 of them take
+/// seconds), so such input is refused after a linear scan instead of being parsed.
+const MAX_OPERATORS: usize = 4000;
+
+/// Deepest parenthesis nesting accepted in a statement longer than [`BIG_SQL`].
+const MAX_PARENS: usize = 1000;
+
+/// Maps pg_query's errors. Its protobuf decoder stops at 100 nested messages (about 45 levels
+/// of expression nesting); such a statement is reported as too complex, not as a syntax error.
+fn parse_error(e: pg_query::Error) -> AnalysisError {
+    match e {
+        pg_query::Error::Decode(_) => AnalysisError::TooComplex,
+        pg_query::Error::Parse(m) | pg_query::Error::Scan(m) => AnalysisError::Parse(m),
+        other => AnalysisError::Parse(other.to_string()),
+    }
+}
+
+fn check_complexity(sql: &str) -> Result<(), AnalysisError> {
+    let scan = pg_query::scan(sql).map_err(parse_error)?;
+    let (mut ops, mut depth, mut max_depth) = (0usize, 0usize, 0usize);
+    for t in &scan.tokens {
+        match t.token {
+            // % * + - / ^ and every other operator (||, ->>, custom ones).
+            37 | 42 | 43 | 45 | 47 | 94 => ops += 1,
+            x if x == pb::Token::Op as i32 => ops += 1,
+            40 => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            41 => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if ops > MAX_OPERATORS || max_depth > MAX_PARENS {
+        return Err(AnalysisError::TooComplex);
+    }
+    Ok(())
+}
+
+fn parse_on_big_stack(sql: &str) -> Result<pg_query::ParseResult, AnalysisError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pgward-parse".to_owned())
+            .stack_size(BIG_STACK)
+            .spawn_scoped(scope, || pg_query::parse(sql).map_err(parse_error))
+            .map_err(|e| AnalysisError::Parse(format!("cannot start parser thread: {e}")))?
+            .join()
+            .map_err(|_| AnalysisError::Parse("parser failed".to_owned()))?
+    })
+}
+
+/// Analyses a query string (one or more statements) with PostgreSQL's parser.
+pub fn analyze(sql: &str) -> Result<Analysis, AnalysisError> {
+    if sql.len() > MAX_SQL_LEN {
+        return Err(AnalysisError::TooLong(sql.len()));
+    }
+    let parsed = if sql.len() > BIG_SQL {
+        check_complexity(sql)?;
+        parse_on_big_stack(sql)?
+    } else {
+        pg_query::parse(sql).map_err(parse_error)?
+    };
+    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let text = statement_text(sql, raw);
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        statements.push(analyze_node(node.to_ref(), text));
+    }
+    Ok(Analysis { statements })
+}
+
+/// The statement's own text. Locations are byte offsets into `sql`; `get` keeps a bad offset
+/// from panicking (it then falls back to the whole string, which is only used for display).
+fn statement_text(sql: &str, raw: &pb::RawStmt) -> String {
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+    let text = if raw.stmt_len == 0 {
+        sql.get(start..)
+    } else {
+        usize::try_from(raw.stmt_len)
+            .ok()
+            .and_then(|len| sql.get(start..start.saturating_add(len)))
+    };
+    text.unwrap_or(sql).trim().to_owned()
+}
+
+fn analyze_node(node: NodeRef<'_>, sql: String) -> StatementAnalysis {
+    let mut w = Walker::default();
+    w.out.kind = stmt_name(node).unwrap_or("Unknown");
+    w.visit(node);
+    let mut out = w.out;
+    out.sql = sql;
+    out.accesses.sort();
+    out.accesses.dedup();
+    out.functions.sort();
+    out.functions.dedup();
+    out
+}
+
+#[derive(Default)]
+struct Walker {
+    out: StatementAnalysis,
+    /// Addresses of RangeVar nodes a statement handler already accounted for (targets of
+    /// INSERT/UPDATE/..., DDL names), so the generic walk does not also count them as reads.
+    claimed: Vec<usize>,
+    /// CTE names visible at the current point of the walk, innermost last.
+    ctes: Vec<String>,
+    /// The schema a CREATE SCHEMA statement being walked creates.
+    schema_override: Option<String>,
+    depth: usize,
+}
+
+fn addr(rv: &pb::RangeVar) -> usize {
+    rv as *const pb::RangeVar as usize
+}
+
+fn node_ref(n: &pb::Node) -> Option<NodeRef<'_>> {
+    n.node.as_ref().map(|n| n.to_ref())
+}
+
+fn opt_ref(n: &Option<Box<pb::Node>>) -> Option<NodeRef<'_>> {
+    n.as_ref().and_then(|n| node_ref(n))
+}
+
+/// The string value of a `String` node.
+fn str_of(n: &pb::Node) -> Option<&str> {
+    match &n.node {
+        Some(pb::node::Node::String(s)) => Some(&s.sval),
+        _ => None,
+    }
+}
+
+/// The name parts of a qualified name given as a list of `String` nodes.
+fn name_parts(list: &[pb::Node]) -> Vec<&str> {
+    list.iter().filter_map(str_of).collect()
+}
+
+/// Schema and name from name parts (`[catalog.]schema.name`).
+fn split_parts<'s>(parts: &[&'s str]) -> Option<(Option<&'s str>, &'s str)> {
+    let (last, rest) = parts.split_last()?;
+    Some((rest.last().copied(), last))
+}
+
+impl Walker {
+    fn not_understood(&mut self, why: impl Into<String>) {
+        self.out.not_understood.push(why.into());
+    }
+
+    fn access(&mut self, action: Action, object: ObjectRef) {
+        if action != Action::Select {
+            if let ObjectRef::Relation { schema, name } = &object {
+                if name == "pg_settings" && schema.as_deref().is_none_or(|s| s == "pg_catalog") {
+                    // UPDATE pg_settings runs set_config() for the rows it changes: which
+                    // settings is only known at run time.
+                    self.out.settings.push(SettingChange::Set {
+                        name: "*".to_owned(),
+                        value: None,
+                    });
+                }
+            }
+        }
+        self.out.accesses.push(Access { action, object });
+    }
+
+    /// Records `action` on the relation a RangeVar names. Inside CREATE SCHEMA, PostgreSQL
+    /// puts the new schema first on the search path, so an unqualified name counts for both.
+    fn rv_access(&mut self, action: Action, rv: &pb::RangeVar) {
+        self.access(action, ObjectRef::rel(Some(&rv.schemaname), &rv.relname));
+        if rv.schemaname.is_empty() {
+            if let Some(s) = self.schema_override.clone() {
+                self.access(action, ObjectRef::rel(Some(&s), &rv.relname));
+            }
+        }
+    }
+
+    /// Records `actions` on a relation named by a RangeVar and marks it as accounted for.
+    fn claim(&mut self, rv: &pb::RangeVar, actions: &[Action]) {
+        self.claimed.push(addr(rv));
+        for &a in actions {
+            self.rv_access(a, rv);
+        }
+    }
+
+    fn claim_node(&mut self, n: &pb::Node, actions: &[Action]) {
+        match &n.node {
+            Some(pb::node::Node::RangeVar(rv)) => self.claim(rv, actions),
+            _ => self.not_understood("expected a relation name"),
+        }
+    }
+
+    fn visit(&mut self, node: NodeRef<'_>) {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            if self.depth == MAX_DEPTH + 1 {
+                self.not_understood("statement nested too deeply");
+            }
+        } else if stmt_name(node).is_some() {
+            self.statement(node);
+        } else {
+            match node {
+                NodeRef::RangeVar(rv) => self.range_var(rv),
+                NodeRef::FuncCall(fc) => self.func_call(fc),
+                _ => self.visit_children(node),
+            }
+        }
+        self.depth -= 1;
+    }
+
+    fn visit_children(&mut self, node: NodeRef<'_>) {
+        let mut kids = Vec::new();
+        children(node, &mut kids);
+        for k in kids {
+            self.visit(k);
+        }
+    }
+
+    /// Walks all children except the WITH clause (already walked with its own scoping rules).
+    fn visit_children_but_with(&mut self, node: NodeRef<'_>) {
+        let mut kids = Vec::new();
+        children(node, &mut kids);
+        for k in kids {
+            if !matches!(k, NodeRef::WithClause(_)) {
+                self.visit(k);
+            }
+        }
+    }
+
+    fn visit_opt(&mut self, n: &Option<Box<pb::Node>>) {
+        if let Some(n) = opt_ref(n) {
+            self.visit(n);
+        }
+    }
+
+    fn range_var(&mut self, rv: &pb::RangeVar) {
+        if self.claimed.contains(&addr(rv)) {
+            return;
+        }
+        // An unqualified name that matches a CTE in scope is that CTE, not a table.
+        if rv.schemaname.is_empty() && rv.catalogname.is_empty() && self.ctes.contains(&rv.relname)
+        {
+            return;
+        }
+        self.rv_access(Action::Select, rv);
+    }
+
+    /// Walks a WITH clause and leaves its names in scope; returns how many were pushed.
+    /// Non-recursive CTEs see only the CTEs before them; recursive ones see all of them,
+    /// exactly as in PostgreSQL. Getting this wrong in the other direction would hide a table
+    /// behind a CTE of the same name, so scopes are never wider than PostgreSQL's.
+    fn with_clause(&mut self, w: Option<&pb::WithClause>) -> usize {
+        let Some(w) = w else { return 0 };
+        let ctes: Vec<&pb::CommonTableExpr> = w
+            .ctes
+            .iter()
+            .filter_map(|n| match &n.node {
+                Some(pb::node::Node::CommonTableExpr(c)) => Some(c.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if ctes.len() != w.ctes.len() {
+            self.not_understood("unexpected WITH element");
+        }
+        if w.recursive {
+            for c in &ctes {
+                self.ctes.push(c.ctename.clone());
+            }
+            for c in &ctes {
+                self.visit_children(NodeRef::CommonTableExpr(c));
+            }
+        } else {
+            for c in &ctes {
+                self.visit_children(NodeRef::CommonTableExpr(c));
+                self.ctes.push(c.ctename.clone());
+            }
+        }
+        ctes.len()
+    }
+
+    fn pop_ctes(&mut self, n: usize) {
+        let keep = self.ctes.len().saturating_sub(n);
+        self.ctes.truncate(keep);
+    }
+
+    fn func_call(&mut self, fc: &pb::FuncCall) {
+        let parts = name_parts(&fc.funcname);
+        if let Some((schema, name)) = split_parts(&parts) {
+            self.function(schema, name, &fc.args);
+        } else {
+            self.not_understood("function with an unreadable name");
+        }
+        self.visit_children(NodeRef::FuncCall(fc));
+    }
+
+    /// Records a function call; some built-ins act on objects named by a string argument and
+    /// are turned into the accesses they really make.
+    fn function(&mut self, schema: Option<&str>, name: &str, args: &[pb::Node]) {
+        self.out.functions.push(FunctionRef {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        });
+        if schema.is_some_and(|s| s != "pg_catalog") {
+            return;
+        }
+        let first = args.first().and_then(const_str);
+        match name {
+            "set_config" => {
+                let setting = first.map_or_else(|| "*".to_owned(), |s| s.to_ascii_lowercase());
+                let value = args.get(1).and_then(const_str).map(|v| split_list(&v));
+                self.out.settings.push(SettingChange::Set {
+                    name: setting,
+                    value,
+                });
+            }
+            "pg_notify" => {
+                let object = first.map_or(ObjectRef::All, |c| ObjectRef::Pseudo {
+                    kind: "channel",
+                    name: c,
+                });
+                self.access(Action::Notify, object);
+            }
+            // Sequence functions take the sequence's name as text: nextval('salaries_id_seq').
+            "nextval" | "setval" | "currval" | "lastval" => {
+                let action = if name == "currval" || name == "lastval" {
+                    Action::Select
+                } else {
+                    Action::Update
+                };
+                if name == "lastval" {
+                    return;
+                }
+                match first.as_deref().map(parse_qualified) {
+                    Some(Some((s, n))) => self.access(action, ObjectRef::rel(s.as_deref(), &n)),
+                    _ => self.access(action, ObjectRef::All),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn statement(&mut self, node: NodeRef<'_>) {
+        use Action as A;
+        match node {
+            NodeRef::SelectStmt(s) => self.select(s),
+            NodeRef::InsertStmt(s) => {
+                let n = self.with_clause(s.with_clause.as_ref());
+                if let Some(rv) = &s.relation {
+                    let mut actions = vec![A::Insert];
+                    if let Some(oc) = &s.on_conflict_clause {
+                        // DO UPDATE changes existing rows and reads them (its WHERE and SET see them).
+                        if oc.action == pb::OnConflictAction::OnconflictUpdate as i32 {
+                            actions.extend([A::Update, A::Select]);
+                        }
+                    }
+                    if !s.returning_list.is_empty() {
+                        actions.push(A::Select);
+                    }
+                    self.claim(rv, &actions);
+                }
+                self.visit_children_but_with(node);
+                self.pop_ctes(n);
+            }
+            NodeRef::UpdateStmt(s) => {
+                let n = self.with_clause(s.with_clause.as_ref());
+                if let Some(rv) = &s.relation {
+                    // Any WHERE, FROM or RETURNING reads the target's rows (row counts alone leak
+                    // data), and PostgreSQL requires SELECT for them too.
+                    let reads = s.where_clause.is_some()
+                        || !s.from_clause.is_empty()
+                        || !s.returning_list.is_empty();
+                    let reads = reads || s.target_list.iter().any(references_columns);
+                    let actions: &[A] = if reads {
+                        &[A::Update, A::Select]
+                    } else {
+                        &[A::Update]
+                    };
+                    self.claim(rv, actions);
+                }
+                self.visit_children_but_with(node);
+                self.pop_ctes(n);
+            }
+            NodeRef::DeleteStmt(s) => {
+                let n = self.with_clause(s.with_clause.as_ref());
+                if let Some(rv) = &s.relation {
+                    let reads = s.where_clause.is_some()
+                        || !s.using_clause.is_empty()
+                        || !s.returning_list.is_empty();
+                    let actions: &[A] = if reads {
+                        &[A::Delete, A::Select]
+                    } else {
+                        &[A::Delete]
+                    };
+                    self.claim(rv, actions);
+                }
+                self.visit_children_but_with(node);
+                self.pop_ctes(n);
+            }
+            NodeRef::MergeStmt(s) => {
+                let n = self.with_clause(s.with_clause.as_ref());
+                if let Some(rv) = &s.relation {
+                    // The join condition always reads the target.
+                    let mut actions = vec![A::Select];
+                    for w in &s.merge_when_clauses {
+                        if let Some(pb::node::Node::MergeWhenClause(w)) = &w.node {
+                            match pb::CmdType::try_from(w.command_type) {
+                                Ok(pb::CmdType::CmdUpdate) => actions.push(A::Update),
+                                Ok(pb::CmdType::CmdDelete) => actions.push(A::Delete),
+                                Ok(pb::CmdType::CmdInsert) => actions.push(A::Insert),
+                                Ok(pb::CmdType::CmdNothing) => {}
+                                _ => self.not_understood("unknown MERGE action"),
+                            }
+                        }
+                    }
+                    self.claim(rv, &actions);
+                }
+                self.visit_children_but_with(node);
+                self.pop_ctes(n);
+            }
+            NodeRef::TruncateStmt(s) => {
+                for r in &s.relations {
+                    self.claim_node(r, &[A::Truncate]);
+                }
+                self.cascade(A::Truncate, s.behavior);
+            }
+            NodeRef::CopyStmt(s) => self.copy(s),
+            // EXPLAIN (with or without ANALYZE) is decided as the statement it explains: plain
+            // EXPLAIN needs the same privileges in PostgreSQL and reveals row estimates.
+            NodeRef::ExplainStmt(_)
+            | NodeRef::DeclareCursorStmt(_)
+            | NodeRef::ReturnStmt(_)
+            | NodeRef::SetOperationStmt(_) => self.visit_children(node),
+            NodeRef::PrepareStmt(s) => {
+                // PREPARE is decided as its statement now, and EXECUTE as it again later.
+                if let Some(q) = opt_ref(&s.query) {
+                    let inner = analyze_node(q, String::new());
+                    self.merge(&inner);
+                    self.out
+                        .effects
+                        .push(SessionEffect::Prepare(s.name.clone(), Box::new(inner)));
+                } else {
+                    self.not_understood("PREPARE without a statement");
+                }
+            }
+            NodeRef::ExecuteStmt(s) => {
+                self.out.executes = Some(s.name.clone());
+                self.visit_children(node);
+            }
+            NodeRef::DeallocateStmt(s) => {
+                let name = if s.isall { None } else { Some(s.name.clone()) };
+                self.out.effects.push(SessionEffect::Deallocate(name));
+            }
+            NodeRef::CreateTableAsStmt(s) => {
+                if let Some(rv) = s.into.as_ref().and_then(|i| i.rel.as_ref()) {
+                    self.claim(rv, &[A::Create]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::ViewStmt(s) => {
+                if let Some(rv) = &s.view {
+                    let actions: &[A] = if s.replace {
+                        &[A::Create, A::Alter]
+                    } else {
+                        &[A::Create]
+                    };
+                    self.claim(rv, actions);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::RuleStmt(s) => {
+                if let Some(rv) = &s.relation {
+                    self.claim(rv, &[A::Alter]);
+                }
+                // Rule actions see the pseudo-relations NEW and OLD.
+                self.ctes.extend(["new".to_owned(), "old".to_owned()]);
+                self.visit_children(node);
+                self.pop_ctes(2);
+            }
+            NodeRef::CreateFunctionStmt(s) => self.create_function(s),
+            NodeRef::DoStmt(_) => {
+                // Procedural code pgward cannot read: the pseudo-function `do` must be allowed.
+                self.out.functions.push(FunctionRef {
+                    schema: None,
+                    name: "do".to_owned(),
+                });
+            }
+            NodeRef::CallStmt(s) => {
+                if let Some(fc) = &s.funccall {
+                    let parts = name_parts(&fc.funcname);
+                    if let Some((schema, name)) = split_parts(&parts) {
+                        self.access(A::Execute, ObjectRef::rel(schema, name));
+                    }
+                    self.func_call(fc);
+                } else {
+                    self.not_understood("CALL without a procedure");
+                }
+            }
+            NodeRef::VariableSetStmt(s) => self.set(s),
+            NodeRef::VariableShowStmt(_)
+            | NodeRef::TransactionStmt(_)
+            | NodeRef::ClosePortalStmt(_)
+            | NodeRef::FetchStmt(_)
+            | NodeRef::UnlistenStmt(_)
+            | NodeRef::ConstraintsSetStmt(_) => self.transaction_or_harmless(node),
+            NodeRef::DiscardStmt(s) => {
+                if s.target == pb::DiscardMode::DiscardAll as i32 {
+                    self.out.settings.push(SettingChange::ResetAll);
+                    self.out.effects.push(SessionEffect::DiscardAll);
+                }
+            }
+            NodeRef::ListenStmt(s) => {
+                self.access(
+                    A::Listen,
+                    ObjectRef::Pseudo {
+                        kind: "channel",
+                        name: s.conditionname.clone(),
+                    },
+                );
+            }
+            NodeRef::NotifyStmt(s) => {
+                self.access(
+                    A::Notify,
+                    ObjectRef::Pseudo {
+                        kind: "channel",
+                        name: s.conditionname.clone(),
+                    },
+                );
+            }
+            NodeRef::VacuumStmt(s) => {
+                if s.rels.is_empty() {
+                    self.access(A::Utility, ObjectRef::All);
+                }
+                for r in &s.rels {
+                    if let Some(pb::node::Node::VacuumRelation(vr)) = &r.node {
+                        if let Some(rv) = &vr.relation {
+                            self.claim(rv, &[A::Utility]);
+                        }
+                    }
+                }
+                self.visit_children(node);
+            }
+            NodeRef::ClusterStmt(s) => {
+                match &s.relation {
+                    Some(rv) => self.claim(rv, &[A::Utility]),
+                    None => self.access(A::Utility, ObjectRef::All),
+                }
+                self.visit_children(node);
+            }
+            NodeRef::ReindexStmt(s) => {
+                match pb::ReindexObjectType::try_from(s.kind) {
+                    Ok(
+                        pb::ReindexObjectType::ReindexObjectTable
+                        | pb::ReindexObjectType::ReindexObjectIndex,
+                    ) => {
+                        if let Some(rv) = &s.relation {
+                            self.claim(rv, &[A::Utility]);
+                        }
+                    }
+                    Ok(pb::ReindexObjectType::ReindexObjectSchema) => {
+                        self.access(A::Utility, ObjectRef::Schema(s.name.clone()));
+                    }
+                    _ => self.access(A::Utility, ObjectRef::All),
+                }
+                self.visit_children(node);
+            }
+            NodeRef::LockStmt(s) => {
+                for r in &s.relations {
+                    self.claim_node(r, &[A::Utility]);
+                }
+            }
+            NodeRef::RefreshMatViewStmt(s) => {
+                if let Some(rv) = &s.relation {
+                    self.claim(rv, &[A::Utility]);
+                }
+            }
+            NodeRef::CheckPointStmt(_) => self.access(A::Utility, ObjectRef::All),
+            NodeRef::LoadStmt(s) => {
+                self.access(
+                    A::Utility,
+                    ObjectRef::Pseudo {
+                        kind: "library",
+                        name: s.filename.clone(),
+                    },
+                );
+            }
+            NodeRef::GrantStmt(s) => self.grant(s, A::Grant),
+            NodeRef::GrantRoleStmt(s) => {
+                for r in &s.granted_roles {
+                    if let Some(pb::node::Node::AccessPriv(p)) = &r.node {
+                        self.access(
+                            A::Grant,
+                            ObjectRef::Pseudo {
+                                kind: "role",
+                                name: p.priv_name.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            NodeRef::AlterDefaultPrivilegesStmt(s) => {
+                let schemas: Vec<String> = s
+                    .options
+                    .iter()
+                    .filter_map(|o| match &o.node {
+                        Some(pb::node::Node::DefElem(d)) if d.defname == "schemas" => Some(d),
+                        _ => None,
+                    })
+                    .flat_map(|d| list_strings(d.arg.as_deref()))
+                    .collect();
+                if schemas.is_empty() {
+                    self.access(A::Grant, ObjectRef::All);
+                }
+                for sc in schemas {
+                    self.access(A::Grant, ObjectRef::Schema(sc));
+                }
+            }
+            NodeRef::CreateStmt(s) => {
+                if let Some(rv) = &s.relation {
+                    self.claim(rv, &[A::Create]);
+                }
+                // INHERITS / PARTITION OF attach the new table to a parent: its rows then show up
+                // in the parent, so that changes the parent.
+                for p in &s.inh_relations {
+                    self.claim_node(p, &[A::Alter]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::CreateForeignTableStmt(s) => {
+                if let Some(rv) = s.base_stmt.as_ref().and_then(|b| b.relation.as_ref()) {
+                    self.claim(rv, &[A::Create]);
+                }
+                self.access(
+                    A::Execute,
+                    ObjectRef::Pseudo {
+                        kind: "server",
+                        name: s.servername.clone(),
+                    },
+                );
+                self.visit_children(node);
+            }
+            NodeRef::IndexStmt(s) => {
+                // An index is decided as `create` on the table it indexes.
+                if let Some(rv) = &s.relation {
+                    self.claim(rv, &[A::Create]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::CreateSchemaStmt(s) => {
+                self.access(A::Create, ObjectRef::Schema(s.schemaname.clone()));
+                let outer = self.schema_override.replace(s.schemaname.clone());
+                self.visit_children(node);
+                self.schema_override = outer;
+            }
+            NodeRef::CreateSeqStmt(s) => {
+                if let Some(rv) = &s.sequence {
+                    self.claim(rv, &[A::Create]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::AlterSeqStmt(s) => {
+                if let Some(rv) = &s.sequence {
+                    self.claim(rv, &[A::Alter]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::AlterTableStmt(s) => {
+                if let Some(rv) = &s.relation {
+                    self.claim(rv, &[A::Alter]);
+                }
+                for c in &s.cmds {
+                    if let Some(pb::node::Node::AlterTableCmd(c)) = &c.node {
+                        self.cascade(A::Drop, c.behavior);
+                    }
+                }
+                self.visit_children(node);
+            }
+            NodeRef::AlterFunctionStmt(s) => {
+                if let Some(f) = &s.func {
+                    self.object_name(A::Alter, pb::ObjectType::ObjectFunction as i32, &f.objname);
+                }
+                // Its actions are options (volatility, SECURITY DEFINER, SET ...), no code.
+                for a in &s.actions {
+                    if let Some(pb::node::Node::DefElem(d)) = &a.node {
+                        if d.defname == "set" {
+                            self.function_set_option(d);
+                        }
+                    }
+                }
+            }
+            NodeRef::CreateTrigStmt(s) => {
+                if let Some(rv) = &s.relation {
+                    self.claim(rv, &[A::Alter]);
+                }
+                if let Some(rv) = &s.constrrel {
+                    self.claim(rv, &[A::Select]);
+                }
+                let parts = name_parts(&s.funcname);
+                if let Some((schema, name)) = split_parts(&parts) {
+                    self.out.functions.push(FunctionRef {
+                        schema: schema.map(str::to_owned),
+                        name: name.to_owned(),
+                    });
+                }
+                self.visit_children(node);
+            }
+            NodeRef::CreatePolicyStmt(s) => {
+                if let Some(rv) = &s.table {
+                    self.claim(rv, &[A::Alter]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::AlterPolicyStmt(s) => {
+                if let Some(rv) = &s.table {
+                    self.claim(rv, &[A::Alter]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::RenameStmt(s) if s.relation.is_none() && s.object.is_none() => {
+                self.rename_by_name(s.rename_type, &s.subname);
+            }
+            NodeRef::RenameStmt(s) => {
+                self.object_stmt(A::Alter, s.rename_type, s.relation.as_ref(), &s.object)
+            }
+            NodeRef::AlterObjectSchemaStmt(s) => {
+                self.object_stmt(A::Alter, s.object_type, s.relation.as_ref(), &s.object);
+                self.access(A::Create, ObjectRef::Schema(s.newschema.clone()));
+            }
+            NodeRef::AlterOwnerStmt(s) => {
+                self.object_stmt(A::Alter, s.object_type, s.relation.as_ref(), &s.object)
+            }
+            NodeRef::CommentStmt(s) => self.object_stmt(A::Alter, s.objtype, None, &s.object),
+            NodeRef::DropStmt(s) => {
+                for o in &s.objects {
+                    self.object_node(A::Drop, s.remove_type, o);
+                }
+                self.cascade(A::Drop, s.behavior);
+            }
+            NodeRef::CreateExtensionStmt(s) => {
+                self.access(
+                    A::Create,
+                    ObjectRef::Pseudo {
+                        kind: "extension",
+                        name: s.extname.clone(),
+                    },
+                );
+            }
+            NodeRef::CreateRoleStmt(s) => {
+                self.access(
+                    A::Create,
+                    ObjectRef::Pseudo {
+                        kind: "role",
+                        name: s.role.clone(),
+                    },
+                );
+            }
+            NodeRef::AlterRoleStmt(s) => {
+                let name = s.role.as_ref().map_or_else(String::new, role_name);
+                self.access(A::Alter, ObjectRef::Pseudo { kind: "role", name });
+            }
+            NodeRef::DropRoleStmt(s) => {
+                for r in &s.roles {
+                    if let Some(pb::node::Node::RoleSpec(rs)) = &r.node {
+                        self.access(
+                            A::Drop,
+                            ObjectRef::Pseudo {
+                                kind: "role",
+                                name: role_name(rs),
+                            },
+                        );
+                    }
+                }
+            }
+            NodeRef::CreatedbStmt(s) => {
+                self.access(
+                    A::Create,
+                    ObjectRef::Pseudo {
+                        kind: "database",
+                        name: s.dbname.clone(),
+                    },
+                );
+            }
+            NodeRef::DropdbStmt(s) => {
+                self.access(
+                    A::Drop,
+                    ObjectRef::Pseudo {
+                        kind: "database",
+                        name: s.dbname.clone(),
+                    },
+                );
+            }
+            NodeRef::CreateDomainStmt(s) => {
+                self.object_name(
+                    A::Create,
+                    pb::ObjectType::ObjectDomain as i32,
+                    &s.domainname,
+                );
+                self.visit_children(node);
+            }
+            NodeRef::CreateEnumStmt(s) => {
+                self.object_name(A::Create, pb::ObjectType::ObjectType as i32, &s.type_name);
+            }
+            NodeRef::CompositeTypeStmt(s) => {
+                if let Some(rv) = &s.typevar {
+                    self.claim(rv, &[A::Create]);
+                }
+                self.visit_children(node);
+            }
+            NodeRef::DefineStmt(s) => {
+                // CREATE AGGREGATE / TYPE / COLLATION / TEXT SEARCH ...; operators are not mapped.
+                self.object_name(A::Create, s.kind, &s.defnames);
+                self.visit_children(node);
+            }
+            NodeRef::CreateStatsStmt(s) => {
+                for r in &s.relations {
+                    self.claim_node(r, &[A::Alter]);
+                }
+                self.visit_children(node);
+            }
+            other => {
+                let name = stmt_name(other).unwrap_or("unknown");
+                self.not_understood(format!("statement kind {name} is not supported by pgward"));
+            }
+        }
+    }
+
+    /// CASCADE reaches objects the statement does not name (TRUNCATE ... CASCADE empties
+    /// every table referencing the named one; DROP ... CASCADE drops dependent views and
+    /// constraints anywhere), so it counts as acting on the whole database.
+    fn cascade(&mut self, action: Action, behavior: i32) {
+        if behavior == pb::DropBehavior::DropCascade as i32 {
+            self.access(action, ObjectRef::All);
+        }
+    }
+
+    fn transaction_or_harmless(&mut self, node: NodeRef<'_>) {
+        if let NodeRef::TransactionStmt(t) = node {
+            // Two-phase commit outlives the session and the transaction-abort rules pgward relies on.
+            let two_phase = matches!(
+                pb::TransactionStmtKind::try_from(t.kind),
+                Ok(pb::TransactionStmtKind::TransStmtPrepare
+                    | pb::TransactionStmtKind::TransStmtCommitPrepared
+                    | pb::TransactionStmtKind::TransStmtRollbackPrepared)
+            );
+            if two_phase {
+                self.access(Action::Utility, ObjectRef::All);
+            }
+        }
+    }
+
+    fn select(&mut self, s: &pb::SelectStmt) {
+        let n = self.with_clause(s.with_clause.as_ref());
+        let start = self.out.accesses.len();
+        if let Some(rv) = s.into_clause.as_ref().and_then(|i| i.rel.as_ref()) {
+            // SELECT ... INTO creates a table.
+            self.claim(rv, &[Action::Create]);
+        }
+        for lc in &s.locking_clause {
+            if let Some(pb::node::Node::LockingClause(lc)) = &lc.node {
+                // FOR UPDATE OF x names FROM items (often aliases), which are read anyway;
+                // the update requirement is added for all of them below.
+                for r in &lc.locked_rels {
+                    if let Some(pb::node::Node::RangeVar(rv)) = &r.node {
+                        self.claimed.push(addr(rv));
+                    }
+                }
+            }
+        }
+        self.visit_children_but_with(NodeRef::SelectStmt(s));
+        if !s.locking_clause.is_empty() {
+            // FOR UPDATE/SHARE needs UPDATE in PostgreSQL. Applied to every relation read in this
+            // SELECT (a named list can only narrow it, so this is never less strict).
+            let locked: Vec<ObjectRef> = self.out.accesses[start..]
+                .iter()
+                .filter(|a| a.action == Action::Select)
+                .map(|a| a.object.clone())
+                .collect();
+            for o in locked {
+                self.access(Action::Update, o);
+            }
+        }
+        self.pop_ctes(n);
+    }
+
+    fn copy(&mut self, s: &pb::CopyStmt) {
+        let start = self.out.accesses.len();
+        if let Some(rv) = &s.relation {
+            let action = if s.is_from {
+                Action::Insert
+            } else {
+                Action::Select
+            };
+            self.claim(rv, &[action]);
+        }
+        self.visit_children(NodeRef::CopyStmt(s));
+        if s.is_program || !s.filename.is_empty() {
+            let objects: Vec<ObjectRef> = self.out.accesses[start..]
+                .iter()
+                .map(|a| a.object.clone())
+                .collect();
+            if objects.is_empty() {
+                // COPY (SELECT 1) TO PROGRAM '...' touches no table but still runs a program.
+                self.access(Action::CopyFile, ObjectRef::All);
+            }
+            for o in objects {
+                self.access(Action::CopyFile, o);
+            }
+        }
+    }
+
+    fn set(&mut self, s: &pb::VariableSetStmt) {
+        let name = s.name.to_ascii_lowercase();
+        let change = match pb::VariableSetKind::try_from(s.kind) {
+            Ok(pb::VariableSetKind::VarSetValue) => {
+                let mut value = Vec::new();
+                for a in &s.args {
+                    match const_str(a) {
+                        Some(v) => value.push(v),
+                        None => value.push(String::new()),
+                    }
+                }
+                SettingChange::Set {
+                    name,
+                    value: Some(value),
+                }
+            }
+            Ok(pb::VariableSetKind::VarSetDefault | pb::VariableSetKind::VarReset) => {
+                SettingChange::Reset { name }
+            }
+            Ok(pb::VariableSetKind::VarSetCurrent) => SettingChange::Set { name, value: None },
+            Ok(pb::VariableSetKind::VarResetAll) => SettingChange::ResetAll,
+            // SET TRANSACTION / SET SESSION CHARACTERISTICS: transaction modes, no setting.
+            Ok(pb::VariableSetKind::VarSetMulti)
+                if name.starts_with("transaction") || name.starts_with("session") =>
+            {
+                return;
+            }
+            _ => {
+                self.not_understood("unknown SET form");
+                return;
+            }
+        };
+        self.out.settings.push(change);
+    }
+
+    fn grant(&mut self, s: &pb::GrantStmt, action: Action) {
+        if s.targtype == pb::GrantTargetType::AclTargetAllInSchema as i32 {
+            for o in &s.objects {
+                if let Some(name) = str_of(o) {
+                    self.access(action, ObjectRef::Schema(name.to_owned()));
+                }
+            }
+            return;
+        }
+        for o in &s.objects {
+            self.object_node(action, s.objtype, o);
+        }
+    }
+
+    fn create_function(&mut self, s: &pb::CreateFunctionStmt) {
+        self.object_name(
+            Action::Create,
+            pb::ObjectType::ObjectFunction as i32,
+            &s.funcname,
+        );
+        if s.replace {
+            // OR REPLACE may change an existing function's code.
+            self.object_name(
+                Action::Alter,
+                pb::ObjectType::ObjectFunction as i32,
+                &s.funcname,
+            );
+        }
+        let mut language = None;
+        let mut body = Vec::new();
+        for o in &s.options {
+            if let Some(pb::node::Node::DefElem(d)) = &o.node {
+                match d.defname.as_str() {
+                    "language" => {
+                        language = d
+                            .arg
+                            .as_deref()
+                            .and_then(str_of)
+                            .map(str::to_ascii_lowercase)
+                    }
+                    "as" => body = list_strings(d.arg.as_deref()),
+                    "set" => self.function_set_option(d),
+                    _ => {}
+                }
+            }
+        }
+        if s.sql_body.is_some() {
+            // SQL-standard body (BEGIN ATOMIC ... END / RETURN ...): already parsed.
+            self.visit_opt(&s.sql_body);
+        } else if language.as_deref().unwrap_or("sql") == "sql" {
+            // An SQL-language body is plain SQL we can read: decide what it does now.
+            for text in &body {
+                match analyze(text) {
+                    Ok(inner) => {
+                        for st in &inner.statements {
+                            self.merge(st);
+                        }
+                    }
+                    Err(e) => self.not_understood(format!("function body: {e}")),
+                }
+            }
+        } else {
+            // Procedural code (plpgsql, plpython, C...) cannot be analysed: it needs the
+            // explicit `execute` allowance on `language.<name>`.
+            let lang = language.unwrap_or_default();
+            self.access(
+                Action::Execute,
+                ObjectRef::Pseudo {
+                    kind: "language",
+                    name: lang,
+                },
+            );
+        }
+        // Parameter defaults and types may contain expressions.
+        for p in &s.parameters {
+            if let Some(n) = node_ref(p) {
+                self.visit(n);
+            }
+        }
+    }
+
+    /// `CREATE/ALTER FUNCTION ... SET name = value` changes the setting whenever the function
+    /// runs (a pgward.* or search_path change inside it would fool row-level security or name
+    /// resolution), so it is decided like a SET. [`crate::SessionState::apply`] ignores it.
+    fn function_set_option(&mut self, d: &pb::DefElem) {
+        match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+            Some(pb::node::Node::VariableSetStmt(v)) => self.set(v),
+            _ => self.not_understood("function SET option"),
+        }
+    }
+
+    /// Folds another statement's analysis into this one (PREPARE, function bodies).
+    fn merge(&mut self, inner: &StatementAnalysis) {
+        self.out.accesses.extend(inner.accesses.iter().cloned());
+        self.out.functions.extend(inner.functions.iter().cloned());
+        self.out.settings.extend(inner.settings.iter().cloned());
+        self.out
+            .not_understood
+            .extend(inner.not_understood.iter().cloned());
+        if let Some(e) = &inner.executes {
+            // EXECUTE inside PREPARE or a function body cannot be followed.
+            self.not_understood(format!("nested EXECUTE {e}"));
+        }
+    }
+
+    /// ALTER/RENAME/COMMENT/OWNER on an object given either as a RangeVar or as an object node.
+    fn object_stmt(
+        &mut self,
+        action: Action,
+        objtype: i32,
+        rel: Option<&pb::RangeVar>,
+        object: &Option<Box<pb::Node>>,
+    ) {
+        if let Some(rv) = rel {
+            self.claim(rv, &[action]);
+        } else if let Some(o) = object {
+            self.object_node(action, objtype, o);
+        } else {
+            self.not_understood("statement without an object");
+        }
+    }
+
+    /// ALTER SCHEMA/ROLE/DATABASE ... RENAME names the object only by its old name.
+    fn rename_by_name(&mut self, objtype: i32, old: &str) {
+        use pb::ObjectType as T;
+        let object = match T::try_from(objtype) {
+            Ok(T::ObjectSchema) => ObjectRef::Schema(old.to_owned()),
+            Ok(T::ObjectRole) => ObjectRef::Pseudo {
+                kind: "role",
+                name: old.to_owned(),
+            },
+            Ok(T::ObjectDatabase) => ObjectRef::Pseudo {
+                kind: "database",
+                name: old.to_owned(),
+            },
+            Ok(T::ObjectTablespace) => ObjectRef::Pseudo {
+                kind: "tablespace",
+                name: old.to_owned(),
+            },
+            _ => {
+                self.not_understood("RENAME of an object pgward does not map");
+                return;
+            }
+        };
+        self.access(Action::Alter, object);
+    }
+
+    /// An object named by a node of a DROP/GRANT/COMMENT/... object list.
+    fn object_node(&mut self, action: Action, objtype: i32, o: &pb::Node) {
+        match &o.node {
+            Some(pb::node::Node::List(l)) => {
+                self.object_name(action, objtype, &l.items);
+            }
+            Some(pb::node::Node::String(_)) => {
+                self.object_name(action, objtype, std::slice::from_ref(o));
+            }
+            Some(pb::node::Node::ObjectWithArgs(f)) => {
+                self.object_name(action, objtype, &f.objname);
+            }
+            Some(pb::node::Node::TypeName(t)) => {
+                self.object_name(action, objtype, &t.names);
+            }
+            Some(pb::node::Node::RangeVar(rv)) => self.claim(rv, &[action]),
+            Some(pb::node::Node::RoleSpec(r)) => {
+                self.access(
+                    action,
+                    ObjectRef::Pseudo {
+                        kind: "role",
+                        name: role_name(r),
+                    },
+                );
+            }
+            Some(pb::node::Node::Integer(_))
+                if objtype == pb::ObjectType::ObjectLargeobject as i32 =>
+            {
+                self.access(action, ObjectRef::All);
+            }
+            _ => self.not_understood("unrecognised object name"),
+        }
+    }
+
+    /// Records `action` on an object given as name parts, interpreted by its object type.
+    /// Returns false (after recording why) when the type is not one pgward maps.
+    fn object_name(&mut self, action: Action, objtype: i32, items: &[pb::Node]) -> bool {
+        use pb::ObjectType as T;
+        let parts = name_parts(items);
+        let Ok(t) = T::try_from(objtype) else {
+            self.not_understood("unknown object type");
+            return false;
+        };
+        let pseudo = |kind: &'static str| {
+            parts.last().map(|n| ObjectRef::Pseudo {
+                kind,
+                name: (*n).to_owned(),
+            })
+        };
+        let object = match t {
+            T::ObjectTable
+            | T::ObjectView
+            | T::ObjectMatview
+            | T::ObjectSequence
+            | T::ObjectIndex
+            | T::ObjectForeignTable
+            | T::ObjectFunction
+            | T::ObjectProcedure
+            | T::ObjectRoutine
+            | T::ObjectAggregate
+            | T::ObjectType
+            | T::ObjectDomain
+            | T::ObjectCollation
+            | T::ObjectConversion
+            | T::ObjectStatisticExt
+            | T::ObjectTsconfiguration
+            | T::ObjectTsdictionary
+            | T::ObjectColumn => {
+                // A column is `[schema.]table.column`: the table is the object.
+                let p: &[&str] = if t == T::ObjectColumn {
+                    parts.split_last().map_or(&[], |(_, r)| r)
+                } else {
+                    &parts
+                };
+                split_parts(p).map(|(s, n)| ObjectRef::rel(s, n))
+            }
+            // Objects that hang off a table: `[schema.]table.name`.
+            T::ObjectTrigger | T::ObjectPolicy | T::ObjectRule | T::ObjectTabconstraint => {
+                let p = parts.split_last().map_or(&[][..], |(_, r)| r);
+                split_parts(p).map(|(s, n)| ObjectRef::rel(s, n))
+            }
+            T::ObjectSchema => parts.last().map(|s| ObjectRef::Schema((*s).to_owned())),
+            T::ObjectDatabase => pseudo("database"),
+            T::ObjectRole => pseudo("role"),
+            T::ObjectExtension => pseudo("extension"),
+            T::ObjectLanguage => pseudo("language"),
+            T::ObjectForeignServer => pseudo("server"),
+            T::ObjectTablespace => pseudo("tablespace"),
+            _ => {
+                self.not_understood(format!(
+                    "object type {} is not supported by pgward",
+                    t.as_str_name()
+                ));
+                return false;
+            }
+        };
+        match object {
+            Some(o) => {
+                self.access(action, o);
+                true
+            }
+            None => {
+                self.not_understood("object without a name");
+                false
+            }
+        }
+    }
+}
+
+/// Whether an UPDATE's SET item reads columns (`SET a = a + 1`), which needs SELECT.
+fn references_columns(n: &pb::Node) -> bool {
+    let Some(r) = node_ref(n) else { return false };
+    let mut stack = vec![r];
+    while let Some(n) = stack.pop() {
+        if matches!(n, NodeRef::ColumnRef(_) | NodeRef::SubLink(_)) {
+            return true;
+        }
+        children(n, &mut stack);
+    }
+    false
+}
+
+/// The string constant an expression is (looking through casts), if it is one.
+fn const_str(n: &pb::Node) -> Option<String> {
+    match &n.node {
+        Some(pb::node::Node::AConst(c)) => match &c.val {
+            Some(pb::a_const::Val::Sval(s)) => Some(s.sval.clone()),
+            Some(pb::a_const::Val::Ival(i)) => Some(i.ival.to_string()),
+            Some(pb::a_const::Val::Fval(f)) => Some(f.fval.clone()),
+            Some(pb::a_const::Val::Boolval(b)) => {
+                Some(if b.boolval { "on" } else { "off" }.to_owned())
+            }
+            _ => None,
+        },
+        Some(pb::node::Node::TypeCast(tc)) => tc.arg.as_deref().and_then(const_str),
+        Some(pb::node::Node::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+/// Strings of a `List` of `String` nodes (or a single `String`).
+fn list_strings(n: Option<&pb::Node>) -> Vec<String> {
+    match n.and_then(|n| n.node.as_ref()) {
+        Some(pb::node::Node::List(l)) => l
+            .items
+            .iter()
+            .filter_map(str_of)
+            .map(str::to_owned)
+            .collect(),
+        Some(pb::node::Node::String(s)) => vec![s.sval.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn role_name(r: &pb::RoleSpec) -> String {
+    match pb::RoleSpecType::try_from(r.roletype) {
+        Ok(pb::RoleSpecType::RolespecCstring) => r.rolename.clone(),
+        Ok(pb::RoleSpecType::RolespecPublic) => "public".to_owned(),
+        _ => "current_user".to_owned(),
+    }
+}
+
+/// Splits a setting value given as one string (`'a, "B"'`) into identifiers, folding like
+/// PostgreSQL does for search_path.
+pub(crate) fn split_list(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => {
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            ',' if !quoted => {
+                out.push(finish(&cur, was_quoted));
+                cur.clear();
+                was_quoted = false;
+            }
+            c if !quoted && c.is_whitespace() => {}
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() || was_quoted || !out.is_empty() {
+        out.push(finish(&cur, was_quoted));
+    }
+    out
+}
+
+fn finish(s: &str, quoted: bool) -> String {
+    if quoted {
+        s.to_owned()
+    } else {
+        s.to_lowercase()
+    }
+}
+
+/// Parses a possibly qualified name given as text (`'Public."Seq"'`), as regclass input does.
+fn parse_qualified(s: &str) -> Option<(Option<String>, String)> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.trim().chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => {
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            '.' if !quoted => {
+                parts.push(finish(&cur, was_quoted));
+                cur.clear();
+                was_quoted = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    parts.push(finish(&cur, was_quoted));
+    let name = parts.pop()?;
+    Some((parts.pop(), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setting_lists_fold_like_postgres() {
+        assert_eq!(split_list("a, \"B\" ,c"), ["a", "B", "c"]);
+        assert_eq!(split_list("\"x,y\", Z"), ["x,y", "z"]);
+        assert_eq!(split_list("\"a\"\"b\""), ["a\"b"]);
+        assert_eq!(split_list(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn qualified_names_in_text() {
+        assert_eq!(
+            parse_qualified("Public.\"Seq\""),
+            Some((Some("public".into()), "Seq".into()))
+        );
+        assert_eq!(parse_qualified("seq"), Some((None, "seq".into())));
+        assert_eq!(parse_qualified("\"unterminated"), None);
+    }
+
+    #[test]
+    fn quoting_for_display() {
+        assert_eq!(quote("orders"), "orders");
+        assert_eq!(quote("Orders"), "\"Orders\"");
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote("1x"), "\"1x\"");
+    }
+}

@@ -1,0 +1,919 @@
+//! Identities to roles, session state, and the decision itself.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::analyze::{
+    analyze, split_list, Access, Action, AnalysisError, FunctionRef, ObjectRef, SessionEffect,
+    SettingChange, StatementAnalysis,
+};
+use crate::catalog::{
+    is_builtin_function, is_catalog_relation, CATALOG_EXCLUDED, PROTECTED_SETTINGS,
+    RESET_ALL_SETTINGS,
+};
+use crate::policy::{Mode, Part, Pattern, Policy, Rule};
+
+/// The identity a session authenticated as (from the validated token).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// Object id (`oid` claim).
+    pub oid: String,
+    /// User principal name (`upn` / `preferred_username`).
+    pub upn: String,
+    /// Group object ids (`groups` claim).
+    pub groups: Vec<String>,
+    /// App role values (`roles` claim).
+    pub app_roles: Vec<String>,
+}
+
+/// The policy roles an identity holds (indices into one policy; use it only with that policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RoleSet {
+    pub(crate) idx: Vec<u16>,
+    names: Vec<String>,
+    version: u64,
+}
+
+impl RoleSet {
+    /// Role names, in policy file order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the identity holds no role (then only the baseline applies).
+    pub fn is_empty(&self) -> bool {
+        self.idx.is_empty()
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The statement may run.
+    Allow,
+    /// The statement must not run (unless the policy is in observe mode).
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        })
+    }
+}
+
+/// A decision and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// The deciding rule: a policy rule name (`analyst.allow[0]` or the rule's own `name`), or a
+    /// built-in one (`default_deny`, `baseline.catalog`, `builtin.dangerous_function`, ...).
+    pub rule: String,
+    /// A one-line explanation naming the action and object, function or setting concerned.
+    pub reason: String,
+    /// False in observe mode: a deny is to be recorded, not enforced.
+    pub enforced: bool,
+}
+
+impl Decision {
+    /// Whether the proxy must refuse the statement (a deny in enforce mode).
+    pub fn blocks(&self) -> bool {
+        self.verdict == Verdict::Deny && self.enforced
+    }
+
+    fn allow(rule: impl Into<String>, reason: impl Into<String>) -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            rule: rule.into(),
+            reason: reason.into(),
+            enforced: true,
+        }
+    }
+
+    fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            rule: rule.into(),
+            reason: reason.into(),
+            enforced: true,
+        }
+    }
+}
+
+/// What pgward knows about one client session: its search path (and every path it ever had),
+/// prepared statements, and whether strings are still read with standard_conforming_strings.
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    search_path: Vec<String>,
+    default_path: Vec<String>,
+    /// Every schema that has been on the search path in this session. Unqualified names are
+    /// checked against all of them: a SET inside a transaction that was rolled back (or SET
+    /// LOCAL) leaves pgward unsure which path is in force, so it assumes any of them.
+    seen_schemas: Vec<String>,
+    /// Some path put pg_catalog after another schema, so catalog names may be shadowed.
+    catalog_shadowable: bool,
+    /// standard_conforming_strings was turned off: pgward's parse may differ from the server's.
+    unreadable: bool,
+    prepared: HashMap<String, Arc<StatementAnalysis>>,
+    key: String,
+}
+
+impl SessionState {
+    /// A new session with the policy's default search path.
+    pub fn new(policy: &Policy) -> SessionState {
+        let path = policy.default_search_path().to_vec();
+        let mut s = SessionState {
+            search_path: Vec::new(),
+            default_path: path.clone(),
+            seen_schemas: Vec::new(),
+            catalog_shadowable: false,
+            unreadable: false,
+            prepared: HashMap::new(),
+            key: String::new(),
+        };
+        s.set_path(path);
+        s
+    }
+
+    /// The search path pgward believes is in force.
+    pub fn search_path(&self) -> &[String] {
+        &self.search_path
+    }
+
+    /// Every schema that has been on the search path in this session.
+    pub fn seen_schemas(&self) -> &[String] {
+        &self.seen_schemas
+    }
+
+    /// Remembers a statement prepared through the extended protocol (Parse with a name) so a
+    /// later SQL EXECUTE of that name is decided as it.
+    pub fn remember_prepared(&mut self, name: &str, analysis: StatementAnalysis) {
+        self.prepared.insert(name.to_owned(), Arc::new(analysis));
+    }
+
+    /// Forgets a statement prepared through the extended protocol (Close of a statement).
+    pub fn forget_prepared(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
+    /// Updates the state after a startup parameter (`options=-c name=value`) that
+    /// [`Policy::decide_setting`] allowed was passed upstream.
+    pub fn apply_startup_setting(&mut self, name: &str, value: &str) {
+        self.apply(&startup_analysis(name, value));
+    }
+
+    /// Updates the state after a statement was allowed and sent: search_path changes,
+    /// PREPARE / DEALLOCATE / DISCARD ALL and standard_conforming_strings.
+    pub fn apply(&mut self, stmt: &StatementAnalysis) {
+        // A function's SET clause applies while the function runs, not to the session.
+        let session_settings = !matches!(stmt.kind, "CreateFunctionStmt" | "AlterFunctionStmt");
+        for s in stmt.settings.iter().filter(|_| session_settings) {
+            match s {
+                SettingChange::Set {
+                    name,
+                    value: Some(v),
+                } if name == "search_path" => self.set_path(v.clone()),
+                SettingChange::Set { name, value } if name == "standard_conforming_strings" => {
+                    let on = value
+                        .as_ref()
+                        .and_then(|v| v.first())
+                        .is_some_and(|v| is_on(v));
+                    self.unreadable = !on;
+                    self.rekey();
+                }
+                SettingChange::Reset { name } if name == "search_path" => {
+                    self.set_path(self.default_path.clone())
+                }
+                SettingChange::Reset { name } if name == "standard_conforming_strings" => {
+                    self.unreadable = false;
+                    self.rekey();
+                }
+                SettingChange::ResetAll => {
+                    self.unreadable = false;
+                    self.set_path(self.default_path.clone());
+                }
+                _ => {}
+            }
+        }
+        for e in &stmt.effects {
+            match e {
+                SessionEffect::Prepare(name, a) => {
+                    self.prepared.insert(name.clone(), Arc::new((**a).clone()));
+                }
+                SessionEffect::Deallocate(Some(name)) => {
+                    self.prepared.remove(name);
+                }
+                SessionEffect::Deallocate(None) | SessionEffect::DiscardAll => {
+                    self.prepared.clear()
+                }
+            }
+        }
+    }
+
+    fn set_path(&mut self, path: Vec<String>) {
+        if path.iter().skip(1).any(|s| s == "pg_catalog") {
+            self.catalog_shadowable = true;
+        }
+        for s in &path {
+            if s != "pg_catalog" && !self.seen_schemas.contains(s) {
+                self.seen_schemas.push(s.clone());
+            }
+        }
+        self.search_path = path;
+        self.rekey();
+    }
+
+    /// Everything about the session a cached decision depends on, as one string.
+    fn rekey(&mut self) {
+        self.key.clear();
+        for s in &self.search_path {
+            self.key.push_str(s);
+            self.key.push('\u{1}');
+        }
+        self.key.push('\u{2}');
+        for s in &self.seen_schemas {
+            self.key.push_str(s);
+            self.key.push('\u{1}');
+        }
+        self.key
+            .push(if self.catalog_shadowable { 'S' } else { '-' });
+        self.key.push(if self.unreadable { 'U' } else { '-' });
+    }
+
+    pub(crate) fn cache_key(&self) -> &str {
+        &self.key
+    }
+
+    /// The schemas an unqualified relation name may resolve to.
+    fn relation_candidates(&self, name: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if is_catalog_relation(name) {
+            out.push(("pg_catalog".to_owned(), name.to_owned()));
+            if !self.catalog_shadowable {
+                return out;
+            }
+        }
+        for s in &self.seen_schemas {
+            out.push((s.clone(), name.to_owned()));
+        }
+        if out.is_empty() {
+            // No schema on the path: PostgreSQL would fail; an empty schema matches no allow rule.
+            out.push((String::new(), name.to_owned()));
+        }
+        out
+    }
+
+    /// Whether a call certainly reaches a built-in pg_catalog function.
+    fn is_builtin(&self, f: &FunctionRef) -> bool {
+        match f.schema.as_deref() {
+            Some("pg_catalog") => is_builtin_function(&f.name),
+            Some("information_schema") => true,
+            Some(_) => false,
+            None => !self.catalog_shadowable && is_builtin_function(&f.name),
+        }
+    }
+
+    /// The (schema, name) pairs an unqualified function call may resolve to.
+    fn function_candidates(&self, f: &FunctionRef) -> Vec<(String, String)> {
+        match &f.schema {
+            Some(s) => vec![(s.clone(), f.name.clone())],
+            None => {
+                let mut out = vec![("pg_catalog".to_owned(), f.name.clone())];
+                for s in &self.seen_schemas {
+                    out.push((s.clone(), f.name.clone()));
+                }
+                out
+            }
+        }
+    }
+}
+
+fn is_on(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "on" | "true" | "yes" | "1" | "t" | "y"
+    )
+}
+
+/// An object after name resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resolved {
+    Rel(String, String),
+    Schema(String),
+    All,
+    Pseudo(&'static str, String),
+}
+
+impl fmt::Display for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::analyze::quote;
+        match self {
+            Resolved::Rel(s, n) => write!(f, "{}.{}", quote(s), quote(n)),
+            Resolved::Schema(s) => write!(f, "schema {}", quote(s)),
+            Resolved::All => f.write_str("the whole database"),
+            Resolved::Pseudo(k, n) => write!(f, "{k}.{}", quote(n)),
+        }
+    }
+}
+
+fn resolve(o: &ObjectRef, session: &SessionState) -> Vec<Resolved> {
+    match o {
+        ObjectRef::Relation {
+            schema: Some(s),
+            name,
+        } => vec![Resolved::Rel(s.clone(), name.clone())],
+        ObjectRef::Relation { schema: None, name } => session
+            .relation_candidates(name)
+            .into_iter()
+            .map(|(s, n)| Resolved::Rel(s, n))
+            .collect(),
+        ObjectRef::Schema(s) => vec![Resolved::Schema(s.clone())],
+        ObjectRef::All => vec![Resolved::All],
+        ObjectRef::Pseudo { kind, name } => vec![Resolved::Pseudo(kind, name.clone())],
+    }
+}
+
+/// Whether an object pattern covers an object. Deny patterns are read broadly (a schema-wide
+/// or database-wide operation touches whatever the pattern names); allow patterns narrowly
+/// (only `schema.*` allows a schema-wide operation, only `"*"` a database-wide one, and a pseudo
+/// kind such as `setting` must be named literally).
+fn object_matches(p: &Pattern, o: &Resolved, deny: bool, exact_name: bool) -> bool {
+    let Some((schema, name)) = &p.parts else {
+        return deny || !matches!(o, Resolved::Pseudo(..));
+    };
+    let Some(schema) = schema else { return false };
+    match o {
+        Resolved::Rel(s, n) => schema.matches(s) && name.matches(n),
+        Resolved::Schema(s) => schema.matches(s) && (deny || name.is_star()),
+        Resolved::All => deny || (schema.is_star() && name.is_star()),
+        Resolved::Pseudo(kind, n) => {
+            let kind_ok = match schema {
+                Part::Literal(l) => l == kind,
+                Part::Glob(_) => deny && schema.matches(kind),
+            };
+            let name_ok = if exact_name {
+                matches!(name, Part::Literal(l) if l == n)
+            } else {
+                name.matches(n)
+            };
+            kind_ok && (name_ok || (deny && name.matches(n)))
+        }
+    }
+}
+
+fn function_matches(p: &Pattern, candidates: &[(String, String)]) -> bool {
+    let Some((schema, name)) = &p.parts else {
+        return false;
+    };
+    candidates
+        .iter()
+        .any(|(s, n)| name.matches(n) && schema.as_ref().is_none_or(|sp| sp.matches(s)))
+}
+
+fn baseline_catalog(o: &Resolved) -> bool {
+    match o {
+        Resolved::Rel(s, n) => {
+            (s == "pg_catalog" && !CATALOG_EXCLUDED.contains(&n.as_str()))
+                || s == "information_schema"
+        }
+        _ => false,
+    }
+}
+
+/// The decision for one query string: every statement's analysis and decision.
+#[derive(Debug, Clone)]
+pub struct QueryDecision {
+    /// Per statement, in order (empty when the string did not parse).
+    pub statements: Vec<StatementDecision>,
+    /// The overall decision: the first denial, or an allow.
+    pub decision: Decision,
+    /// Set when the string could not be analysed (then `decision` is a deny).
+    pub error: Option<AnalysisError>,
+    /// Whether the decision depends only on what the cache key covers.
+    pub(crate) cacheable: bool,
+}
+
+/// One statement of a query string with its decision.
+#[derive(Debug, Clone)]
+pub struct StatementDecision {
+    /// What the statement does.
+    pub analysis: StatementAnalysis,
+    /// Whether it may.
+    pub decision: Decision,
+}
+
+impl Policy {
+    /// The roles an identity holds: every role whose members list one of its groups, app roles,
+    /// UPN or object id (UPNs, object ids and group ids compare case-insensitively).
+    pub fn roles_for(&self, p: &Principal) -> RoleSet {
+        let upn = p.upn.to_lowercase();
+        let oid = p.oid.to_lowercase();
+        let groups: Vec<String> = p.groups.iter().map(|g| g.to_lowercase()).collect();
+        let mut idx = Vec::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            let m = &r.members;
+            let held = m
+                .users
+                .iter()
+                .any(|u| (!upn.is_empty() && *u == upn) || (!oid.is_empty() && *u == oid))
+                || m.groups.iter().any(|g| groups.contains(g))
+                || m.app_roles.iter().any(|a| p.app_roles.contains(a));
+            if held {
+                idx.push(i);
+            }
+        }
+        self.role_set(idx)
+    }
+
+    /// A role set given by role names (for `pgward policy explain --role`).
+    pub fn roles_named(&self, names: &[&str]) -> Result<RoleSet, String> {
+        let mut idx = Vec::new();
+        for n in names {
+            match self.roles.iter().position(|r| r.name == *n) {
+                Some(i) => idx.push(i),
+                None => return Err(format!("no role named {n:?} in the policy")),
+            }
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        Ok(self.role_set(idx))
+    }
+
+    fn role_set(&self, idx: Vec<usize>) -> RoleSet {
+        let names = idx
+            .iter()
+            .filter_map(|&i| self.roles.get(i))
+            .map(|r| r.name.clone())
+            .collect();
+        // A policy with more than 65535 roles is not a realistic input; indices beyond that are
+        // dropped (fewer roles can only mean fewer permissions).
+        let idx = idx
+            .into_iter()
+            .filter_map(|i| u16::try_from(i).ok())
+            .collect();
+        RoleSet {
+            idx,
+            names,
+            version: self.version,
+        }
+    }
+
+    /// The upstream role the session should SET ROLE to: that of the first held role (in
+    /// policy order) that names one.
+    pub fn upstream_role<'a>(&'a self, roles: &'a RoleSet) -> Option<&'a str> {
+        self.held(roles).find_map(|r| r.upstream_role.as_deref())
+    }
+
+    fn held<'a>(
+        &'a self,
+        roles: &'a RoleSet,
+    ) -> impl Iterator<Item = &'a crate::policy::Role> + 'a {
+        // A role set from another policy version must not grant anything here.
+        let ok = roles.version == self.version;
+        roles
+            .idx
+            .iter()
+            .filter(move |_| ok)
+            .filter_map(|&i| self.roles.get(usize::from(i)))
+    }
+
+    fn deny_rules<'a>(&'a self, roles: &'a RoleSet) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.held(roles).flat_map(|r| r.deny.iter())
+    }
+
+    fn allow_rules<'a>(&'a self, roles: &'a RoleSet) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.held(roles).flat_map(|r| r.allow.iter())
+    }
+
+    /// Decides one analysed statement for an identity holding `roles` in `session`.
+    /// An EXECUTE is decided as the statement prepared under that name.
+    pub fn decide(
+        &self,
+        roles: &RoleSet,
+        stmt: &StatementAnalysis,
+        session: &SessionState,
+    ) -> Decision {
+        let mut d = self.decide_inner(roles, stmt, session);
+        if d.verdict == Verdict::Allow {
+            if let Some(name) = &stmt.executes {
+                d = match session.prepared.get(name) {
+                    Some(inner) => {
+                        let mut d = self.decide_inner(roles, inner, session);
+                        d.reason = format!("EXECUTE {name}: {}", d.reason);
+                        d
+                    }
+                    None => Decision::deny(
+                        "builtin.unknown_prepared",
+                        format!("EXECUTE of {name:?}, which pgward did not see prepared in this session"),
+                    ),
+                };
+            }
+        }
+        if d.verdict == Verdict::Deny && self.mode == Mode::Observe {
+            d.enforced = false;
+        }
+        d
+    }
+
+    fn decide_inner(
+        &self,
+        roles: &RoleSet,
+        stmt: &StatementAnalysis,
+        session: &SessionState,
+    ) -> Decision {
+        if let Some(why) = stmt.not_understood.first() {
+            return Decision::deny("builtin.not_understood", format!("not understood: {why}"));
+        }
+        if session.unreadable && !only_restores_scs(stmt) {
+            return Decision::deny(
+                "builtin.not_understood",
+                "standard_conforming_strings is off in this session, so pgward cannot read SQL as the server does",
+            );
+        }
+        let resolved: Vec<(Action, Vec<Resolved>)> = stmt
+            .accesses
+            .iter()
+            .map(|Access { action, object }| (*action, resolve(object, session)))
+            .collect();
+        let functions: Vec<(&FunctionRef, Vec<(String, String)>)> = stmt
+            .functions
+            .iter()
+            .map(|f| (f, session.function_candidates(f)))
+            .collect();
+        let settings: Vec<(&str, bool)> = setting_names(stmt);
+
+        // Pass 1: deny rules win over everything.
+        for rule in self.deny_rules(roles) {
+            for (action, cands) in &resolved {
+                if rule.has(*action) {
+                    if let Some(c) = cands.iter().find(|c| {
+                        rule.objects
+                            .iter()
+                            .any(|p| object_matches(p, c, true, false))
+                    }) {
+                        return Decision::deny(
+                            &rule.name,
+                            format!("{action} on {c} is denied by rule {}", rule.name),
+                        );
+                    }
+                }
+            }
+            for (f, cands) in &functions {
+                let by_name = rule.functions.iter().any(|p| function_matches(p, cands));
+                let by_object = rule.has(Action::Execute)
+                    && cands.iter().any(|(s, n)| {
+                        let o = Resolved::Rel(s.clone(), n.clone());
+                        rule.objects
+                            .iter()
+                            .any(|p| object_matches(p, &o, true, false))
+                    });
+                if by_name || by_object {
+                    return Decision::deny(
+                        &rule.name,
+                        format!("calling {f} is denied by rule {}", rule.name),
+                    );
+                }
+            }
+            if rule.has(Action::Set) {
+                for (name, _) in &settings {
+                    let o = Resolved::Pseudo("setting", (*name).to_owned());
+                    if rule
+                        .objects
+                        .iter()
+                        .any(|p| object_matches(p, &o, true, false))
+                    {
+                        return Decision::deny(
+                            &rule.name,
+                            format!("setting {name} is denied by rule {}", rule.name),
+                        );
+                    }
+                }
+            }
+        }
+
+        // Pass 2: everything must be allowed.
+        let mut deciding: Option<&str> = None;
+        let mut baseline_used = false;
+        for (action, cands) in &resolved {
+            for c in cands {
+                if *action == Action::Select && self.baseline.catalog_reads && baseline_catalog(c) {
+                    baseline_used = true;
+                    continue;
+                }
+                let protected = matches!(c, Resolved::Pseudo("setting", n) if PROTECTED_SETTINGS.contains(&n.as_str()));
+                match self.allow_rules(roles).find(|r| {
+                    r.has(*action)
+                        && r.objects
+                            .iter()
+                            .any(|p| object_matches(p, c, false, protected))
+                }) {
+                    Some(r) => {
+                        deciding.get_or_insert(&r.name);
+                    }
+                    None => {
+                        return Decision::deny(
+                            "default_deny",
+                            format!("no rule allows {action} on {c}"),
+                        )
+                    }
+                }
+            }
+        }
+        for (f, cands) in &functions {
+            match self.allow_function(roles, stmt, session, f, cands) {
+                Ok(Some(rule)) => {
+                    deciding.get_or_insert(rule);
+                }
+                Ok(None) => {}
+                Err(denied) => return denied,
+            }
+        }
+        for (name, reset_all) in &settings {
+            if name.starts_with("pgward.") {
+                return Decision::deny(
+                    "builtin.pgward_settings",
+                    format!("setting {name} is pgward's and cannot be changed"),
+                );
+            }
+            if *name == "*" {
+                return Decision::deny(
+                    "builtin.protected_setting",
+                    "set_config() with a setting name pgward cannot read",
+                );
+            }
+            if *reset_all && self.baseline.reset_all {
+                baseline_used = true;
+                continue;
+            }
+            if !reset_all && self.baseline.settings.iter().any(|s| s == name) {
+                baseline_used = true;
+                continue;
+            }
+            let protected = PROTECTED_SETTINGS.contains(name);
+            let o = Resolved::Pseudo("setting", (*name).to_owned());
+            match self.allow_rules(roles).find(|r| {
+                r.has(Action::Set)
+                    && r.objects
+                        .iter()
+                        .any(|p| object_matches(p, &o, false, protected))
+            }) {
+                Some(r) => {
+                    deciding.get_or_insert(&r.name);
+                }
+                None => {
+                    let (rule, what) = if protected {
+                        ("builtin.protected_setting", "protected setting")
+                    } else {
+                        ("default_deny", "setting")
+                    };
+                    let via = if *reset_all {
+                        " (via RESET ALL / DISCARD ALL)"
+                    } else {
+                        ""
+                    };
+                    return Decision::deny(
+                        rule,
+                        format!("no rule allows set on {what} {name}{via}"),
+                    );
+                }
+            }
+        }
+        match deciding {
+            Some(r) => Decision::allow(r, format!("allowed by rule {r}")),
+            None if baseline_used => {
+                Decision::allow("baseline", "allowed by the built-in baseline")
+            }
+            None => Decision::allow(
+                "baseline",
+                "touches no object, function or setting that needs a rule",
+            ),
+        }
+    }
+
+    /// Decides a setting given outside SQL: a startup parameter (`options=-c name=value` or a
+    /// StartupMessage field). `value` is the raw text as PostgreSQL would read it.
+    pub fn decide_setting(
+        &self,
+        roles: &RoleSet,
+        name: &str,
+        value: &str,
+        session: &SessionState,
+    ) -> Decision {
+        self.decide(roles, &startup_analysis(name, value), session)
+    }
+
+    /// Whether a function call is allowed (deny rules were checked already): `Ok(None)` by the
+    /// baseline, `Ok(Some(rule))` by an allow rule, `Err` with the denial otherwise.
+    fn allow_function<'a>(
+        &'a self,
+        roles: &'a RoleSet,
+        stmt: &StatementAnalysis,
+        session: &SessionState,
+        f: &FunctionRef,
+        cands: &[(String, String)],
+    ) -> Result<Option<&'a str>, Decision> {
+        if self.dangerous.iter().any(|p| function_matches(p, cands)) {
+            // Only a pattern that names the function counts, not a bare `*`.
+            let named = |p: &Pattern| !matches!(&p.parts, Some((_, n)) if n.is_star());
+            return self
+                .allow_rules(roles)
+                .find(|r| {
+                    r.functions
+                        .iter()
+                        .any(|p| named(p) && function_matches(p, cands))
+                })
+                .map(|r| Some(r.name.as_str()))
+                .ok_or_else(|| {
+                    Decision::deny(
+                        "builtin.dangerous_function",
+                        format!("{f} is a dangerous function and no rule allows it by name"),
+                    )
+                });
+        }
+        if stmt.kind == "DoStmt" || session.is_builtin(f) {
+            // Built-in functions that are not dangerous are part of the baseline.
+            return Ok(None);
+        }
+        // Any other function (user-defined, from an extension) runs code pgward does not see:
+        // it must be named in an allow rule's functions, or `execute` allowed on it.
+        if let Some(r) = self
+            .allow_rules(roles)
+            .find(|r| r.functions.iter().any(|p| function_matches(p, cands)))
+        {
+            return Ok(Some(&r.name));
+        }
+        let mut rule = None;
+        // An unqualified name that is not built-in is not in pg_catalog.
+        for (s, n) in cands
+            .iter()
+            .filter(|(s, _)| f.schema.is_some() || s != "pg_catalog")
+        {
+            let o = Resolved::Rel(s.clone(), n.clone());
+            let allowing = self.allow_rules(roles).find(|r| {
+                r.has(Action::Execute)
+                    && r.objects
+                        .iter()
+                        .any(|p| object_matches(p, &o, false, false))
+            });
+            match allowing {
+                Some(r) => {
+                    rule.get_or_insert(r.name.as_str());
+                }
+                None => {
+                    return Err(Decision::deny(
+                        "default_deny",
+                        format!("no rule allows execute on function {o} (called as {f})"),
+                    ))
+                }
+            }
+        }
+        Ok(rule)
+    }
+
+    /// Analyses and decides a whole query string. Statements are decided in order, each with
+    /// the session as the earlier statements of the string leave it (a `SET search_path` or
+    /// `PREPARE` affects the statements after it); the session passed in is not changed. Any
+    /// denied statement denies the whole string.
+    pub fn decide_query(
+        &self,
+        roles: &RoleSet,
+        sql: &str,
+        session: &SessionState,
+    ) -> QueryDecision {
+        let analysis = match analyze(sql) {
+            Ok(a) => a,
+            Err(e) => {
+                let rule = match e {
+                    AnalysisError::Parse(_) => "builtin.parse_error",
+                    AnalysisError::TooLong(_) | AnalysisError::TooComplex => {
+                        "builtin.not_understood"
+                    }
+                };
+                let mut decision = Decision::deny(rule, e.to_string());
+                decision.enforced = self.mode == Mode::Enforce;
+                return QueryDecision {
+                    statements: Vec::new(),
+                    decision,
+                    error: Some(e),
+                    cacheable: true,
+                };
+            }
+        };
+        let mut local: Option<SessionState> = None;
+        let mut statements = Vec::with_capacity(analysis.statements.len());
+        let mut cacheable = true;
+        for st in analysis.statements {
+            let current = local.as_ref().unwrap_or(session);
+            if st.executes.is_some() {
+                // Depends on the session's prepared statements, which the cache key omits.
+                cacheable = false;
+            }
+            let decision = self.decide(roles, &st, current);
+            if !st.effects.is_empty() || !st.settings.is_empty() {
+                local.get_or_insert_with(|| session.clone()).apply(&st);
+            }
+            statements.push(StatementDecision {
+                analysis: st,
+                decision,
+            });
+        }
+        let decision = match statements
+            .iter()
+            .find(|s| s.decision.verdict == Verdict::Deny)
+        {
+            Some(s) => {
+                let mut d = s.decision.clone();
+                if statements.len() > 1 {
+                    d.reason = format!(
+                        "{} (one denied statement denies the whole query string)",
+                        d.reason
+                    );
+                }
+                d
+            }
+            None => {
+                let mut rules: Vec<&str> = Vec::new();
+                for s in &statements {
+                    // Name the rules that mattered; the baseline only when nothing else did.
+                    if s.decision.rule != "baseline" && !rules.contains(&s.decision.rule.as_str()) {
+                        rules.push(&s.decision.rule);
+                    }
+                }
+                if statements.is_empty() {
+                    Decision::allow("baseline", "empty query")
+                } else if statements.len() == 1 {
+                    statements[0].decision.clone()
+                } else if rules.is_empty() {
+                    Decision::allow(
+                        "baseline",
+                        "every statement is allowed by the built-in baseline",
+                    )
+                } else {
+                    Decision::allow(rules.join(","), "every statement is allowed")
+                }
+            }
+        };
+        QueryDecision {
+            statements,
+            decision,
+            error: None,
+            cacheable,
+        }
+    }
+}
+
+/// A startup parameter as the SET it amounts to. List-valued settings (search_path) are
+/// split the way PostgreSQL reads a list given as one string.
+fn startup_analysis(name: &str, value: &str) -> StatementAnalysis {
+    let name = name.to_ascii_lowercase();
+    let value = if name == "search_path" {
+        split_list(value)
+    } else {
+        vec![value.to_owned()]
+    };
+    StatementAnalysis {
+        kind: "VariableSetStmt",
+        sql: format!("startup parameter {name}"),
+        settings: vec![SettingChange::Set {
+            name,
+            value: Some(value),
+        }],
+        ..StatementAnalysis::default()
+    }
+}
+
+/// Settings a statement changes, as (name, via RESET ALL).
+fn setting_names(stmt: &StatementAnalysis) -> Vec<(&str, bool)> {
+    let mut out = Vec::new();
+    for s in &stmt.settings {
+        match s {
+            SettingChange::ResetAll => out.extend(RESET_ALL_SETTINGS.iter().map(|n| (*n, true))),
+            other => out.push((other.name(), false)),
+        }
+    }
+    out
+}
+
+/// The only statement allowed while pgward cannot read the session's SQL: turning
+/// standard_conforming_strings back on.
+fn only_restores_scs(stmt: &StatementAnalysis) -> bool {
+    stmt.accesses.is_empty()
+        && stmt.functions.is_empty()
+        && !stmt.settings.is_empty()
+        && stmt.settings.iter().all(|s| match s {
+            SettingChange::Set {
+                name,
+                value: Some(v),
+            } => name == "standard_conforming_strings" && v.first().is_some_and(|v| is_on(v)),
+            SettingChange::Reset { name } => name == "standard_conforming_strings",
+            _ => false,
+        })
+}

@@ -1,0 +1,44 @@
+#![warn(missing_docs)]
+//! pgward's policy engine: load a role policy, analyse SQL with PostgreSQL's own parser, and
+//! decide every statement.
+//!
+//! Pure and synchronous: no I/O besides parsing the policy text the caller read.
+//!
+//! ```
+//! use pgward_policy::{DecisionCache, Policy, Principal, SessionState};
+//! let policy = Policy::from_toml(r#"
+//!     [[roles]]
+//!     name = "analyst"
+//!     members = { users = ["alice@contoso.com"] }
+//!     allow = [ { actions = ["select"], objects = ["public.orders"] } ]
+//! "#).unwrap();
+//! let roles = policy.roles_for(&Principal { upn: "alice@contoso.com".into(), ..Default::default() });
+//! let session = SessionState::new(&policy);
+//! let cache = DecisionCache::new(10_000);
+//! assert!(!cache.decide(&policy, &roles, &session, "SELECT * FROM orders").decision.blocks());
+//! assert!(cache.decide(&policy, &roles, &session, "DELETE FROM orders").decision.blocks());
+//! ```
+//!
+//! See docs/policy.md for the policy file format and the exact semantics.
+
+mod analyze;
+#[rustfmt::skip]
+mod builtin_functions;
+mod cache;
+pub mod catalog;
+mod decide;
+mod explain;
+mod policy;
+#[rustfmt::skip]
+mod walk_gen;
+
+pub use analyze::{
+    analyze, Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef, SessionEffect,
+    SettingChange, StatementAnalysis, PSEUDO_KINDS,
+};
+pub use cache::DecisionCache;
+pub use decide::{
+    Decision, Principal, QueryDecision, RoleSet, SessionState, StatementDecision, Verdict,
+};
+pub use explain::explain_decision;
+pub use policy::{Mode, Policy, PolicyError, PolicyProblem};

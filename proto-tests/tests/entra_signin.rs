@@ -1,0 +1,323 @@
+//! Signing in with Entra access tokens, end to end: the local Entra stand-in
+//! (pgward_entra::dev::DevIssuer) mints real RS256 tokens, pgward validates them, and
+//! psql, psycopg and tokio-postgres present them as the password. Every refusal is
+//! 28000 with a generic message; the exact reason is in pgward's log and metrics.
+
+use std::time::Duration;
+
+use pgward_entra::dev::{DevIssuer, Forgery, TokenSpec};
+use pgward_proto_tests::*;
+
+const TENANT: &str = "7a3c1f0e-5b2d-4c8e-9f61-2d4b8e0c1a97";
+const OTHER_TENANT: &str = "11111111-2222-4333-8444-555555555555";
+
+struct Env {
+    // Field order is drop order: pgward before the issuer and runtime it talks to.
+    pgward: Pgward,
+    _db: Database,
+    issuer: DevIssuer,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn env(opts: PgwardOptions, entra_extra: &str) -> Env {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let issuer = rt
+        .block_on(DevIssuer::start("127.0.0.1:0".parse().unwrap(), TENANT))
+        .unwrap();
+    let entra = format!(
+        "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\nunknown_kid_min_interval_secs = 1\n{entra_extra}",
+        issuer.authority()
+    );
+    let db = Database::start();
+    let pgward = Pgward::start(
+        &db,
+        PgwardOptions {
+            entra: Some(entra),
+            ..opts
+        },
+    );
+    Env {
+        pgward,
+        _db: db,
+        issuer,
+        _rt: rt,
+    }
+}
+
+impl Env {
+    fn conn(&self, user: &str, sslmode: &str) -> String {
+        self.pgward
+            .conn("app", sslmode)
+            .replace("user=alice", &format!("user={user}"))
+    }
+
+    /// psql with `token` as the password; Ok(stdout) or Err(stderr).
+    fn psql_as(&self, user: &str, token: &str, sslmode: &str) -> Result<String, String> {
+        let out = std::process::Command::new("psql")
+            .arg(self.conn(user, sslmode))
+            .args(["-X", "-At", "-c", "SELECT current_user"])
+            .env("PGPASSWORD", token)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn mint(&self, spec: &TokenSpec) -> String {
+        self.issuer.mint(spec).unwrap()
+    }
+
+    /// Asserts a generic 28000 refusal whose exact reason (`label`) reached the metrics
+    /// and whose log line names `reason`, and that the token never reached the log.
+    fn refused(&self, user: &str, token: &str, label: &str, reason: &str) {
+        let before = self.auth_metric(label);
+        let err = self
+            .psql_as(user, token, "verify-full")
+            .expect_err("token was accepted");
+        assert!(
+            err.contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
+            "{label}: {err}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || self.auth_metric(label) > before),
+            "{label} not counted:\n{}",
+            self.pgward.admin_get("/metrics").unwrap().1
+        );
+        let log = self.pgward.log();
+        assert!(
+            log.contains(reason),
+            "{label}: reason {reason:?} not logged:\n{log}"
+        );
+        if token.len() > 20 {
+            assert!(!log.contains(token), "token leaked into the log");
+            let signature = token.rsplit('.').next().unwrap_or(token);
+            if signature.len() > 20 {
+                assert!(!log.contains(signature), "signature leaked into the log");
+            }
+        }
+    }
+
+    fn auth_metric(&self, label: &str) -> f64 {
+        let (_, body) = self.pgward.admin_get("/metrics").unwrap();
+        let key = format!("pgward_auth_total{{result=\"{label}\"}}");
+        body.lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+#[test]
+fn valid_tokens_for_people_service_principals_and_managed_identities() {
+    let env = env(PgwardOptions::default(), "");
+    let alice = TokenSpec::user("alice@contoso.com");
+    assert_eq!(
+        env.psql_as("alice@contoso.com", &env.mint(&alice), "verify-full")
+            .unwrap(),
+        PROXY_ROLE
+    );
+    // UPNs compare case-insensitively; v1 tokens (sts-style issuer, aud with a slash) work.
+    assert!(env
+        .psql_as(
+            "Alice@Contoso.com",
+            &env.mint(&alice.clone().v1()),
+            "verify-full"
+        )
+        .is_ok());
+    // The object id is always a valid user name.
+    assert!(env
+        .psql_as(&alice.effective_oid(), &env.mint(&alice), "verify-full")
+        .is_ok());
+    let mi = TokenSpec::managed_identity("airflow-prod");
+    assert!(env
+        .psql_as("airflow-prod", &env.mint(&mi), "verify-full")
+        .is_ok());
+    let sp = TokenSpec::service_principal("3f1c2e4d-0000-4000-8000-00000000a11c");
+    assert!(env
+        .psql_as(&sp.effective_oid(), &env.mint(&sp), "verify-full")
+        .is_ok());
+    assert!(env.auth_metric("ok") >= 5.0);
+}
+
+#[test]
+fn every_bad_token_is_refused_with_28000_and_its_exact_reason_logged() {
+    // Many failures from one address in a row: lift the throttle for this test (the
+    // throttle has its own test below).
+    let env = env(
+        PgwardOptions {
+            listen_extra: vec!["auth_failures_before_delay = 1000".into()],
+            ..Default::default()
+        },
+        "",
+    );
+    let user = "alice@contoso.com";
+    let spec = TokenSpec::user(user);
+
+    let mut expired = spec.clone();
+    expired.lifetime_secs = -600;
+    env.refused(user, &env.mint(&expired), "expired", "token expired at");
+
+    let mut early = spec.clone();
+    early.not_before_secs = 600;
+    early.lifetime_secs = 3600;
+    env.refused(
+        user,
+        &env.mint(&early),
+        "not_yet_valid",
+        "token not valid before",
+    );
+
+    let mut aud = spec.clone();
+    aud.aud = Some("https://management.azure.com".into());
+    env.refused(user, &env.mint(&aud), "wrong_audience", "wrong audience");
+
+    let mut iss = spec.clone();
+    iss.iss = Some("https://evil.example/issuer/v2.0".into());
+    env.refused(user, &env.mint(&iss), "wrong_issuer", "wrong issuer");
+
+    let mut tid = spec.clone();
+    tid.tid = Some(OTHER_TENANT.into());
+    env.refused(user, &env.mint(&tid), "wrong_tenant", "wrong tenant");
+
+    env.refused(
+        user,
+        &env.issuer.forge(&spec, Forgery::PayloadEdited).unwrap(),
+        "bad_signature",
+        "bad signature",
+    );
+    env.refused(
+        user,
+        &env.issuer.forge(&spec, Forgery::SignatureAltered).unwrap(),
+        "bad_signature",
+        "bad signature",
+    );
+    env.refused(
+        user,
+        &env.issuer.forge(&spec, Forgery::AlgNone).unwrap(),
+        "unsupported_alg",
+        "only RS256",
+    );
+    env.refused(
+        user,
+        &env.issuer
+            .forge(&spec, Forgery::Hs256WithPublicKeyPem)
+            .unwrap(),
+        "unsupported_alg",
+        "only RS256",
+    );
+    let good = env.mint(&spec);
+    env.refused(
+        user,
+        &good[..good.len() / 2],
+        "malformed",
+        "malformed token",
+    );
+    let garbage: String = (0..64 * 1024 - 64)
+        .map(|i| (b'A' + (i % 26) as u8) as char)
+        .collect();
+    env.refused(user, &garbage, "malformed", "malformed token");
+    // Someone else's valid token under alice's name.
+    env.refused(
+        user,
+        &env.mint(&TokenSpec::user("mallory@contoso.com")),
+        "user_name_not_bound",
+        "is not bound to the token",
+    );
+
+    // A password packet over the 64 KiB bound is a protocol violation, not a token.
+    let huge = "x".repeat(70 * 1024);
+    let err = env.psql_as(user, &huge, "verify-full").unwrap_err();
+    assert!(err.contains("invalid password packet"), "{err}");
+}
+
+#[test]
+fn unknown_signing_key_is_accepted_once_the_issuer_publishes_it() {
+    let env = env(PgwardOptions::default(), "");
+    let user = "alice@contoso.com";
+    let (token, kid) = env
+        .issuer
+        .mint_with_unpublished_kid(&TokenSpec::user(user))
+        .unwrap();
+    env.refused(user, &token, "unknown_kid", &kid);
+    env.issuer.publish_pending();
+    // unknown_kid_min_interval_secs = 1 in this config: the next unknown kid refetches.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        env.psql_as(user, &token, "verify-full").is_ok(),
+        "{}",
+        env.pgward.log()
+    );
+    // Rotation: a token signed by the new key is accepted without a restart.
+    env.issuer.rotate(false).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(env
+        .psql_as(user, &env.mint(&TokenSpec::user(user)), "verify-full")
+        .is_ok());
+}
+
+#[test]
+fn tokens_are_never_taken_over_plaintext() {
+    let env = env(
+        PgwardOptions {
+            allow_plaintext: true,
+            ..Default::default()
+        },
+        "",
+    );
+    let token = env.mint(&TokenSpec::user("alice@contoso.com"));
+    let err = env
+        .psql_as("alice@contoso.com", &token, "disable")
+        .unwrap_err();
+    assert!(err.contains("only over an encrypted connection"), "{err}");
+    assert!(env.auth_metric("not_encrypted") >= 1.0);
+    assert!(env.psql_as("alice@contoso.com", &token, "require").is_ok());
+}
+
+#[test]
+fn repeated_failures_from_one_address_are_slowed_down() {
+    let env = env(PgwardOptions::default(), "");
+    let user = "alice@contoso.com";
+    let bad = env.mint(&TokenSpec::user("mallory@contoso.com"));
+    let mut timings = Vec::new();
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        assert!(env.psql_as(user, &bad, "require").is_err());
+        timings.push(started.elapsed());
+    }
+    assert!(timings[5] >= Duration::from_millis(400), "{timings:?}");
+    assert!(timings[5] > timings[0], "{timings:?}");
+    // A success clears the slate.
+    assert!(env
+        .psql_as(user, &env.mint(&TokenSpec::user(user)), "require")
+        .is_ok());
+}
+
+#[test]
+fn a_session_ends_with_its_token() {
+    let env = env(PgwardOptions::default(), "");
+    let user = "alice@contoso.com";
+    let mut short = TokenSpec::user(user);
+    short.lifetime_secs = 3;
+    // psycopg over TLS: the idle session is closed at expiry with FATAL 28000, and a
+    // busy one finishes its statement, then ends.
+    let out = run_python(
+        "token_expiry.py",
+        &[
+            ("PGWARD_DSN", env.conn(user, "verify-full")),
+            ("PGWARD_TOKEN_IDLE", env.mint(&short)),
+            ("PGWARD_TOKEN_BUSY", env.mint(&short)),
+            ("PGWARD_TOKEN_LONG", env.mint(&TokenSpec::user(user))),
+        ],
+    );
+    assert!(out.contains("all expiry checks passed"), "{out}");
+    assert!(env.pgward.log().contains("token expired"));
+}
