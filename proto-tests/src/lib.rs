@@ -84,6 +84,8 @@ pub struct PgwardOptions {
     /// An `[entra]` section (client sign-in with tokens); `None` lets clients in
     /// unauthenticated (development mode).
     pub entra: Option<String>,
+    /// A policy file for `[policy] file`; `None` runs without statement policy.
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for PgwardOptions {
@@ -97,6 +99,7 @@ impl Default for PgwardOptions {
             upstream_port: None,
             upstream_ca: None,
             entra: None,
+            policy: None,
         }
     }
 }
@@ -194,8 +197,15 @@ database = "postgres"
 upstream = "main"
 
 {entra}
+
+{policy}
 "#,
             entra = opts.entra.as_deref().unwrap_or(""),
+            policy = opts
+                .policy
+                .as_ref()
+                .map(|p| format!("[policy]\nfile = \"{}\"\nwatch_secs = 1", p.display()))
+                .unwrap_or_default(),
             listen = listen.join("\n"),
             pg_port = opts.upstream_port.unwrap_or(db.pg.port),
             upstream_tls = opts.upstream_tls,

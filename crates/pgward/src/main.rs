@@ -1,7 +1,9 @@
 //! The `pgward` command: wires the library crates together; no proxy logic lives here.
 
+mod audit_cmd;
 mod demo;
 mod logging;
+mod policy_cmd;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +45,10 @@ enum Command {
     /// Mint an access token from a running demo's development issuer. Such tokens are
     /// trusted only by a pgward whose [entra] authority is that issuer.
     Token(token::TokenArgs),
+    /// Inspect the policy: `pgward policy explain` shows how a statement is decided.
+    Policy(policy_cmd::PolicyArgs),
+    /// Read the audit log: search, verify the hash chain, tail.
+    Audit(audit_cmd::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,9 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Demo { port } => demo::run(port),
         Command::Token(args) => token::run(args),
+        // Both choose their own exit status (deny, broken chain, usage error).
+        Command::Policy(args) => return policy_cmd::run(args),
+        Command::Audit(args) => return audit_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

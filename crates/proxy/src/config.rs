@@ -18,6 +18,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Client sign-in with Entra ID access tokens (docs/entra.md).
     pub entra: Option<pgward_entra::EntraConfig>,
+    /// Role-based allow/deny on every statement (docs/policy.md).
+    pub policy: Option<PolicyConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -69,6 +71,27 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_drain_timeout() -> u64 {
     30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (TOML), reloaded on SIGHUP and when it changes.
+    pub file: PathBuf,
+    /// Decisions kept in the cache (repeated and prepared statements skip parsing).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    /// How often the file is checked for changes; 0 turns the watch off.
+    #[serde(default = "default_watch_secs")]
+    pub watch_secs: u64,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+fn default_watch_secs() -> u64 {
+    2
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +194,9 @@ impl Config {
         if let Some(p) = self.listen.tls_key.as_mut() {
             fix(p);
         }
+        if let Some(policy) = self.policy.as_mut() {
+            fix(&mut policy.file);
+        }
         for u in &mut self.upstreams {
             if let Some(p) = u.ca_file.as_mut() {
                 fix(p);
@@ -238,6 +264,11 @@ impl Config {
                 }
             }
             (None, true) => {}
+        }
+        if let Some(policy) = &self.policy {
+            if let Err(e) = crate::enforce::load_policy(&policy.file) {
+                p.push(e);
+            }
         }
         if self.listen.max_connections == 0 {
             p.push("[listen] max_connections must be at least 1".into());

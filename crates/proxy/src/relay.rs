@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::enforce::{Denials, Gate, Verdict};
 use crate::metrics::Metrics;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -48,13 +49,16 @@ pub struct Conversation {
     phase: Phase,
     /// Query, Sync and FunctionCall messages sent whose ReadyForQuery hasn't come back.
     outstanding: u32,
+    /// Denied statements whose marked server error is still to be rewritten.
+    denials: Denials,
 }
 
 impl Conversation {
-    pub fn new(tx: TxStatus) -> Self {
+    pub fn new(tx: TxStatus, denials: Denials) -> Self {
         Self {
             phase: Phase::Idle(tx),
             outstanding: 0,
+            denials,
         }
     }
 
@@ -88,6 +92,9 @@ impl Conversation {
                 let tx = backend::ready_for_query(body)?;
                 self.outstanding = self.outstanding.saturating_sub(1);
                 self.phase = if self.outstanding == 0 {
+                    // Nothing outstanding: any denial not rewritten by now was skipped
+                    // by the server (earlier error in its batch, or 25P02).
+                    self.denials.clear();
                     Phase::Idle(tx)
                 } else {
                     Phase::Busy
@@ -182,16 +189,24 @@ impl ToClient {
     }
 }
 
+/// What a relay needs to know about its session.
+pub struct RelayParams {
+    /// Transaction status from the upstream's first ReadyForQuery.
+    pub tx: TxStatus,
+    /// When the client's token (plus grace) runs out.
+    pub expires_at: Option<Instant>,
+    pub max_message_bytes: usize,
+    /// Policy enforcement, when a policy is configured.
+    pub gate: Option<Gate>,
+}
+
 /// Relays until either side ends, `shutdown` fires, or the session reaches `expires_at`.
 /// `client_buf` holds bytes the client already sent.
-#[allow(clippy::too_many_arguments)]
 pub async fn run<C, U>(
     client: C,
     upstream: U,
     client_buf: BytesMut,
-    tx: TxStatus,
-    expires_at: Option<Instant>,
-    max_message_bytes: usize,
+    params: RelayParams,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> RelayOutcome
@@ -201,7 +216,14 @@ where
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
-    let conversation = Mutex::new(Conversation::new(tx));
+    let RelayParams {
+        tx,
+        expires_at,
+        max_message_bytes,
+        mut gate,
+    } = params;
+    let denials = Denials::new(gate.as_ref().map(Gate::nonce).unwrap_or(""));
+    let conversation = Mutex::new(Conversation::new(tx, denials));
     let mut to_client = ToClient {
         scanner: Scanner::new(max_message_bytes),
         writing: false,
@@ -222,6 +244,7 @@ where
             &mut upstream_wr,
             client_buf,
             Framer::new(max_message_bytes),
+            gate.as_mut(),
             &link,
             &mut totals,
         );
@@ -311,6 +334,7 @@ async fn client_to_upstream<C, U>(
     upstream: &mut WriteHalf<U>,
     mut buf: BytesMut,
     framer: Framer,
+    mut gate: Option<&mut Gate>,
     link: &Link<'_>,
     totals: &mut Totals,
 ) -> RelayEnd
@@ -322,10 +346,12 @@ where
         if !buf.is_empty() && link.expired.load(Ordering::Acquire) {
             return RelayEnd::TokenExpired;
         }
-        // Frame every whole message in the buffer; forward them as one write.
+        // Frame every whole message in the buffer and decide the ones that carry SQL;
+        // forward them as one write (zero-copy unless a message had to be replaced).
         let mut ready = 0;
         let mut messages = 0u64;
         let mut terminated = false;
+        let mut replaced: Option<(BytesMut, usize)> = None;
         {
             let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
             loop {
@@ -334,15 +360,21 @@ where
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-                if msg.tag == b'Q' {
-                    // Refuse malformed text here rather than let the server guess.
-                    if let Err(e) = frontend::query_text(msg.body) {
-                        return RelayEnd::ClientProtocol(e);
-                    }
-                }
+                let verdict =
+                    match decide(gate.as_deref_mut(), msg.tag, msg.body, &mut conv.denials) {
+                        Ok(v) => v,
+                        Err(e) => return RelayEnd::ClientProtocol(e),
+                    };
                 conv.on_client_message(msg.tag);
+                let start = ready;
                 ready += msg.total_len;
                 messages += 1;
+                if let Verdict::Replace(bytes) = verdict {
+                    let (out, copied) = replaced.get_or_insert_with(|| (BytesMut::new(), 0));
+                    out.extend_from_slice(&buf[*copied..start]);
+                    out.extend_from_slice(&bytes);
+                    *copied = ready;
+                }
                 if msg.tag == b'X' {
                     terminated = true;
                     break;
@@ -351,7 +383,14 @@ where
         }
         if ready > 0 {
             let chunk = buf.split_to(ready);
-            if let Err(e) = write_flush(upstream, &chunk).await {
+            let written = match replaced {
+                None => write_flush(upstream, &chunk).await,
+                Some((mut out, copied)) => {
+                    out.extend_from_slice(&chunk[copied..]);
+                    write_flush(upstream, &out).await
+                }
+            };
+            if let Err(e) = written {
                 return RelayEnd::UpstreamGone(Some(e));
             }
             totals.bytes_to_upstream += ready as u64;
@@ -397,10 +436,18 @@ where
         }
         let mut messages = 0u64;
         let idle_again;
+        // Marked errors answering denied statements, rewritten into 42501:
+        // (offset, length, replacement).
+        let mut rewrites: Vec<(usize, usize, BytesMut)> = Vec::new();
         let scanned = {
             let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
-            let r = state.scanner.scan::<WireError>(&buf, |tag, body| {
+            let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
+                if tag == b'E' {
+                    if let Some(new) = conv.denials.rewrite(body) {
+                        rewrites.push((at, 5 + body.len(), new));
+                    }
+                }
                 conv.on_server_message(tag, body)
             });
             idle_again = matches!(conv.phase(), Phase::Idle(_));
@@ -414,7 +461,20 @@ where
         if ready > 0 {
             let chunk = buf.split_to(ready);
             state.writing = true;
-            if let Err(e) = write_flush(client, &chunk).await {
+            let written = if rewrites.is_empty() {
+                write_flush(client, &chunk).await
+            } else {
+                let mut out = BytesMut::with_capacity(chunk.len());
+                let mut copied = 0;
+                for (at, len, new) in &rewrites {
+                    out.extend_from_slice(&chunk[copied..*at]);
+                    out.extend_from_slice(new);
+                    copied = at + len;
+                }
+                out.extend_from_slice(&chunk[copied..]);
+                write_flush(client, &out).await
+            };
+            if let Err(e) = written {
                 return RelayEnd::ClientGone(Some(e));
             }
             state.writing = false;
@@ -429,6 +489,35 @@ where
     }
 }
 
+/// The policy decision for one client message (and the checks that don't need a policy).
+fn decide(
+    gate: Option<&mut Gate>,
+    tag: u8,
+    body: &[u8],
+    denials: &mut Denials,
+) -> Result<Verdict, WireError> {
+    Ok(match (gate, tag) {
+        (Some(g), b'Q') => g.on_query(frontend::query_text(body)?, denials),
+        (Some(g), b'P') => {
+            let p = frontend::parse_message(body)?;
+            g.on_parse(p.statement, p.query, denials)
+        }
+        (Some(g), b'F') => g.on_function_call(denials),
+        (Some(g), b'C') => {
+            if let (b'S', name) = frontend::target(body, "Close")? {
+                g.on_close_statement(name);
+            }
+            Verdict::Forward
+        }
+        (None, b'Q') => {
+            // Refuse malformed text here rather than let the server guess.
+            frontend::query_text(body)?;
+            Verdict::Forward
+        }
+        _ => Verdict::Forward,
+    })
+}
+
 async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
     w.write_all(data).await?;
     w.flush().await
@@ -440,7 +529,7 @@ mod tests {
 
     #[test]
     fn conversation_tracks_pipelined_syncs_and_copy() {
-        let mut c = Conversation::new(TxStatus::Idle);
+        let mut c = Conversation::new(TxStatus::Idle, Denials::default());
         c.on_client_message(b'P');
         c.on_client_message(b'S');
         c.on_client_message(b'Q');

@@ -21,6 +21,7 @@ use crate::admin::{self, Readiness};
 use crate::auth::{ClientAuth, FailureThrottle};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::enforce::PolicyStore;
 use crate::handshake::HandshakeConfig;
 use crate::metrics::Metrics;
 use crate::session::{self, Shared};
@@ -31,6 +32,7 @@ use crate::tls::TlsSettings;
 pub struct ServerHandle {
     drain: CancellationToken,
     tls: Arc<TlsSettings>,
+    policy: Option<Arc<PolicyStore>>,
 }
 
 impl ServerHandle {
@@ -39,8 +41,12 @@ impl ServerHandle {
         self.drain.cancel();
     }
 
-    /// Re-read the TLS certificate and key (SIGHUP). The old ones stay on failure.
+    /// Re-read the TLS certificate and key and the policy (SIGHUP). What fails to load
+    /// is logged and the previous version stays in use.
     pub fn reload(&self) {
+        if let Some(p) = &self.policy {
+            p.reload();
+        }
         match self.tls.reload() {
             Ok(true) => info!("TLS certificate reloaded"),
             Ok(false) => {}
@@ -111,10 +117,15 @@ impl Server {
             None => (ClientAuth::Unauthenticated, None),
         };
         let throttle = FailureThrottle::new(config.listen.auth_failures_before_delay);
+        let policy = match &config.policy {
+            Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p.cache_entries)?)),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             auth,
             throttle,
+            policy: policy.clone(),
             upstreams,
             handshake,
             cancels: Arc::new(CancelRegistry::default()),
@@ -130,6 +141,7 @@ impl Server {
             handle: ServerHandle {
                 drain: CancellationToken::new(),
                 tls,
+                policy,
             },
         })
     }
@@ -165,6 +177,11 @@ impl Server {
                 readiness.clone(),
                 admin_stop.clone(),
             ));
+        }
+        if let (Some(store), Some(cfg)) = (&shared.policy, &shared.config.policy) {
+            if cfg.watch_secs > 0 {
+                tokio::spawn(store.clone().watch(Duration::from_secs(cfg.watch_secs)));
+            }
         }
         let limit = Arc::new(Semaphore::new(shared.config.listen.max_connections));
         let tracker = TaskTracker::new();

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::auth::{self, ClientAuth, FailureThrottle};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::enforce::{Gate, PolicyStore};
 use crate::handshake::{self, ClientStartup, Handshake, HandshakeConfig};
 use crate::metrics::Metrics;
 use crate::relay::{self, RelayEnd};
@@ -31,6 +32,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub auth: ClientAuth,
     pub throttle: FailureThrottle,
+    pub policy: Option<Arc<PolicyStore>>,
     /// Fired when the drain deadline passes: sessions still open are ended.
     pub hard_stop: CancellationToken,
 }
@@ -167,6 +169,37 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         tracing::Span::current().record("oid", id.oid.as_str());
     }
 
+    let mut gate = shared.policy.as_ref().map(|store| {
+        // Without sign-in (development mode) the user name stands in for the identity.
+        let principal = match &identity {
+            Some(id) => pgward_policy::Principal {
+                oid: id.oid.clone(),
+                upn: id.upn.clone().unwrap_or_default(),
+                groups: id.groups.clone(),
+                app_roles: id.roles.clone(),
+            },
+            None => pgward_policy::Principal {
+                oid: user.clone(),
+                upn: user.clone(),
+                groups: Vec::new(),
+                app_roles: Vec::new(),
+            },
+        };
+        Gate::new(store.clone(), principal, random_nonce())
+    });
+    if let Some(g) = gate.as_mut() {
+        // Startup parameters are settings too: the policy decides them like SET.
+        for (name, value) in &forwarded {
+            if let Err(denial) = g.check_startup_setting(name, value) {
+                shared.metrics.error("policy_startup_parameter");
+                info!(parameter = %name, rule = %denial.rule, "startup parameter denied by policy");
+                refuse(&mut stream, "42501", &denial.message()).await;
+                return;
+            }
+        }
+        info!(roles = ?g.role_names(), "policy roles");
+    }
+
     let session = match upstream
         .connect(route.upstream_database(), &forwarded)
         .await
@@ -212,13 +245,17 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
     shared.metrics.sessions_active.inc();
     let started = Instant::now();
     let upstream_key = session.key.clone();
+    let params = relay::RelayParams {
+        tx: session.tx_status,
+        expires_at,
+        max_message_bytes: shared.config.listen.max_message_bytes,
+        gate,
+    };
     let outcome = relay::run(
         stream,
         session.stream,
         buf,
-        session.tx_status,
-        expires_at,
-        shared.config.listen.max_message_bytes,
+        params,
         &shared.metrics,
         &shared.hard_stop,
     )
@@ -257,6 +294,15 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         messages_to_client = t.messages_to_client,
         "session ended"
     );
+}
+
+/// Per-session secret in the marker of replaced statements, so a client can't forge
+/// the error that pgward rewrites into a denial.
+fn random_nonce() -> String {
+    let mut b = [0u8; 8];
+    // The OS RNG failing is not recoverable in a security proxy.
+    getrandom::fill(&mut b).expect("OS random number generator unavailable");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn fmt_err(e: &Option<std::io::Error>) -> String {

@@ -48,14 +48,15 @@ impl Scanner {
         self.pass_through == 0
     }
 
-    /// Scans `buf` from its start. Calls `on_message(tag, body)` for every complete
-    /// inspected message, in order, and `on_message(tag, &[])` for the header of every
-    /// other message. Returns how many leading bytes can be forwarded; the caller keeps
+    /// Scans `buf` from its start. Calls `on_message(offset, tag, body)` for every
+    /// complete inspected message, in order (`offset` is where the message starts in
+    /// `buf`; it occupies `5 + body.len()` bytes), and `on_message(offset, tag, &[])` for
+    /// the header of every other message. Returns how many leading bytes can be forwarded; the caller keeps
     /// the rest (an incomplete header or inspected message) and calls again after reading.
     pub fn scan<E>(
         &mut self,
         buf: &BytesMut,
-        mut on_message: impl FnMut(u8, &[u8]) -> Result<(), E>,
+        mut on_message: impl FnMut(usize, u8, &[u8]) -> Result<(), E>,
     ) -> Result<Scanned, E>
     where
         E: From<WireError>,
@@ -91,10 +92,10 @@ impl Scanner {
                 if available < total {
                     break;
                 }
-                on_message(tag, &buf[pos + 5..pos + total])?;
+                on_message(pos, tag, &buf[pos + 5..pos + total])?;
                 pos += total;
             } else {
-                on_message(tag, &[])?;
+                on_message(pos, tag, &[])?;
                 if available < total {
                     self.pass_through = total - available;
                     pos = buf.len();
@@ -241,7 +242,7 @@ mod tests {
         for chunk in chunks {
             buf.extend_from_slice(chunk);
             let s = scanner
-                .scan::<WireError>(&buf, |t, b| {
+                .scan::<WireError>(&buf, |_, t, b| {
                     seen.push((t, b.to_vec()));
                     Ok(())
                 })
@@ -275,9 +276,9 @@ mod tests {
     fn rejects_bad_backend_lengths() {
         let mut scanner = Scanner::new(100);
         let buf = BytesMut::from(&[b'D', 0, 0, 0, 2][..]);
-        assert!(scanner.scan::<WireError>(&buf, |_, _| Ok(())).is_err());
+        assert!(scanner.scan::<WireError>(&buf, |_, _, _| Ok(())).is_err());
         let buf = BytesMut::from(&[b'D', 0, 0, 1, 0][..]);
-        assert!(scanner.scan::<WireError>(&buf, |_, _| Ok(())).is_err());
+        assert!(scanner.scan::<WireError>(&buf, |_, _, _| Ok(())).is_err());
     }
 
     #[test]

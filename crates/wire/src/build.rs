@@ -167,6 +167,15 @@ pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
     framed(buf, b'p', |b| b.put_slice(data));
 }
 
+/// Parse with no declared parameter types.
+pub fn parse(buf: &mut BytesMut, statement: &str, sql: &str) {
+    framed(buf, b'P', |b| {
+        put_cstr(b, statement);
+        put_cstr(b, sql);
+        b.put_u16(0);
+    });
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     framed(buf, b'X', |_| {});
 }

@@ -1,0 +1,283 @@
+//! `pgward policy explain`: shows how the policy decides a statement for an identity, without a
+//! database or a running proxy.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Subcommand};
+use pgward_policy::{Policy, Principal, RoleSet, SessionState, Verdict};
+use pgward_proxy::Config;
+
+/// Exit status for a denied statement (allow is 0), so scripts can test a policy change.
+const EXIT_DENY: u8 = 1;
+/// Exit status for bad arguments or an unloadable config or policy; clap uses 2 for usage
+/// errors too, so every "could not decide" case shares one status distinct from deny.
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Show the decision for SQL: the objects and actions found, functions and settings, the
+    /// verdict per statement and the rule that decided. Exits 0 on allow, 1 on deny, 2 when
+    /// the config or policy cannot be loaded.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "policy"])))]
+pub struct ExplainArgs {
+    /// pgward configuration whose `[policy] file` is explained.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// A policy file to explain directly (instead of the one the config names).
+    #[arg(long, conflicts_with = "config")]
+    policy: Option<PathBuf>,
+    /// The user principal name (and object id unless --oid is given) to find roles for.
+    #[arg(long)]
+    user: Option<String>,
+    /// The object id, when it differs from --user.
+    #[arg(long)]
+    oid: Option<String>,
+    /// A group object id the identity belongs to (repeatable).
+    #[arg(long = "group", value_name = "GROUP_ID")]
+    groups: Vec<String>,
+    /// An app role value in the identity's token (repeatable).
+    #[arg(long = "app-role", value_name = "VALUE")]
+    app_roles: Vec<String>,
+    /// Explain for these policy roles directly instead of finding them from an identity
+    /// (repeatable).
+    #[arg(long = "role", value_name = "NAME", conflicts_with_all = ["oid", "groups", "app_roles"])]
+    roles: Vec<String>,
+    /// The session's search path (comma-separated), instead of the policy's default.
+    #[arg(long, value_name = "SCHEMAS")]
+    search_path: Option<String>,
+    /// The SQL to decide (several statements allowed); `-` reads it from standard input.
+    sql: String,
+}
+
+pub fn run(args: PolicyArgs) -> ExitCode {
+    match args.command {
+        PolicyCommand::Explain(a) => explain(&a),
+    }
+}
+
+/// Identity claims from the flags. Without --oid the user name doubles as the object id,
+/// so a policy listing a user by either form matches.
+fn principal(a: &ExplainArgs) -> Principal {
+    let upn = a.user.clone().unwrap_or_default();
+    Principal {
+        oid: a.oid.clone().unwrap_or_else(|| upn.clone()),
+        upn,
+        groups: a.groups.clone(),
+        app_roles: a.app_roles.clone(),
+    }
+}
+
+fn roles(policy: &Policy, a: &ExplainArgs) -> Result<RoleSet, String> {
+    if a.roles.is_empty() {
+        Ok(policy.roles_for(&principal(a)))
+    } else {
+        let names: Vec<&str> = a.roles.iter().map(String::as_str).collect();
+        policy.roles_named(&names)
+    }
+}
+
+fn explain(a: &ExplainArgs) -> ExitCode {
+    let error = |msg: String| {
+        eprintln!("pgward: {msg}");
+        ExitCode::from(EXIT_ERROR)
+    };
+    let path = match policy_path(a) {
+        Ok(p) => p,
+        Err(e) => return error(e),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return error(format!("{}: cannot read: {e}", path.display())),
+    };
+    let policy = match Policy::from_toml(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}: line {}: {}", path.display(), p.line, p.message);
+            }
+            eprintln!("{} problem(s)", e.problems.len());
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let roles = match roles(&policy, a) {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    let sql = match read_sql(&a.sql) {
+        Ok(s) => s,
+        Err(e) => return error(e),
+    };
+    let mut session = SessionState::new(&policy);
+    if let Some(sp) = &a.search_path {
+        // The same entry point the proxy uses for a startup `search_path`, so the list is
+        // split and folded exactly as for a real session.
+        session.apply_startup_setting("search_path", sp);
+    }
+    let q = policy.decide_query(&roles, &sql, &session);
+    print!(
+        "{}",
+        pgward_policy::explain_decision(&policy, &roles, &session, &q)
+    );
+    match q.decision.verdict {
+        Verdict::Allow => ExitCode::SUCCESS,
+        // Observe mode still reports deny: the question is what the policy says.
+        Verdict::Deny => ExitCode::from(EXIT_DENY),
+    }
+}
+
+fn read_sql(arg: &str) -> Result<String, String> {
+    if arg != "-" {
+        return Ok(arg.to_owned());
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| format!("cannot read SQL from standard input: {e}"))?;
+    Ok(s)
+}
+
+fn policy_path(a: &ExplainArgs) -> Result<PathBuf, String> {
+    if let Some(p) = &a.policy {
+        return Ok(p.clone());
+    }
+    let Some(config) = &a.config else {
+        return Err("give --config or --policy".to_owned());
+    };
+    // The proxy's own loader, so explain reads the same file `serve` would (relative to the
+    // config file) and rejects a config `serve` would reject.
+    let loaded = Config::load(config).map_err(|e| e.to_string())?;
+    match loaded.policy {
+        Some(p) => Ok(p.file),
+        None => Err(format!(
+            "{}: no [policy] file configured; give --policy FILE",
+            config.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::path::Path;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+
+    #[derive(Subcommand)]
+    enum Top {
+        Policy(PolicyArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<ExplainArgs, clap::Error> {
+        let argv = ["pgward", "policy", "explain"].iter().chain(args);
+        let Top::Policy(p) = Cli::try_parse_from(argv)?.cmd;
+        let PolicyCommand::Explain(e) = p.command;
+        Ok(e)
+    }
+
+    const POLICY: &str = r#"
+        [[roles]]
+        name = "reader"
+        members = { groups = ["G1"], users = ["alice@contoso.com"] }
+        allow = [ { name = "read", actions = ["select"], objects = ["public.orders"] } ]
+        [[roles]]
+        name = "writer"
+        members = { app_roles = ["Data.Write"], users = ["0000-oid"] }
+        allow = [ { actions = ["insert"], objects = ["public.orders"] } ]
+    "#;
+
+    #[test]
+    fn identity_flags_map_to_principal() {
+        let a = parse(&[
+            "--config",
+            "c.toml",
+            "--user",
+            "alice@contoso.com",
+            "--group",
+            "G1",
+            "--group",
+            "G2",
+            "--app-role",
+            "Data.Write",
+            "SELECT 1",
+        ])
+        .unwrap();
+        assert_eq!(
+            principal(&a),
+            Principal {
+                oid: "alice@contoso.com".into(),
+                upn: "alice@contoso.com".into(),
+                groups: vec!["G1".into(), "G2".into()],
+                app_roles: vec!["Data.Write".into()],
+            }
+        );
+        assert_eq!(a.sql, "SELECT 1");
+        assert_eq!(a.config.as_deref(), Some(Path::new("c.toml")));
+
+        let a = parse(&[
+            "--policy", "p.toml", "--user", "u", "--oid", "0000-oid", "x",
+        ])
+        .unwrap();
+        assert_eq!(principal(&a).oid, "0000-oid");
+        assert_eq!(principal(&a).upn, "u");
+    }
+
+    #[test]
+    fn roles_from_principal_or_names() {
+        let policy = Policy::from_toml(POLICY).unwrap();
+        let a = parse(&["--policy", "p", "--user", "0000-oid", "--group", "g1", "x"]).unwrap();
+        assert_eq!(roles(&policy, &a).unwrap().names(), ["reader", "writer"]);
+
+        let a = parse(&["--policy", "p", "--role", "writer", "x"]).unwrap();
+        assert_eq!(roles(&policy, &a).unwrap().names(), ["writer"]);
+
+        let a = parse(&["--policy", "p", "--role", "nobody", "x"]).unwrap();
+        assert!(roles(&policy, &a).unwrap_err().contains("nobody"));
+    }
+
+    #[test]
+    fn bad_flag_combinations_are_usage_errors() {
+        // Neither a config nor a policy.
+        assert!(parse(&["--user", "u", "x"]).is_err());
+        // Both.
+        assert!(parse(&["--config", "c", "--policy", "p", "x"]).is_err());
+        // Named roles and identity claims would disagree about which roles apply.
+        assert!(parse(&["--policy", "p", "--role", "r", "--group", "g", "x"]).is_err());
+        // No SQL.
+        assert!(parse(&["--policy", "p"]).is_err());
+    }
+
+    /// The least the proxy's config loader accepts.
+    const PROXY: &str = "upstreams = []\nroutes = []\n[listen]\naddr = \"127.0.0.1:6432\"\n";
+
+    #[test]
+    fn config_policy_path_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("pgward.toml");
+        std::fs::write(&cfg, format!("{PROXY}[policy]\nfile = \"p/policy.toml\"\n")).unwrap();
+        let a = parse(&["--config", cfg.to_str().unwrap(), "x"]).unwrap();
+        assert_eq!(policy_path(&a).unwrap(), dir.path().join("p/policy.toml"));
+
+        std::fs::write(&cfg, PROXY).unwrap();
+        assert!(policy_path(&a).unwrap_err().contains("no [policy]"));
+
+        std::fs::write(&cfg, "upstreams = []\nroutes = []\n[listen]\naddr = \n").unwrap();
+        assert!(policy_path(&a).unwrap_err().contains("line 4"));
+    }
+}

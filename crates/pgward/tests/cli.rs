@@ -1,0 +1,531 @@
+//! `pgward policy explain` and `pgward audit ...` run as a user would: the built binary, its
+//! output and its exit status.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgward_audit::{
+    AuditConfig, AuditLog, Client, Decision, Identity, ObjectAction, Outcome, Protocol,
+    SessionInfo, Statement,
+};
+
+fn pgward(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .args(args)
+        .output()
+        .expect("run pgward")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The policy the policy crate's corpus is decided against.
+fn corpus_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/policy.toml")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn explain_allows_with_the_deciding_rule() {
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&corpus_policy()),
+        "--user",
+        "alice@contoso.com",
+        "SELECT o.id FROM orders o WHERE o.customer_id IN (SELECT id FROM customers)",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("roles: reader"), "{out}");
+    assert!(out.contains("select    orders"), "{out}");
+    assert!(out.contains("select    customers"), "{out}");
+    assert!(
+        out.contains("decision: allow (rule reader_tables)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_denies_and_names_the_rule() {
+    let policy = corpus_policy();
+    // A deny-list role's explicit deny.
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&policy),
+        "--user",
+        "bob@contoso.com",
+        "SELECT * FROM SALARIES",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("decision: deny (rule no_salaries)"), "{out}");
+
+    // Roles given by name; an allow-list role falls through to the default deny.
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&policy),
+        "--role",
+        "reader",
+        "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("delete    orders"), "{out}");
+    assert!(out.contains("decision: deny (rule default_deny)"), "{out}");
+
+    // Roles from a group claim, and a search path that moves an unqualified name.
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&policy),
+        "--user",
+        "someone@contoso.com",
+        "--group",
+        "11111111-1111-1111-1111-111111111111",
+        "--search-path",
+        "sales",
+        "SELECT * FROM orders",
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("roles: reader"), "{out}");
+    assert!(out.contains("search_path: sales"), "{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+
+    // An unknown role name is a usage error, not a deny.
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&policy),
+        "--role",
+        "nobody",
+        "SELECT 1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nobody"), "{}", stderr(&o));
+}
+
+#[test]
+fn explain_finds_the_policy_through_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(corpus_policy(), dir.path().join("policy.toml")).expect("copy policy");
+    let cfg = dir.path().join("pgward.toml");
+    // A relative policy path is relative to the config file, not the working directory.
+    std::fs::write(
+        &cfg,
+        "upstreams = []\nroutes = []\n[listen]\naddr = \"127.0.0.1:6432\"\n\n[policy]\nfile = \"policy.toml\"\n",
+    )
+    .expect("write config");
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--config",
+        p(&cfg),
+        "--user",
+        "alice@contoso.com",
+        "SELECT * FROM orders",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn explain_reports_every_policy_problem_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[roles]]\nname = \"r\"\nmembers = { users = [\"a\"] }\nallow = [ { actions = [\"select\"], objects = [\"x\" } ]\n",
+    )
+    .expect("write policy");
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&policy),
+        "--user",
+        "a",
+        "SELECT 1",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("policy.toml: line 4:"), "{err}");
+
+    // Semantic problems: each one reported, each with its own line.
+    std::fs::write(
+        &policy,
+        "[[roles]]\nname = \"r\"\nmembers = { users = [\"a\"] }\nallow = [ { actions = [\"slect\"], objects = [\"x.y\"] } ]\n\n[[roles]]\nname = \"s\"\nmembers = { users = [\"b\"] }\nallow = [ { actions = [\"frobnicate\"], objects = [\"x.y\"] } ]\n",
+    )
+    .expect("write policy");
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&policy),
+        "--user",
+        "a",
+        "SELECT 1",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 4:") && err.contains("slect"), "{err}");
+    assert!(
+        err.contains("line 9:") && err.contains("frobnicate"),
+        "{err}"
+    );
+
+    // A missing file and a config without [policy] are load errors too.
+    let o = pgward(&[
+        "policy",
+        "explain",
+        "--policy",
+        p(&dir.path().join("none.toml")),
+        "SELECT 1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let cfg = dir.path().join("pgward.toml");
+    std::fs::write(
+        &cfg,
+        "upstreams = []\nroutes = []\n[listen]\naddr = \"x\"\n",
+    )
+    .expect("write config");
+    let o = pgward(&["policy", "explain", "--config", p(&cfg), "SELECT 1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("[policy]"), "{}", stderr(&o));
+}
+
+fn session(n: u32, upn: &str, roles: &[&str]) -> SessionInfo {
+    SessionInfo {
+        session: format!("s{n}"),
+        client: Client {
+            addr: format!("10.0.0.{n}:50000"),
+            user: Some(upn.to_owned()),
+            application_name: Some("psql".to_owned()),
+            tls: true,
+            tls_version: Some("TLSv1.3".to_owned()),
+        },
+        identity: Some(Identity {
+            oid: Some(format!("0000000{n}-0000-4000-8000-000000000000")),
+            upn: Some(upn.to_owned()),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Identity::default()
+        }),
+        database: Some("app".to_owned()),
+    }
+}
+
+/// Writes a small log through the audit crate, as the proxy does: alice reads orders twice,
+/// bob is denied salaries (the SQL has a comma and quotes, for CSV quoting) and then reads
+/// orders. Returns the active file.
+fn write_log(dir: &Path) -> PathBuf {
+    let cfg = AuditConfig {
+        file: dir.join("audit/pgward.jsonl"),
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open(&cfg, "pgward-test").expect("open audit log");
+    let ok = |sql| Statement {
+        sql,
+        protocol: Protocol::Simple,
+        objects: &[ObjectAction {
+            object: "public.orders",
+            action: "select",
+        }],
+        decision: Decision::Allow,
+        rule: Some("reader_tables"),
+        outcome: Outcome {
+            command_tag: Some("SELECT 1"),
+            rows: Some(1),
+            ..Outcome::default()
+        },
+        duration_us: 100,
+        ..Statement::default()
+    };
+    let alice = log.session(&session(1, "alice@contoso.com", &["reader"]));
+    alice.connect(&Default::default()).wait().expect("connect");
+    alice
+        .statement(&ok("SELECT * FROM orders"))
+        .wait()
+        .expect("stmt");
+    alice
+        .statement(&ok("SELECT id FROM orders"))
+        .wait()
+        .expect("stmt");
+    let bob = log.session(&session(2, "bob@contoso.com", &["operator"]));
+    bob.connect(&Default::default()).wait().expect("connect");
+    bob.statement(&Statement {
+        sql: "SELECT name, \"Pay\" FROM salaries",
+        objects: &[ObjectAction {
+            object: "public.salaries",
+            action: "select",
+        }],
+        decision: Decision::Deny,
+        rule: Some("no_salaries"),
+        outcome: Outcome {
+            sqlstate: Some("42501"),
+            message: Some("permission denied by pgward policy rule no_salaries"),
+            ..Outcome::default()
+        },
+        ..Statement::default()
+    })
+    .wait()
+    .expect("stmt");
+    bob.statement(&ok("SELECT count(*) FROM orders"))
+        .wait()
+        .expect("stmt");
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(log.close("test done"))
+        .expect("close");
+    cfg.file
+}
+
+#[test]
+fn verify_passes_then_names_the_edited_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = write_log(dir.path());
+
+    let o = pgward(&["audit", "verify", p(&active)]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("OK:") && out.contains("chain is intact"),
+        "{out}"
+    );
+
+    // Through the config's [audit] file as well (relative to the config).
+    let cfg = dir.path().join("pgward.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\naddr = \"x\"\n[audit]\nfile = \"audit/pgward.jsonl\"\n",
+    )
+    .expect("write config");
+    let o = pgward(&["audit", "verify", "--config", p(&cfg)]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+
+    // An auditor-hostile edit: make alice's second statement look harmless.
+    let text = std::fs::read_to_string(&active).expect("read log");
+    let (line_no, _) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("SELECT id FROM orders"))
+        .expect("record present");
+    let edited = text.replace("SELECT id FROM orders", "SELECT 1 FROM orders");
+    std::fs::write(&active, edited).expect("write log");
+    let o = pgward(&["audit", "verify", "--file", p(&active)]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let expected = format!("CHANGED: {}:{}", active.display(), line_no + 1);
+    assert!(out.contains(&expected), "want {expected:?} in:\n{out}");
+    assert!(out.contains("FAILED:"), "{out}");
+
+    // No files at all is an error, not a pass.
+    let o = pgward(&[
+        "audit",
+        "verify",
+        "--file",
+        p(&dir.path().join("none/pgward.jsonl")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn search_filters_in_json_and_csv() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = write_log(dir.path());
+
+    // JSON: the matching records exactly as stored.
+    let o = pgward(&[
+        "audit",
+        "search",
+        "--file",
+        p(&active),
+        "--user",
+        "BOB@contoso.com",
+        "--event",
+        "statement",
+        "--format",
+        "json",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let stored = std::fs::read_to_string(&active).expect("read log");
+    for l in &lines {
+        assert!(stored.lines().any(|s| s == *l), "not a stored line: {l}");
+        assert!(l.contains("\"upn\":\"bob@contoso.com\""), "{l}");
+    }
+
+    // CSV: header, then one row for the denial, quoted as RFC 4180 says.
+    let o = pgward(&[
+        "audit",
+        "search",
+        p(&active),
+        "--decision",
+        "deny",
+        "--object",
+        "*.salaries",
+        "--format",
+        "csv",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("seq,ts,instance,event,"), "{out}");
+    assert!(
+        lines[1].contains(",\"SELECT name, \"\"Pay\"\" FROM salaries\","),
+        "{out}"
+    );
+    assert!(lines[1].contains(",deny,no_salaries,"), "{out}");
+    assert!(lines[1].contains(",42501,"), "{out}");
+
+    // Time range and limit: everything was written today, nothing before 2000.
+    let o = pgward(&[
+        "audit",
+        "search",
+        p(&active),
+        "--to",
+        "2000-01-01",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "");
+    let o = pgward(&[
+        "audit",
+        "search",
+        p(&active),
+        "--since",
+        "2000-01-01",
+        "--action",
+        "select",
+        "--limit",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+
+    // Table output has a header and a row per match.
+    let o = pgward(&["audit", "search", p(&active), "--text", "count(*)"]);
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("bob@contoso.com"), "{out}");
+
+    // A bad time is a usage error.
+    let o = pgward(&["audit", "search", p(&active), "--since", "last tuesday"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn tail_prints_the_last_records_and_follows_until_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = write_log(dir.path());
+
+    let o = pgward(&[
+        "audit",
+        "tail",
+        "--file",
+        p(&active),
+        "-n",
+        "2",
+        "--event",
+        "statement",
+        "--format",
+        "json",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("salaries") && lines[1].contains("count(*)"),
+        "{out}"
+    );
+
+    // -f: new records appear, and SIGINT ends it cleanly (exit 0, output flushed).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .args([
+            "audit",
+            "tail",
+            "--file",
+            p(&active),
+            "-n",
+            "1",
+            "-f",
+            "--format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tail -f");
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("backlog line");
+    assert!(first.contains("audit_stop"), "{first}");
+
+    // The writer reopens the log and continues the chain.
+    let cfg = AuditConfig {
+        file: active.clone(),
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open(&cfg, "pgward-test").expect("reopen");
+    let s = log.session(&session(3, "carol@contoso.com", &[]));
+    s.statement(&Statement {
+        sql: "SELECT 'followed'",
+        ..Statement::default()
+    })
+    .wait()
+    .expect("stmt");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while !seen.contains("followed") {
+        assert!(Instant::now() < deadline, "tail -f did not show: {seen}");
+        let mut l = String::new();
+        if reader.read_line(&mut l).expect("read") == 0 {
+            panic!("tail -f ended early: {seen}");
+        }
+        seen.push_str(&l);
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tail -f did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(log.close("test done"))
+        .expect("close");
+}
