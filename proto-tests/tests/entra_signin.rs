@@ -321,3 +321,37 @@ fn a_session_ends_with_its_token() {
     assert!(out.contains("all expiry checks passed"), "{out}");
     assert!(env.pgward.log().contains("token expired"));
 }
+
+#[test]
+fn tokio_postgres_signs_in_with_a_token_over_tls() {
+    let env = env(PgwardOptions::default(), "");
+    let user = "svc-reporting";
+    let tls = pgtls::MakeRustls::new(env.pgward.ca.as_ref().unwrap());
+    let good = env.mint(&TokenSpec::managed_identity(user));
+    let mut expired = TokenSpec::managed_identity(user);
+    expired.lifetime_secs = -3600;
+    let expired = env.mint(&expired);
+    let conn = |token: &str| {
+        format!(
+            "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode=require",
+            env.pgward.port
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&conn(&good), tls.clone())
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let row = client
+            .query_one("SELECT $1::text", &[&"hello"])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, &str>(0), "hello");
+        let err = tokio_postgres::connect(&conn(&expired), tls.clone())
+            .await
+            .err()
+            .expect("expired token accepted");
+        assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
+    });
+}
