@@ -86,6 +86,12 @@ pub struct PgwardOptions {
     pub entra: Option<String>,
     /// A policy file for `[policy] file`; `None` runs without statement policy.
     pub policy: Option<PathBuf>,
+    /// Extra top-level TOML (e.g. an `[audit]` section).
+    pub extra_toml: String,
+    /// pgward's log filter (default "debug").
+    pub log_level: &'static str,
+    /// RLIMIT_FSIZE for the pgward process (simulates a full disk).
+    pub file_size_limit: Option<u64>,
 }
 
 impl Default for PgwardOptions {
@@ -100,6 +106,9 @@ impl Default for PgwardOptions {
             upstream_ca: None,
             entra: None,
             policy: None,
+            extra_toml: String::new(),
+            log_level: "debug",
+            file_size_limit: None,
         }
     }
 }
@@ -175,7 +184,7 @@ impl Pgward {
 addr = "127.0.0.1:{admin_port}"
 
 [log]
-level = "debug"
+level = "{log_level}"
 
 [[upstreams]]
 name = "main"
@@ -199,7 +208,11 @@ upstream = "main"
 {entra}
 
 {policy}
+
+{extra_toml}
 "#,
+            log_level = opts.log_level,
+            extra_toml = opts.extra_toml,
             entra = opts.entra.as_deref().unwrap_or(""),
             policy = opts
                 .policy
@@ -221,13 +234,30 @@ upstream = "main"
             config_path,
             ca,
         };
-        p.spawn();
+        p.spawn(opts.file_size_limit);
         p
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self, file_size_limit: Option<u64>) {
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = Command::new(pgward_bin())
+        let mut cmd = Command::new(pgward_bin());
+        if let Some(limit) = file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("PGWARD_TEST_UPSTREAM_PASSWORD", PROXY_PASSWORD)

@@ -52,6 +52,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) must surface as a write error the audit log can
+    // act on (refusing statements), not kill the process with SIGXFSZ.
+    // SAFETY: setting a signal disposition to SIG_IGN at start, before any threads.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(&config),

@@ -617,14 +617,20 @@ impl Walker {
     /// Records a function call; some built-ins act on objects named by a string argument and
     /// are turned into the accesses they really make.
     fn function(&mut self, schema: Option<&str>, name: &str, args: &[pb::Node]) {
-        self.out.functions.push(FunctionRef {
-            schema: schema.map(str::to_owned),
-            name: name.to_owned(),
-        });
-        if schema.is_some_and(|s| s != "pg_catalog") {
+        let first = args.first().and_then(const_str);
+        let in_catalog = schema.is_none_or(|s| s == "pg_catalog");
+        // set_config() with a literal setting name is decided as that setting change (so
+        // asyncpg's `set_config('jit', 'off', false)` is a harmless SET); with any other
+        // name it stays a call of the dangerous function.
+        if !(in_catalog && name == "set_config" && first.is_some()) {
+            self.out.functions.push(FunctionRef {
+                schema: schema.map(str::to_owned),
+                name: name.to_owned(),
+            });
+        }
+        if !in_catalog {
             return;
         }
-        let first = args.first().and_then(const_str);
         match name {
             "set_config" => {
                 let setting = first.map_or_else(|| "*".to_owned(), |s| s.to_ascii_lowercase());

@@ -16,6 +16,8 @@ pub const HARMLESS_SETTINGS: &[&str] = &[
     "idle_in_transaction_session_timeout",
     "idle_session_timeout",
     "intervalstyle",
+    // Planner knob; asyncpg turns it off around its type introspection.
+    "jit",
     "lc_monetary",
     "lc_numeric",
     "lc_time",
@@ -27,6 +29,19 @@ pub const HARMLESS_SETTINGS: &[&str] = &[
     "transaction_read_only",
     "xmloption",
 ];
+
+/// Whether a client_encoding keeps every byte below 0x80 the ASCII character it looks
+/// like. In SJIS, BIG5, GBK, GB18030, UHC or JOHAB a backslash or quote can be the second
+/// byte of a character, so the server would read later statements differently from
+/// pgward. Names compare like PostgreSQL's `clean_encoding_name` (letters and digits only).
+pub fn safe_client_encoding(value: &str) -> bool {
+    let v: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(v.as_str(), "utf8" | "unicode" | "sqlascii")
+}
 
 /// Settings that change how later SQL is read or who the session is. They need `set` on
 /// `setting.<name>` written out in full (a glob such as `setting.*` does not grant them).

@@ -636,6 +636,21 @@ impl Policy {
                 Err(denied) => return denied,
             }
         }
+        for change in &stmt.settings {
+            if let SettingChange::Set { name, value } = change {
+                // Not a matter of permission: an unsafe encoding would make the server read
+                // later statements differently from pgward.
+                if name == "client_encoding" {
+                    let safe = matches!(value.as_deref(), Some([v]) if crate::catalog::safe_client_encoding(v));
+                    if !safe {
+                        return Decision::deny(
+                            "builtin.client_encoding",
+                            "client_encoding may only be UTF8 or SQL_ASCII through pgward",
+                        );
+                    }
+                }
+            }
+        }
         for (name, reset_all) in &settings {
             if name.starts_with("pgward.") {
                 return Decision::deny(

@@ -20,6 +20,8 @@ pub struct Config {
     pub entra: Option<pgward_entra::EntraConfig>,
     /// Role-based allow/deny on every statement (docs/policy.md).
     pub policy: Option<PolicyConfig>,
+    /// The audit log (docs/audit.md).
+    pub audit: Option<pgward_audit::AuditConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -197,6 +199,9 @@ impl Config {
         if let Some(policy) = self.policy.as_mut() {
             fix(&mut policy.file);
         }
+        if let Some(audit) = self.audit.as_mut() {
+            audit.resolve_paths(base);
+        }
         for u in &mut self.upstreams {
             if let Some(p) = u.ca_file.as_mut() {
                 fix(p);
@@ -269,6 +274,9 @@ impl Config {
             if let Err(e) = crate::enforce::load_policy(&policy.file) {
                 p.push(e);
             }
+        }
+        if let Some(audit) = &self.audit {
+            p.extend(audit.problems().into_iter().map(|e| format!("[audit] {e}")));
         }
         if self.listen.max_connections == 0 {
             p.push("[listen] max_connections must be at least 1".into());

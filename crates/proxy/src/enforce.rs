@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use pgward_policy::{DecisionCache, Policy, Principal, RoleSet, SessionState};
+use pgward_policy::{DecisionCache, Policy, Principal, QueryDecision, RoleSet, SessionState};
 use pgward_wire::build::{self, Severity};
 use tracing::{error, info, warn};
 
@@ -94,27 +94,51 @@ impl PolicyStore {
     }
 }
 
-/// A denial waiting for the server's marked error, to be rewritten into 42501.
+/// A refusal waiting for the server's marked error, to be rewritten for the client.
 #[derive(Debug, Clone)]
 pub struct Denial {
     pub rule: String,
     pub reason: String,
+    /// 42501 for the policy, 58030 when the audit log cannot record.
+    pub code: &'static str,
 }
 
 impl Denial {
+    pub fn policy(rule: String, reason: String) -> Self {
+        Self {
+            rule,
+            reason,
+            code: "42501",
+        }
+    }
+
+    /// Fail-closed: the audit log cannot write, so nothing may run unrecorded.
+    pub fn audit_unavailable() -> Self {
+        Self {
+            rule: "audit.unavailable".into(),
+            reason: "the audit log cannot record statements".into(),
+            code: "58030",
+        }
+    }
+
     pub fn message(&self) -> String {
-        format!(
-            "pgward policy denied this statement (rule {}): {}",
-            self.rule, self.reason
-        )
+        match self.code {
+            "42501" => format!(
+                "pgward policy denied this statement (rule {}): {}",
+                self.rule, self.reason
+            ),
+            _ => format!("pgward refused this statement: {}", self.reason),
+        }
     }
 }
 
-/// Denials in flight for one session, keyed by the id in their marker.
+/// Refusals in flight for one session, keyed by the id in their marker. The nonce is a
+/// per-session secret, so a client can't forge an error pgward would rewrite.
 #[derive(Debug, Default)]
 pub struct Denials {
     marker_prefix: String,
     pending: HashMap<u64, Denial>,
+    next_id: u64,
 }
 
 impl Denials {
@@ -122,7 +146,42 @@ impl Denials {
         Self {
             marker_prefix: format!("pgward-denied-{nonce}-"),
             pending: HashMap::new(),
+            next_id: 0,
         }
+    }
+
+    /// A fresh marker token, remembered with its refusal.
+    fn marker(&mut self, denial: Denial) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        info!(rule = %denial.rule, reason = %denial.reason, code = denial.code, "statement refused");
+        self.pending.insert(id, denial);
+        format!("{}{id}", self.marker_prefix)
+    }
+
+    /// A Bind replaced by one naming a statement that cannot exist, so the server fails
+    /// it (26000, message naming the marker) and skips to Sync.
+    pub fn replace_bind(&mut self, portal: &str, denial: Denial) -> Verdict {
+        let name = self.marker(denial);
+        let mut out = BytesMut::new();
+        build::bind_without_params(&mut out, portal, &name);
+        Verdict::Replace(out)
+    }
+
+    /// A Query (or FunctionCall) replaced by one the server will fail.
+    pub fn replace_query(&mut self, denial: Denial) -> Verdict {
+        let sql = format!("SELECT '{}'::pg_catalog.int4", self.marker(denial));
+        let mut out = BytesMut::new();
+        build::query(&mut out, &sql);
+        Verdict::Replace(out)
+    }
+
+    /// A Parse replaced by one the server will fail at Parse.
+    pub fn replace_parse(&mut self, statement: &str, denial: Denial) -> Verdict {
+        let sql = format!("SELECT '{}'::pg_catalog.int4", self.marker(denial));
+        let mut out = BytesMut::new();
+        build::parse(&mut out, statement, &sql);
+        Verdict::Replace(out)
     }
 
     /// If `error_body` is the server's answer to a replaced statement, the 42501
@@ -141,7 +200,7 @@ impl Denials {
             .ok()?;
         let denial = self.pending.remove(&id)?;
         let mut out = BytesMut::new();
-        build::error_response(&mut out, Severity::Error, "42501", &denial.message());
+        build::error_response(&mut out, Severity::Error, denial.code, &denial.message());
         Some(out)
     }
 
@@ -167,12 +226,13 @@ pub struct Gate {
     principal: Principal,
     roles: RoleSet,
     session: SessionState,
-    nonce: String,
-    next_id: u64,
+    /// Named statements' text and the policy version that allowed them, so a Bind after
+    /// a reload is decided by the policy in force.
+    parsed: HashMap<String, (Arc<str>, u64)>,
 }
 
 impl Gate {
-    pub fn new(store: Arc<PolicyStore>, principal: Principal, nonce: String) -> Self {
+    pub fn new(store: Arc<PolicyStore>, principal: Principal) -> Self {
         let policy = store.current();
         let roles = policy.roles_for(&principal);
         let session = SessionState::new(&policy);
@@ -182,17 +242,17 @@ impl Gate {
             principal,
             roles,
             session,
-            nonce,
-            next_id: 0,
+            parsed: HashMap::new(),
         }
-    }
-
-    pub fn nonce(&self) -> &str {
-        &self.nonce
     }
 
     pub fn role_names(&self) -> &[String] {
         self.roles.names()
+    }
+
+    /// The upstream role the caller's roles name (`upstream_role`), if any.
+    pub fn upstream_role(&self) -> Option<String> {
+        self.policy.upstream_role(&self.roles).map(str::to_owned)
     }
 
     /// Picks up a reloaded policy: roles are recomputed for it.
@@ -211,10 +271,7 @@ impl Gate {
             .policy
             .decide_setting(&self.roles, name, value, &self.session);
         if d.blocks() {
-            return Err(Denial {
-                rule: d.rule,
-                reason: d.reason,
-            });
+            return Err(Denial::policy(d.rule, d.reason));
         }
         self.session.apply_startup_setting(name, value);
         Ok(())
@@ -222,20 +279,16 @@ impl Gate {
 
     /// Decides `sql`; on allow, pgward's session model takes the statements' effects
     /// (search_path, PREPARE, ...) as they are forwarded.
-    fn decide(&mut self, sql: &str) -> Result<Option<pgward_policy::StatementAnalysis>, Denial> {
+    pub fn decide(&mut self, sql: &str) -> Arc<QueryDecision> {
         self.refresh();
         let qd = self
             .store
             .cache
             .decide(&self.policy, &self.roles, &self.session, sql);
         if qd.decision.blocks() {
-            return Err(Denial {
-                rule: qd.decision.rule.clone(),
-                reason: qd.decision.reason.clone(),
-            });
+            return qd;
         }
         if qd.decision.verdict == pgward_policy::Verdict::Deny {
-            // Observe mode: recorded, not enforced.
             warn!(
                 rule = %qd.decision.rule,
                 reason = %qd.decision.reason,
@@ -245,83 +298,74 @@ impl Gate {
         for s in &qd.statements {
             self.session.apply(&s.analysis);
         }
-        Ok(if qd.statements.len() == 1 {
-            Some(qd.statements[0].analysis.clone())
-        } else {
-            None
-        })
+        qd
     }
 
-    fn marker(&mut self, denial: Denial, denials: &mut Denials) -> String {
-        let id = self.next_id;
-        self.next_id += 1;
-        info!(rule = %denial.rule, reason = %denial.reason, "statement denied");
-        denials.pending.insert(id, denial);
-        format!(
-            "SELECT 'pgward-denied-{}-{id}'::pg_catalog.int4",
-            self.nonce
-        )
-    }
-
-    /// A simple-protocol Query.
-    pub fn on_query(&mut self, sql: &str, denials: &mut Denials) -> Verdict {
-        match self.decide(sql) {
-            Ok(_) => Verdict::Forward,
-            Err(denial) => {
-                let marker = self.marker(denial, denials);
-                let mut out = BytesMut::new();
-                build::query(&mut out, &marker);
-                Verdict::Replace(out)
+    /// After a Parse was decided: protocol-level statements share a namespace with SQL
+    /// PREPARE, so `EXECUTE name` must be decided as this statement.
+    pub fn parsed(&mut self, name: &str, qd: &QueryDecision) {
+        if name.is_empty() {
+            return;
+        }
+        match (qd.decision.blocks(), qd.statements.as_slice()) {
+            (false, [one]) => {
+                self.session.remember_prepared(name, one.analysis.clone());
+                self.parsed.insert(
+                    name.to_owned(),
+                    (Arc::from(one.analysis.sql.as_str()), self.policy.version()),
+                );
+            }
+            _ => {
+                self.session.forget_prepared(name);
+                self.parsed.remove(name);
             }
         }
     }
 
-    /// An extended-protocol Parse: decided here, so a denied statement never exists
-    /// upstream to be bound or executed.
-    pub fn on_parse(&mut self, name: &str, sql: &str, denials: &mut Denials) -> Verdict {
-        match self.decide(sql) {
-            Ok(analysis) => {
-                if !name.is_empty() {
-                    // Protocol-level statements share a namespace with SQL PREPARE, so
-                    // `EXECUTE name` must be decided as this statement.
-                    match analysis {
-                        Some(a) => self.session.remember_prepared(name, a),
-                        None => self.session.forget_prepared(name),
-                    }
-                }
-                Verdict::Forward
-            }
-            Err(denial) => {
-                if !name.is_empty() {
-                    self.session.forget_prepared(name);
-                }
-                let marker = self.marker(denial, denials);
-                let mut out = BytesMut::new();
-                build::parse(&mut out, name, &marker);
-                Verdict::Replace(out)
-            }
+    /// A Bind of a named statement allowed under an earlier policy is decided again.
+    pub fn on_bind(&mut self, statement: &str) -> Option<Denial> {
+        self.refresh();
+        let version = self.policy.version();
+        let (sql, decided_under) = self.parsed.get(statement)?.clone();
+        if decided_under == version {
+            return None;
         }
+        let qd = self
+            .store
+            .cache
+            .decide(&self.policy, &self.roles, &self.session, &sql);
+        if qd.decision.blocks() {
+            self.parsed.remove(statement);
+            self.session.forget_prepared(statement);
+            return Some(denial_of(&qd));
+        }
+        self.parsed.insert(statement.to_owned(), (sql, version));
+        None
     }
 
     /// Close of a prepared statement.
     pub fn on_close_statement(&mut self, name: &str) {
         self.session.forget_prepared(name);
+        self.parsed.remove(name);
     }
 
-    /// A FunctionCall names its function only by OID, so pgward cannot tell
-    /// `lower()` from `pg_read_file()`: refused whenever a policy is in force.
-    pub fn on_function_call(&mut self, denials: &mut Denials) -> Verdict {
-        let denial = Denial {
-            rule: "builtin.function_call".into(),
-            reason: "the FunctionCall protocol message names functions only by OID; call the function in SQL instead".into(),
-        };
+    /// Whether a FunctionCall message is refused. It names its function only by OID, so
+    /// pgward cannot tell `lower()` from `pg_read_file()`: refused whenever a policy
+    /// enforces.
+    pub fn refuses_function_call(&self) -> Option<Denial> {
+        let denial = Denial::policy(
+            "builtin.function_call".into(),
+            "the FunctionCall protocol message names functions only by OID; call the function in SQL instead".into(),
+        );
         if self.policy.mode() == pgward_policy::Mode::Observe {
             warn!(rule = %denial.rule, "policy would deny a FunctionCall (observe mode)");
-            return Verdict::Forward;
+            return None;
         }
-        let marker = self.marker(denial, denials);
-        let mut out = BytesMut::new();
-        build::query(&mut out, &marker);
-        Verdict::Replace(out)
+        Some(denial)
     }
+}
+
+/// The refusal for a blocking decision.
+pub fn denial_of(qd: &QueryDecision) -> Denial {
+    Denial::policy(qd.decision.rule.clone(), qd.decision.reason.clone())
 }

@@ -19,6 +19,7 @@ pub mod server;
 pub mod session;
 pub mod stream;
 pub mod tls;
+pub mod trail;
 
 pub use config::Config;
 pub use server::Server;

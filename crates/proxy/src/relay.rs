@@ -25,8 +25,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::enforce::{Denials, Gate, Verdict};
+use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict};
 use crate::metrics::Metrics;
+use crate::trail::{Audited, Trail};
+use pgward_audit::Append;
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -49,16 +51,19 @@ pub struct Conversation {
     phase: Phase,
     /// Query, Sync and FunctionCall messages sent whose ReadyForQuery hasn't come back.
     outstanding: u32,
-    /// Denied statements whose marked server error is still to be rewritten.
+    /// Refused statements whose marked server error is still to be rewritten.
     denials: Denials,
+    /// The audit trail, when an audit log is configured.
+    trail: Option<Trail>,
 }
 
 impl Conversation {
-    pub fn new(tx: TxStatus, denials: Denials) -> Self {
+    pub fn new(tx: TxStatus, denials: Denials, trail: Option<Trail>) -> Self {
         Self {
             phase: Phase::Idle(tx),
             outstanding: 0,
             denials,
+            trail,
         }
     }
 
@@ -132,6 +137,8 @@ pub enum RelayEnd {
     /// The client's access token expired (plus grace): ended when idle, or at the
     /// client's next message.
     TokenExpired,
+    /// A statement's audit record could not be written: its result is withheld.
+    AuditFailed(String),
 }
 
 impl RelayEnd {
@@ -145,6 +152,7 @@ impl RelayEnd {
             Self::UpstreamProtocol(_) => Some("upstream_protocol"),
             Self::Shutdown => Some("shutdown"),
             Self::TokenExpired => Some("token_expired"),
+            Self::AuditFailed(_) => Some("audit_failed"),
         }
     }
 }
@@ -160,6 +168,8 @@ pub struct Totals {
 
 pub struct RelayOutcome {
     pub end: RelayEnd,
+    /// Statement records written to the audit log.
+    pub recorded: u64,
     pub totals: Totals,
     /// True when an upstream query may still be running (the caller cancels it).
     pub upstream_busy: bool,
@@ -198,6 +208,10 @@ pub struct RelayParams {
     pub max_message_bytes: usize,
     /// Policy enforcement, when a policy is configured.
     pub gate: Option<Gate>,
+    /// Statement records, when an audit log is configured.
+    pub trail: Option<Trail>,
+    /// Per-session secret for the markers of refused statements.
+    pub nonce: String,
 }
 
 /// Relays until either side ends, `shutdown` fires, or the session reaches `expires_at`.
@@ -221,9 +235,10 @@ where
         expires_at,
         max_message_bytes,
         mut gate,
+        trail,
+        nonce,
     } = params;
-    let denials = Denials::new(gate.as_ref().map(Gate::nonce).unwrap_or(""));
-    let conversation = Mutex::new(Conversation::new(tx, denials));
+    let conversation = Mutex::new(Conversation::new(tx, Denials::new(&nonce), trail));
     let mut to_client = ToClient {
         scanner: Scanner::new(max_message_bytes),
         writing: false,
@@ -302,6 +317,11 @@ where
             "terminating connection because pgward is shutting down".to_owned(),
         )),
         RelayEnd::TokenExpired => Some(("28000", "token expired".to_owned())),
+        RelayEnd::AuditFailed(_) => Some((
+            "58030",
+            "pgward could not record this statement in the audit log; its result is withheld"
+                .to_owned(),
+        )),
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => None,
     };
     if let Some((code, message)) = fatal {
@@ -321,7 +341,12 @@ where
         let _ = upstream_wr.flush().await;
     }
     let _ = upstream_wr.shutdown().await;
+    let recorded = conversation
+        .lock()
+        .map(|c| c.trail.as_ref().map_or(0, |t| t.recorded))
+        .unwrap_or(0);
     RelayOutcome {
+        recorded,
         upstream_busy: !matches!(phase, Phase::Idle(_))
             && !matches!(end, RelayEnd::UpstreamGone(_) | RelayEnd::ClientTerminated),
         end,
@@ -360,11 +385,10 @@ where
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-                let verdict =
-                    match decide(gate.as_deref_mut(), msg.tag, msg.body, &mut conv.denials) {
-                        Ok(v) => v,
-                        Err(e) => return RelayEnd::ClientProtocol(e),
-                    };
+                let verdict = match decide(gate.as_deref_mut(), msg.tag, msg.body, &mut conv) {
+                    Ok(v) => v,
+                    Err(e) => return RelayEnd::ClientProtocol(e),
+                };
                 conv.on_client_message(msg.tag);
                 let start = ready;
                 ready += msg.total_len;
@@ -439,13 +463,32 @@ where
         // Marked errors answering denied statements, rewritten into 42501:
         // (offset, length, replacement).
         let mut rewrites: Vec<(usize, usize, BytesMut)> = Vec::new();
+        let mut records: Vec<Append> = Vec::new();
+        let chunk_starts_at_boundary = state.scanner.at_boundary();
         let scanned = {
             let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
+            let conv = &mut *conv;
             let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
                 if tag == b'E' {
-                    if let Some(new) = conv.denials.rewrite(body) {
+                    let rewritten = conv.denials.rewrite(body);
+                    if let Some(trail) = conv.trail.as_mut() {
+                        let e = backend::error_fields(rewritten.as_ref().map_or(body, |b| &b[5..]));
+                        records.extend(trail.on_result(None, Some((&e.code, &e.message))));
+                    }
+                    if let Some(new) = rewritten {
                         rewrites.push((at, 5 + body.len(), new));
+                    }
+                } else if let Some(trail) = conv.trail.as_mut() {
+                    match tag {
+                        b'C' => {
+                            let t = String::from_utf8_lossy(backend::command_tag(body));
+                            records.extend(trail.on_result(Some(&t), None));
+                        }
+                        b'I' | b's' => records.extend(trail.on_result(None, None)),
+                        b'V' => records.extend(trail.on_result(Some("FUNCTION CALL"), None)),
+                        b'Z' => records.extend(trail.on_ready()),
+                        _ => {}
                     }
                 }
                 conv.on_server_message(tag, body)
@@ -457,6 +500,19 @@ where
             Ok(s) => s.ready,
             Err(e) => return RelayEnd::UpstreamProtocol(e),
         };
+        // The records of the statements this chunk completes are written before any of
+        // it reaches the client.
+        for r in records {
+            if let Err(e) = r.await {
+                // Nothing of this chunk was written: the client stands where it began.
+                state.held = 0;
+                state.scanner = Scanner::new(0);
+                if !chunk_starts_at_boundary {
+                    state.writing = true;
+                }
+                return RelayEnd::AuditFailed(e.to_string());
+            }
+        }
         state.held = buf.len() - ready;
         if ready > 0 {
             let chunk = buf.split_to(ready);
@@ -489,30 +545,109 @@ where
     }
 }
 
-/// The policy decision for one client message (and the checks that don't need a policy).
+/// What happens to one client message: the policy decision, the audit log's readiness
+/// (fail-closed), and the statement units the audit trail needs.
 fn decide(
     gate: Option<&mut Gate>,
     tag: u8,
     body: &[u8],
-    denials: &mut Denials,
+    conv: &mut Conversation,
 ) -> Result<Verdict, WireError> {
-    Ok(match (gate, tag) {
-        (Some(g), b'Q') => g.on_query(frontend::query_text(body)?, denials),
-        (Some(g), b'P') => {
-            let p = frontend::parse_message(body)?;
-            g.on_parse(p.statement, p.query, denials)
+    let audit_down = conv.trail.as_ref().is_some_and(|t| !t.ready());
+    let refused = || Audited::refused("audit.unavailable");
+    Ok(match tag {
+        b'Q' => {
+            let sql = frontend::query_text(body)?;
+            if audit_down {
+                if let Some(t) = conv.trail.as_mut() {
+                    t.on_query(sql, None, Some(refused()));
+                }
+                return Ok(conv.denials.replace_query(Denial::audit_unavailable()));
+            }
+            let qd = gate.map(|g| g.decide(sql));
+            if let Some(t) = conv.trail.as_mut() {
+                t.on_query(sql, qd.as_deref(), None);
+            }
+            match qd {
+                Some(qd) if qd.decision.blocks() => conv.denials.replace_query(denial_of(&qd)),
+                _ => Verdict::Forward,
+            }
         }
-        (Some(g), b'F') => g.on_function_call(denials),
-        (Some(g), b'C') => {
-            if let (b'S', name) = frontend::target(body, "Close")? {
-                g.on_close_statement(name);
+        b'P' => {
+            let p = frontend::parse_message(body)?;
+            if audit_down {
+                if let Some(t) = conv.trail.as_mut() {
+                    t.on_parse(p.statement, p.query, p.param_types, None, Some(refused()));
+                }
+                return Ok(conv
+                    .denials
+                    .replace_parse(p.statement, Denial::audit_unavailable()));
+            }
+            let qd = gate.map(|g| {
+                let qd = g.decide(p.query);
+                g.parsed(p.statement, &qd);
+                qd
+            });
+            let verdict = match &qd {
+                Some(qd) if qd.decision.blocks() => {
+                    conv.denials.replace_parse(p.statement, denial_of(qd))
+                }
+                _ => Verdict::Forward,
+            };
+            if let Some(t) = conv.trail.as_mut() {
+                t.on_parse(p.statement, p.query, p.param_types, qd.as_deref(), None);
+            }
+            verdict
+        }
+        b'B' => {
+            let (portal, statement, params) = frontend::bind_params(body)?;
+            if let Some(t) = conv.trail.as_mut() {
+                t.on_bind(portal, statement, &params);
+            }
+            match gate.and_then(|g| g.on_bind(statement)) {
+                Some(denial) => conv.denials.replace_bind(portal, denial),
+                None => Verdict::Forward,
+            }
+        }
+        b'E' => {
+            if let Some(t) = conv.trail.as_mut() {
+                t.on_execute(frontend::execute_portal(body)?);
             }
             Verdict::Forward
         }
-        (None, b'Q') => {
-            // Refuse malformed text here rather than let the server guess.
-            frontend::query_text(body)?;
+        b'C' => {
+            let (kind, name) = frontend::target(body, "Close")?;
+            if let (Some(g), b'S') = (gate, kind) {
+                g.on_close_statement(name);
+            }
+            if let Some(t) = conv.trail.as_mut() {
+                t.on_close(kind, name);
+            }
             Verdict::Forward
+        }
+        b'S' => {
+            if let Some(t) = conv.trail.as_mut() {
+                t.on_sync();
+            }
+            Verdict::Forward
+        }
+        b'F' => {
+            let denial = if audit_down {
+                Some(Denial::audit_unavailable())
+            } else {
+                gate.and_then(|g| g.refuses_function_call())
+            };
+            if let Some(t) = conv.trail.as_mut() {
+                let audited = match &denial {
+                    Some(d) => Audited::refused(&d.rule),
+                    None => Audited::default(),
+                };
+                t.on_function_call(audited);
+            }
+            match denial {
+                Some(d) => conv.denials.replace_query(d),
+                None => Verdict::Forward,
+            }
         }
         _ => Verdict::Forward,
     })
@@ -529,7 +664,7 @@ mod tests {
 
     #[test]
     fn conversation_tracks_pipelined_syncs_and_copy() {
-        let mut c = Conversation::new(TxStatus::Idle, Denials::default());
+        let mut c = Conversation::new(TxStatus::Idle, Denials::default(), None);
         c.on_client_message(b'P');
         c.on_client_message(b'S');
         c.on_client_message(b'Q');

@@ -121,7 +121,16 @@ impl Server {
             Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p.cache_entries)?)),
             None => None,
         };
+        let audit = match &config.audit {
+            Some(a) => Some(
+                pgward_audit::AuditLog::open(a, &instance_name())
+                    .map_err(|e| format!("[audit] cannot open the audit log: {e}"))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            audit,
+            next_session: std::sync::atomic::AtomicU64::new(1),
             config,
             auth,
             throttle,
@@ -240,8 +249,23 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
         }
         admin_stop.cancel();
+        if let Some(a) = &shared.audit {
+            if let Err(e) = a.close("shutdown").await {
+                error!(error = %e, "audit: could not record audit_stop");
+            }
+        }
         info!("pgward stopped");
     }
+}
+
+/// This instance's name in audit records: $PGWARD_INSTANCE, else the host name.
+fn instance_name() -> String {
+    std::env::var("PGWARD_INSTANCE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pgward".to_owned())
 }
 
 /// Over the connection limit: answer like PostgreSQL (53300) without reading anything.

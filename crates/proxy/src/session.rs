@@ -33,6 +33,9 @@ pub struct Shared {
     pub auth: ClientAuth,
     pub throttle: FailureThrottle,
     pub policy: Option<Arc<PolicyStore>>,
+    pub audit: Option<pgward_audit::AuditLog>,
+    /// Numbers sessions for the audit log.
+    pub next_session: std::sync::atomic::AtomicU64,
     /// Fired when the drain deadline passes: sessions still open are ended.
     pub hard_stop: CancellationToken,
 }
@@ -113,9 +116,41 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         direct_tls,
     } = startup;
 
+    let session_id = shared
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string();
+    let mut info = pgward_audit::SessionInfo {
+        session: session_id,
+        client: pgward_audit::Client {
+            addr: peer.to_string(),
+            user: Some(user.clone()),
+            application_name: application_name.clone(),
+            tls: stream.is_tls(),
+            tls_version: None,
+        },
+        identity: None,
+        database: Some(database.clone()),
+    };
+    // Connection attempts that fail are recorded with their exact reason.
+    let record_failure = |info: &pgward_audit::SessionInfo, reason: String| {
+        let append = shared
+            .audit
+            .as_ref()
+            .map(|log| log.session(info).auth_failed(&reason));
+        async move {
+            if let Some(a) = append {
+                if let Err(e) = a.await {
+                    warn!(error = %e, "audit: could not record a failed connection");
+                }
+            }
+        }
+    };
+
     let Some(route) = shared.config.route(&database) else {
         shared.metrics.error("unknown_database");
         info!("refused: no route for database");
+        record_failure(&info, format!("no route for database \"{database}\"")).await;
         refuse(
             &mut stream,
             "3D000",
@@ -152,6 +187,7 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
                     }
                     shared.throttle.failed(ip);
                     warn!(reason = %e, "sign-in refused");
+                    record_failure(&info, e.to_string()).await;
                     refuse(&mut stream, e.sqlstate(), &e.client_message(&user)).await;
                     return;
                 }
@@ -185,7 +221,7 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
                 app_roles: Vec::new(),
             },
         };
-        Gate::new(store.clone(), principal, random_nonce())
+        Gate::new(store.clone(), principal)
     });
     if let Some(g) = gate.as_mut() {
         // Startup parameters are settings too: the policy decides them like SET.
@@ -193,6 +229,11 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
             if let Err(denial) = g.check_startup_setting(name, value) {
                 shared.metrics.error("policy_startup_parameter");
                 info!(parameter = %name, rule = %denial.rule, "startup parameter denied by policy");
+                record_failure(
+                    &info,
+                    format!("startup parameter {name} denied by rule {}", denial.rule),
+                )
+                .await;
                 refuse(&mut stream, "42501", &denial.message()).await;
                 return;
             }
@@ -200,18 +241,52 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         info!(roles = ?g.role_names(), "policy roles");
     }
 
+    // The session's audit context, now that the identity is known. Its connect record is
+    // written before the client can send anything (fail-closed).
+    info.identity = identity.as_ref().map(|id| pgward_audit::Identity {
+        oid: Some(id.oid.clone()),
+        tid: Some(id.tid.clone()),
+        upn: id.upn.clone(),
+        appid: id.appid.clone(),
+        roles: gate
+            .as_ref()
+            .map(|g| g.role_names().to_vec())
+            .unwrap_or_default(),
+    });
+    // The role's upstream_role becomes the upstream session's default role (a startup
+    // parameter), so even an allowed RESET ALL or DISCARD ALL returns to it.
+    let upstream_role = gate.as_ref().and_then(Gate::upstream_role);
+    let mut upstream_params = forwarded.clone();
+    if let Some(r) = &upstream_role {
+        upstream_params.retain(|(k, _)| !k.eq_ignore_ascii_case("role"));
+        upstream_params.push(("role".to_owned(), r.clone()));
+    }
     let session = match upstream
-        .connect(route.upstream_database(), &forwarded)
+        .connect(route.upstream_database(), &upstream_params)
         .await
     {
         Ok(s) => s,
         Err(e) => {
             shared.metrics.error("upstream_connect");
             warn!(error = %e, "upstream connect failed");
+            record_failure(&info, e.to_string()).await;
             refuse(&mut stream, e.sqlstate(), &e.client_message()).await;
             return;
         }
     };
+
+    let audit = shared.audit.as_ref().map(|log| log.session(&info));
+    if let Some(a) = &audit {
+        let connect = pgward_audit::Connect {
+            upstream: Some(upstream.name()),
+            upstream_role: upstream_role.as_deref(),
+        };
+        if let Err(e) = a.connect(&connect).await {
+            warn!(error = %e, "audit: cannot record the connection; refusing it");
+            refuse(&mut stream, "58030", "pgward cannot write its audit log").await;
+            return;
+        }
+    }
 
     let registration = session
         .key
@@ -245,11 +320,14 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
     shared.metrics.sessions_active.inc();
     let started = Instant::now();
     let upstream_key = session.key.clone();
+    let trail = audit.as_ref().map(|a| crate::trail::Trail::new(a.clone()));
     let params = relay::RelayParams {
         tx: session.tx_status,
         expires_at,
         max_message_bytes: shared.config.listen.max_message_bytes,
         gate,
+        trail,
+        nonce: random_nonce(),
     };
     let outcome = relay::run(
         stream,
@@ -272,19 +350,25 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
             }
         }
     }
+    if let Some(a) = &audit {
+        let t = outcome.totals;
+        let reason = end_reason(&outcome.end);
+        let d = pgward_audit::Disconnect {
+            duration_us: started.elapsed().as_micros() as u64,
+            statements: outcome.recorded,
+            bytes_in: t.bytes_to_upstream,
+            bytes_out: t.bytes_to_client,
+            reason: Some(&reason),
+        };
+        if let Err(e) = a.disconnect(&d).await {
+            warn!(error = %e, "audit: could not record the disconnect");
+        }
+    }
     if let Some(kind) = outcome.end.error_kind() {
         shared.metrics.error(kind);
     }
     let t = outcome.totals;
-    let reason = match &outcome.end {
-        RelayEnd::ClientTerminated => "client terminated".to_owned(),
-        RelayEnd::ClientGone(e) => format!("client gone{}", fmt_err(e)),
-        RelayEnd::ClientProtocol(e) => format!("client protocol violation: {e}"),
-        RelayEnd::UpstreamGone(e) => format!("upstream gone{}", fmt_err(e)),
-        RelayEnd::UpstreamProtocol(e) => format!("upstream protocol violation: {e}"),
-        RelayEnd::Shutdown => "shutdown".to_owned(),
-        RelayEnd::TokenExpired => "token expired".to_owned(),
-    };
+    let reason = end_reason(&outcome.end);
     info!(
         reason,
         duration_ms = started.elapsed().as_millis() as u64,
@@ -294,6 +378,19 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         messages_to_client = t.messages_to_client,
         "session ended"
     );
+}
+
+fn end_reason(end: &RelayEnd) -> String {
+    match end {
+        RelayEnd::ClientTerminated => "client terminated".to_owned(),
+        RelayEnd::ClientGone(e) => format!("client gone{}", fmt_err(e)),
+        RelayEnd::ClientProtocol(e) => format!("client protocol violation: {e}"),
+        RelayEnd::UpstreamGone(e) => format!("upstream gone{}", fmt_err(e)),
+        RelayEnd::UpstreamProtocol(e) => format!("upstream protocol violation: {e}"),
+        RelayEnd::Shutdown => "shutdown".to_owned(),
+        RelayEnd::TokenExpired => "token expired".to_owned(),
+        RelayEnd::AuditFailed(e) => format!("audit record could not be written: {e}"),
+    }
 }
 
 /// Per-session secret in the marker of replaced statements, so a client can't forge

@@ -176,6 +176,17 @@ pub fn parse(buf: &mut BytesMut, statement: &str, sql: &str) {
     });
 }
 
+/// Bind with no parameters and default result formats.
+pub fn bind_without_params(buf: &mut BytesMut, portal: &str, statement: &str) {
+    framed(buf, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_u16(0);
+        b.put_u16(0);
+        b.put_u16(0);
+    });
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     framed(buf, b'X', |_| {});
 }

@@ -209,6 +209,69 @@ pub fn bind_names(body: &[u8]) -> Result<(&str, &str), WireError> {
     Ok((portal, statement))
 }
 
+/// A Bind message's parameters: value (`None` = SQL NULL) and whether it is binary.
+pub type BindParams<'a> = Vec<(Option<&'a [u8]>, bool)>;
+
+/// Portal, statement and parameter values of a Bind ('B') message.
+pub fn bind_params(body: &[u8]) -> Result<(&str, &str, BindParams<'_>), WireError> {
+    const WHAT: &str = "Bind";
+    let bad = |d| WireError::malformed(WHAT, d);
+    let mut rest = body;
+    let portal = utf8(
+        take_cstr(&mut rest).ok_or(bad("unterminated portal"))?,
+        WHAT,
+    )?;
+    let statement = utf8(
+        take_cstr(&mut rest).ok_or(bad("unterminated statement"))?,
+        WHAT,
+    )?;
+    let take_u16 = |r: &mut &[u8]| -> Result<usize, WireError> {
+        if r.len() < 2 {
+            return Err(bad("short"));
+        }
+        let v = u16::from_be_bytes([r[0], r[1]]) as usize;
+        *r = &r[2..];
+        Ok(v)
+    };
+    let nformats = take_u16(&mut rest)?;
+    if rest.len() < nformats * 2 {
+        return Err(bad("short format codes"));
+    }
+    let formats: Vec<bool> = rest[..nformats * 2]
+        .chunks_exact(2)
+        .map(|c| c == [0, 1])
+        .collect();
+    rest = &rest[nformats * 2..];
+    let nparams = take_u16(&mut rest)?;
+    if nformats > 1 && nformats != nparams {
+        return Err(bad("format codes do not match parameters"));
+    }
+    let mut params = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        if rest.len() < 4 {
+            return Err(bad("short parameter"));
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        let binary = match nformats {
+            0 => false,
+            1 => formats[0],
+            _ => formats[i],
+        };
+        if len < 0 {
+            params.push((None, binary));
+            continue;
+        }
+        let len = len as usize;
+        if rest.len() < len {
+            return Err(bad("parameter longer than the message"));
+        }
+        params.push((Some(&rest[..len]), binary));
+        rest = &rest[len..];
+    }
+    Ok((portal, statement, params))
+}
+
 /// The portal name of an Execute ('E') message.
 pub fn execute_portal(body: &[u8]) -> Result<&str, WireError> {
     let mut rest = body;
@@ -293,6 +356,12 @@ mod tests {
         assert_eq!(p.param_types, vec![23]);
         assert!(parse_message(b"s1\0select\0\0\x01").is_err());
         assert_eq!(bind_names(b"p\0s1\0rest").unwrap(), ("p", "s1"));
+        // One text parameter "42" and one NULL, result formats omitted.
+        let bind = b"p\0s1\0\0\0\0\x02\0\0\0\x0242\xff\xff\xff\xff\0\0";
+        let (portal, stmt, params) = bind_params(bind).unwrap();
+        assert_eq!((portal, stmt), ("p", "s1"));
+        assert_eq!(params, vec![(Some(&b"42"[..]), false), (None, false)]);
+        assert!(bind_params(b"p\0s1\0\0\0\0\x01\0\0\0\x09x").is_err());
         assert_eq!(execute_portal(b"p\0\0\0\0\0").unwrap(), "p");
         assert_eq!(target(b"Ss1\0", "Describe").unwrap(), (b'S', "s1"));
         assert!(target(b"Xs1\0", "Describe").is_err());

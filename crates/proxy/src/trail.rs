@@ -1,0 +1,371 @@
+//! The audit trail of one session's statements.
+//!
+//! The client side registers a unit for every statement it forwards, in protocol
+//! order: a Query is one batch (one unit per statement the policy found, or one for the
+//! whole string without a policy); Parse remembers the text, Bind the parameters, and
+//! Execute adds a unit; Sync closes an extended-protocol batch. The server side
+//! resolves units in the same order: CommandComplete, EmptyQueryResponse,
+//! PortalSuspended or ErrorResponse completes the next unit of the batch being
+//! answered, and ReadyForQuery closes the batch (units the server skipped after an
+//! error are recorded as not executed). Each resolution produces the `statement`
+//! record, which the relay writes before the reply reaches the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use pgward_audit::{
+    Append, Decision, ObjectAction, Outcome, ParamIn, Params, Protocol, Redaction, SessionLog,
+    Statement,
+};
+use pgward_policy::{QueryDecision, Verdict};
+
+/// What the policy said about one statement, as the audit records it.
+#[derive(Debug, Default)]
+pub struct Audited {
+    pub decision: Decision,
+    pub rule: Option<String>,
+    /// (object, action) pairs.
+    pub objects: Vec<(String, String)>,
+}
+
+impl Audited {
+    fn from_policy(d: &pgward_policy::Decision, accesses: &[pgward_policy::Access]) -> Self {
+        let decision = match (d.verdict, d.enforced) {
+            (Verdict::Allow, _) => Decision::Allow,
+            (Verdict::Deny, true) => Decision::Deny,
+            (Verdict::Deny, false) => Decision::ObserveDeny,
+        };
+        Self {
+            decision,
+            rule: Some(d.rule.clone()),
+            objects: accesses
+                .iter()
+                .map(|a| (a.object.to_string(), a.action.as_str().to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Refused by pgward itself (not the policy), e.g. the audit log cannot write.
+    pub fn refused(rule: &str) -> Self {
+        Self {
+            decision: Decision::Deny,
+            rule: Some(rule.to_owned()),
+            objects: Vec::new(),
+        }
+    }
+}
+
+/// One statement waiting for its outcome.
+struct Unit {
+    sql: Arc<str>,
+    protocol: Protocol,
+    audited: Arc<Audited>,
+    params: Option<Params>,
+    started: Instant,
+}
+
+/// A statement prepared with Parse.
+struct Prepared {
+    sql: Arc<str>,
+    param_types: Vec<u32>,
+    audited: Arc<Audited>,
+}
+
+/// An extended-protocol batch being built by the client (before its Sync).
+#[derive(Default)]
+struct OpenBatch {
+    units: VecDeque<Unit>,
+    /// A statement in this batch was denied: the server skips the rest up to Sync.
+    failed: bool,
+}
+
+pub struct Trail {
+    log: SessionLog,
+    redaction: Redaction,
+    /// Batches sent and not yet closed by ReadyForQuery; the front one is being answered.
+    batches: VecDeque<VecDeque<Unit>>,
+    open: OpenBatch,
+    statements: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, (Arc<Prepared>, Option<Params>)>,
+    /// Statement records written so far.
+    pub recorded: u64,
+}
+
+impl std::fmt::Debug for Trail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trail")
+            .field("batches", &self.batches.len())
+            .field("recorded", &self.recorded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trail {
+    pub fn new(log: SessionLog) -> Self {
+        let redaction = log.log().redaction();
+        Self {
+            log,
+            redaction,
+            batches: VecDeque::new(),
+            open: OpenBatch::default(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            recorded: 0,
+        }
+    }
+
+    /// Whether statements may be forwarded now (fail-closed when the log can't write).
+    pub fn ready(&self) -> bool {
+        self.log.log().ready().is_ok()
+    }
+
+    /// A Query: one batch of its own (after any extended messages not yet synced,
+    /// which the server answers first).
+    pub fn on_query(
+        &mut self,
+        sql: &str,
+        decision: Option<&QueryDecision>,
+        refused: Option<Audited>,
+    ) {
+        let mut batch = std::mem::take(&mut self.open).units;
+        let now = Instant::now();
+        match (refused, decision) {
+            (Some(a), _) => batch.push_back(unit(sql, Protocol::Simple, a, None, now)),
+            (None, Some(d)) if d.statements.len() > 1 && !d.decision.blocks() => {
+                for s in &d.statements {
+                    let a = Audited::from_policy(&s.decision, &s.analysis.accesses);
+                    batch.push_back(unit(&s.analysis.sql, Protocol::Simple, a, None, now));
+                }
+            }
+            (None, Some(d)) => {
+                let accesses: Vec<_> = d
+                    .statements
+                    .iter()
+                    .flat_map(|s| s.analysis.accesses.iter().cloned())
+                    .collect();
+                let a = Audited::from_policy(&d.decision, &accesses);
+                batch.push_back(unit(sql, Protocol::Simple, a, None, now));
+            }
+            (None, None) => {
+                batch.push_back(unit(sql, Protocol::Simple, Audited::default(), None, now))
+            }
+        }
+        self.batches.push_back(batch);
+    }
+
+    /// A Parse. A denied one is recorded at once (it will never be executed).
+    pub fn on_parse(
+        &mut self,
+        name: &str,
+        sql: &str,
+        param_types: Vec<u32>,
+        decision: Option<&QueryDecision>,
+        refused: Option<Audited>,
+    ) {
+        let denied = refused.is_some() || decision.is_some_and(|d| d.decision.blocks());
+        let audited = match (refused, decision) {
+            (Some(a), _) => a,
+            (None, Some(d)) => {
+                let accesses: Vec<_> = d
+                    .statements
+                    .iter()
+                    .flat_map(|s| s.analysis.accesses.iter().cloned())
+                    .collect();
+                Audited::from_policy(&d.decision, &accesses)
+            }
+            (None, None) => Audited::default(),
+        };
+        let prepared = Arc::new(Prepared {
+            sql: Arc::from(sql),
+            param_types,
+            audited: Arc::new(audited),
+        });
+        if denied && !self.open.failed {
+            self.open.failed = true;
+            self.open.units.push_back(Unit {
+                sql: prepared.sql.clone(),
+                protocol: Protocol::Extended,
+                audited: prepared.audited.clone(),
+                params: None,
+                started: Instant::now(),
+            });
+        }
+        self.statements.insert(name.to_owned(), prepared);
+    }
+
+    pub fn on_bind(&mut self, portal: &str, statement: &str, params: &[(Option<&[u8]>, bool)]) {
+        let Some(prepared) = self.statements.get(statement).cloned() else {
+            // Prepared by SQL PREPARE: its text is in the record of that PREPARE.
+            let p = Arc::new(Prepared {
+                sql: Arc::from(format!("EXECUTE {statement} (protocol-level Bind)")),
+                param_types: Vec::new(),
+                audited: Arc::new(Audited::default()),
+            });
+            self.portals.insert(portal.to_owned(), (p, None));
+            return;
+        };
+        let captured = Params::capture(
+            self.redaction,
+            params
+                .iter()
+                .enumerate()
+                .map(|(i, (value, binary))| ParamIn {
+                    type_oid: prepared.param_types.get(i).copied().unwrap_or(0),
+                    value: *value,
+                    binary: *binary,
+                }),
+        );
+        self.portals.insert(portal.to_owned(), (prepared, captured));
+    }
+
+    pub fn on_execute(&mut self, portal: &str) {
+        if self.open.failed {
+            return;
+        }
+        if let Some((p, params)) = self.portals.get(portal) {
+            self.open.units.push_back(Unit {
+                sql: p.sql.clone(),
+                protocol: Protocol::Extended,
+                audited: p.audited.clone(),
+                params: params.clone(),
+                started: Instant::now(),
+            });
+        }
+    }
+
+    pub fn on_close(&mut self, kind: u8, name: &str) {
+        match kind {
+            b'S' => {
+                self.statements.remove(name);
+            }
+            _ => {
+                self.portals.remove(name);
+            }
+        }
+    }
+
+    /// Sync (or a FunctionCall, answered with its own ReadyForQuery) closes the batch.
+    pub fn on_sync(&mut self) {
+        let open = std::mem::take(&mut self.open);
+        self.batches.push_back(open.units);
+    }
+
+    /// A denied FunctionCall: a batch of one refused unit.
+    pub fn on_function_call(&mut self, audited: Audited) {
+        let mut batch = std::mem::take(&mut self.open).units;
+        batch.push_back(unit(
+            "(FunctionCall protocol message)",
+            Protocol::Extended,
+            audited,
+            None,
+            Instant::now(),
+        ));
+        self.batches.push_back(batch);
+    }
+
+    /// The units of the batch the server is answering now.
+    fn current(&mut self) -> Option<&mut VecDeque<Unit>> {
+        if self.batches.is_empty() {
+            Some(&mut self.open.units)
+        } else {
+            self.batches.front_mut()
+        }
+    }
+
+    /// A server reply that completes a statement: `tag` for CommandComplete, `error`
+    /// (SQLSTATE, message) for ErrorResponse, neither for EmptyQuery/PortalSuspended.
+    pub fn on_result(&mut self, tag: Option<&str>, error: Option<(&str, &str)>) -> Option<Append> {
+        let unit = self.current()?.pop_front()?;
+        let rows = tag.and_then(rows_of);
+        let outcome = Outcome {
+            command_tag: tag,
+            rows,
+            sqlstate: error.map(|e| e.0),
+            message: error.map(|e| e.1),
+        };
+        Some(self.record(unit, outcome))
+    }
+
+    /// ReadyForQuery: the front batch is over; what the server skipped is recorded so.
+    pub fn on_ready(&mut self) -> Vec<Append> {
+        let Some(rest) = self.batches.pop_front() else {
+            return Vec::new();
+        };
+        rest.into_iter()
+            .map(|u| {
+                let outcome = Outcome {
+                    message: Some("not executed: an earlier error ended the batch"),
+                    ..Outcome::default()
+                };
+                self.record(u, outcome)
+            })
+            .collect()
+    }
+
+    fn record(&mut self, u: Unit, outcome: Outcome<'_>) -> Append {
+        self.recorded += 1;
+        let objects: Vec<ObjectAction<'_>> = u
+            .audited
+            .objects
+            .iter()
+            .map(|(o, a)| ObjectAction {
+                object: o,
+                action: a,
+            })
+            .collect();
+        self.log.statement(&Statement {
+            sql: &u.sql,
+            params: u.params.as_ref(),
+            protocol: u.protocol,
+            objects: &objects,
+            decision: u.audited.decision,
+            rule: u.audited.rule.as_deref(),
+            outcome,
+            duration_us: u.started.elapsed().as_micros() as u64,
+        })
+    }
+}
+
+fn unit(
+    sql: &str,
+    protocol: Protocol,
+    audited: Audited,
+    params: Option<Params>,
+    started: Instant,
+) -> Unit {
+    Unit {
+        sql: Arc::from(sql),
+        protocol,
+        audited: Arc::new(audited),
+        params,
+        started,
+    }
+}
+
+/// Rows from a command tag: the last number of `SELECT 3`, `INSERT 0 5`, `UPDATE 2`, ...
+fn rows_of(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    let first = words.next()?;
+    let last = tag.rsplit(' ').next()?;
+    match first {
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE" => {
+            last.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_of;
+
+    #[test]
+    fn rows_from_command_tags() {
+        assert_eq!(rows_of("SELECT 3"), Some(3));
+        assert_eq!(rows_of("INSERT 0 5"), Some(5));
+        assert_eq!(rows_of("COPY 100000"), Some(100000));
+        assert_eq!(rows_of("CREATE TABLE"), None);
+        assert_eq!(rows_of("BEGIN"), None);
+    }
+}
