@@ -42,6 +42,17 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Run the development token issuer alone (OIDC discovery, JWKS and minting on
+    /// loopback) for benchmarks and local testing. Never trusted unless a config's
+    /// [entra] authority names it.
+    Issuer {
+        /// Loopback address to serve on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Tenant id the issuer signs for.
+        #[arg(long, default_value = pgward_entra::dev::DEMO_TENANT)]
+        tenant: String,
+    },
     /// Mint an access token from a running demo's development issuer. Such tokens are
     /// trusted only by a pgward whose [entra] authority is that issuer.
     Token(token::TokenArgs),
@@ -64,6 +75,7 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Demo { port } => demo::run(port),
         Command::Token(args) => token::run(args),
+        Command::Issuer { listen, tenant } => token::serve_issuer(listen, &tenant),
         // Both choose their own exit status (deny, broken chain, usage error).
         Command::Policy(args) => return policy_cmd::run(args),
         Command::Audit(args) => return audit_cmd::run(args),

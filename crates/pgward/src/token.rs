@@ -57,3 +57,23 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     println!("{token}");
     Ok(())
 }
+
+/// `pgward issuer`: serves the development issuer until Ctrl-C or SIGTERM. Prints the
+/// authority URL on the first line of stdout, so scripts can read it.
+pub fn serve_issuer(listen: std::net::SocketAddr, tenant: &str) -> anyhow::Result<()> {
+    let rt = crate::runtime(1)?;
+    rt.block_on(async {
+        let issuer = pgward_entra::dev::DevIssuer::start(listen, tenant)
+            .await
+            .map_err(|e| anyhow::anyhow!("development issuer: {e}"))?;
+        println!("{}", issuer.authority());
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(issuer);
+        anyhow::Ok(())
+    })
+}
