@@ -20,6 +20,28 @@ INSERT INTO orders (customer_id, amount)
 INSERT INTO salaries VALUES ('alice', 98000), ('bob', 87000), ('carol', 123000);
 "#;
 
+/// Three roles: an analyst who reads two tables, an application that writes them, and an
+/// admin who may do anything but touch server files.
+const DEMO_POLICY: &str = r#"# Written by `pgward demo`. Edit it while the demo runs: pgward reloads it.
+mode = "enforce"
+
+[[roles]]
+name = "analyst"
+members = { users = ["alice@contoso.com"] }
+allow = [ { name = "analyst_reads", actions = ["select"], objects = ["public.orders", "public.customers"] } ]
+
+[[roles]]
+name = "app"
+members = { users = ["orders-app"] }
+allow = [ { name = "app_writes", actions = ["select", "insert", "update", "delete"], objects = ["public.orders", "public.customers"] } ]
+
+[[roles]]
+name = "admin"
+members = { users = ["carol@contoso.com"] }
+allow = [ { name = "admin_all", objects = ["*"] } ]
+deny = [ { name = "admin_no_server_files", actions = ["copy_file"] } ]
+"#;
+
 fn random_password() -> anyhow::Result<String> {
     let mut b = [0u8; 18];
     getrandom::fill(&mut b).map_err(|e| anyhow!("random: {e}"))?;
@@ -66,6 +88,9 @@ pub fn run(port: u16) -> anyhow::Result<()> {
             pgward_entra::dev::DEMO_TENANT,
         ))
         .map_err(|e| anyhow!("development issuer: {e}"))?;
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, DEMO_POLICY).context("writing the demo policy")?;
+    let audit_path = dir.path().join("audit").join("pgward.jsonl");
     let config_path = dir.path().join("pgward.toml");
     let config_text = format!(
         r#"# Written by `pgward demo`.
@@ -81,6 +106,13 @@ drain_timeout_secs = 2
 [entra]
 tenant_id = "{tenant}"
 authority = "{authority}"
+
+[policy]
+file = "{policy}"
+
+[audit]
+file = "{audit}"
+redaction = "full"
 
 [[upstreams]]
 name = "demo"
@@ -104,6 +136,8 @@ upstream_database = "app"
         password_file = password_file.display(),
         tenant = issuer.tenant_id(),
         authority = issuer.authority(),
+        policy = policy_path.display(),
+        audit = audit_path.display(),
     );
     std::fs::write(&config_path, config_text).context("writing the demo config")?;
     let config = Config::load(&config_path)?;
@@ -124,23 +158,41 @@ pgward demo is running.
 
   token issuer    {authority} (development stand-in for Entra ID, tenant {tenant})
 
-Connect through pgward as alice, with a fresh access token as the password:
+Connect through pgward with a fresh access token as the password:
+
+  as alice (role analyst: reads orders and customers)
   PGPASSWORD="$({exe} token --issuer {authority} --user alice@contoso.com)" \
     psql "host=127.0.0.1 port={port} dbname=app user=alice@contoso.com sslmode=verify-full sslrootcert={ca}"
 
-Then try:
+  as the orders-app managed identity (role app: writes orders and customers)
+  PGPASSWORD="$({exe} token --issuer {authority} --managed-identity orders-app)" \
+    psql "host=127.0.0.1 port={port} dbname=app user=orders-app sslmode=verify-full sslrootcert={ca}"
+
+  as carol (role admin: anything but server files)
+  PGPASSWORD="$({exe} token --issuer {authority} --user carol@contoso.com)" \
+    psql "host=127.0.0.1 port={port} dbname=app user=carol@contoso.com sslmode=verify-full sslrootcert={ca}"
+
+As alice, try:
   SELECT c.name, count(*), sum(o.amount) FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY 1;
+  SELECT * FROM salaries;        -- denied: ERROR 42501, naming the rule
 
 A token for someone else is refused (28000; the exact reason is in pgward's log):
   PGPASSWORD="$({exe} token --issuer {authority} --user mallory@contoso.com)" \
     psql "host=127.0.0.1 port={port} dbname=app user=alice@contoso.com sslmode=verify-full sslrootcert={ca}"
 
-Per-role policy and the audit log are not in this build yet: signed-in clients act
-with the upstream role pgward_proxy.
+Every connection and statement is in the audit log ({audit}):
+  {exe} audit search --file {audit} --decision deny
+  {exe} audit tail --file {audit} -f
+  {exe} audit verify --file {audit}
+What a role may do: {policy} (edit it; pgward reloads it), or ask:
+  {exe} policy explain --config {config} --user alice@contoso.com "SELECT * FROM salaries"
+
 Press Ctrl-C to stop; everything the demo made is removed."#,
             pg_port = pg.port,
             config = config_path.display(),
             tenant = pgward_entra::dev::DEMO_TENANT,
+            audit = audit_path.display(),
+            policy = policy_path.display(),
         );
         server.run().await;
         anyhow::Ok(())

@@ -210,7 +210,12 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         let principal = match &identity {
             Some(id) => pgward_policy::Principal {
                 oid: id.oid.clone(),
-                upn: id.upn.clone().unwrap_or_default(),
+                // A managed identity has no UPN; its name (what it signs in as) stands in.
+                upn: id
+                    .upn
+                    .clone()
+                    .or_else(|| id.mi_name.clone())
+                    .unwrap_or_default(),
                 groups: id.groups.clone(),
                 app_roles: id.roles.clone(),
             },
