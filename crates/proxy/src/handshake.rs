@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use pgward_policy::catalog::safe_client_encoding;
+
 use crate::stream::ClientStream;
 use crate::tls::{TlsSettings, ALPN_POSTGRESQL};
 
@@ -45,20 +47,6 @@ const HARMLESS_PARAMETERS: &[&str] = &[
 pub fn always_refused_parameter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name.starts_with("pgward.") || name == "replication" || name == "user" || name == "database"
-}
-
-/// Encodings in which every byte below 0x80 is the ASCII character it looks like.
-/// Client encodings such as SJIS or GBK put a backslash or a quote inside multi-byte
-/// characters, so pgward and the server could read the same bytes differently.
-/// Names are compared the way PostgreSQL's `clean_encoding_name` does: only ASCII
-/// letters and digits count (asyncpg sends `'utf-8'`, quotes included).
-fn safe_client_encoding(value: &str) -> bool {
-    let v: String = value
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(v.as_str(), "utf8" | "unicode" | "sqlascii")
 }
 
 pub struct HandshakeConfig {
