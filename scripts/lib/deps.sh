@@ -39,6 +39,11 @@ ensure_apt_packages() {
         command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
         python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     fi
+    if [ "$purpose" = test ]; then
+        # The JDBC client test (proto-tests/tests/jdbc_client.rs): a JDK and pgjdbc.
+        command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+        [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+    fi
     if [ "$purpose" = bench ]; then
         command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
         command -v openssl >/dev/null 2>&1 || missing+=(openssl)
