@@ -233,6 +233,26 @@ fn every_bad_token_is_refused_with_28000_and_its_exact_reason_logged() {
         "is not bound to the token",
     );
 
+    // Database names can't be probed without signing in: an unknown database with a
+    // bad token is a sign-in failure, not 3D000.
+    let out = std::process::Command::new("psql")
+        .arg(
+            env.conn(user, "verify-full")
+                .replace("dbname=app", "dbname=secret_db"),
+        )
+        .args(["-X", "-c", "SELECT 1"])
+        .env(
+            "PGPASSWORD",
+            env.mint(&TokenSpec::user("mallory@contoso.com")),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("password authentication failed") && !err.contains("does not exist"),
+        "{err}"
+    );
+
     // A password packet over the 64 KiB bound is a protocol violation, not a token.
     let huge = "x".repeat(70 * 1024);
     let err = env.psql_as(user, &huge, "verify-full").unwrap_err();

@@ -147,24 +147,6 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         }
     };
 
-    let Some(route) = shared.config.route(&database) else {
-        shared.metrics.error("unknown_database");
-        info!("refused: no route for database");
-        record_failure(&info, format!("no route for database \"{database}\"")).await;
-        refuse(
-            &mut stream,
-            "3D000",
-            &format!("database \"{database}\" does not exist"),
-        )
-        .await;
-        return;
-    };
-    let Some(upstream) = shared.upstreams.get(&route.upstream).cloned() else {
-        // `check` rejects such configs; keep the session safe anyway.
-        refuse(&mut stream, "08006", "route names an unknown upstream").await;
-        return;
-    };
-
     let identity = match &shared.auth {
         ClientAuth::Unauthenticated => None,
         ClientAuth::Entra(validator) => {
@@ -194,6 +176,26 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
             }
         }
     };
+    // Routing comes after sign-in, as in PostgreSQL: an unauthenticated client can't
+    // probe which database names exist.
+    let Some(route) = shared.config.route(&database) else {
+        shared.metrics.error("unknown_database");
+        info!("refused: no route for database");
+        record_failure(&info, format!("no route for database \"{database}\"")).await;
+        refuse(
+            &mut stream,
+            "3D000",
+            &format!("database \"{database}\" does not exist"),
+        )
+        .await;
+        return;
+    };
+    let Some(upstream) = shared.upstreams.get(&route.upstream).cloned() else {
+        // `check` rejects such configs; keep the session safe anyway.
+        refuse(&mut stream, "08006", "route names an unknown upstream").await;
+        return;
+    };
+
     let expires_at = identity.as_ref().map(|id| {
         let grace = match &shared.auth {
             ClientAuth::Entra(v) => v.config().expiry_grace(),
