@@ -2,10 +2,11 @@
 //!
 //! The life of a connection, one module per stage:
 //! `server` accepts (connection limit, shutdown, drain) → `handshake` runs the startup
-//! phase (TLS, protocol version, startup parameters, routing) → `session` signs the
-//! client in and opens the upstream session → `relay` moves whole messages both ways
-//! until either side ends. `cancel` maps pgward's cancel keys to upstream ones;
-//! `admin` serves /healthz, /readyz and /metrics.
+//! phase (TLS, protocol version, startup parameters) → `session` signs the client in
+//! (`auth`: Entra token as the password), routes it and opens the upstream session →
+//! `relay` moves whole messages both ways until either side ends, asking `enforce` (the
+//! policy) about every statement and feeding `trail` (the audit records). `cancel` maps
+//! pgward's cancel keys to upstream ones; `admin` serves /healthz, /readyz and /metrics.
 
 pub mod admin;
 pub mod auth;
