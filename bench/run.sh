@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # pgward benchmark: pgbench -S through pgward (plaintext and TLS client leg) compared with a
 # direct connection and with PgBouncer (session mode), all on loopback, interleaved in one run.
+# Also measured in the same run, interleaved: pgward with a policy enforced ([policy]), pgward
+# with a policy and the audit log ([audit] file sink, default settings), and the cost of a token
+# sign-in: pgbench -C (a new connection per transaction) against pgward with [entra] and a
+# development token issuer (`pgward issuer`) vs the same TLS pgward letting clients in
+# unauthenticated, and direct.
 #
 #   bench/run.sh                                  # default: 10 s per run, 2 rounds
 #   BENCH_SECONDS=3 BENCH_ROUNDS=1 bench/run.sh   # quick smoke run
@@ -11,7 +16,9 @@
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
 #   BENCH_CLIENTS   client counts to measure (default "1 16")
 #   BENCH_MODES     pgbench -M modes (default "simple extended prepared")
-#   BENCH_TARGETS   targets (default "direct pgward pgward_tls pgbouncer")
+#   BENCH_TARGETS   targets (default "direct pgward pgward_tls pgbouncer pgward_policy pgward_audit")
+#   BENCH_CONNECT_TARGETS  targets of the connection-setup cell, pgbench -C -M simple -c 1
+#                   (default "direct pgward_conn pgward_token"; "" = skip the cell)
 #   BENCH_JOBS      pgbench -j for multi-client runs (default: min(clients, nproc))
 #   BENCH_WARMUP    seconds of unrecorded warm-up per target before measuring (default 3, 0 = none)
 #   PGWARD_WORKER_THREADS  [listen] worker_threads for pgward (default 0 = one per CPU)
@@ -32,7 +39,8 @@ BENCH_ROUNDS="${BENCH_ROUNDS:-2}"
 BENCH_SCALE="${BENCH_SCALE:-10}"
 BENCH_CLIENTS="${BENCH_CLIENTS:-1 16}"
 BENCH_MODES="${BENCH_MODES:-simple extended prepared}"
-BENCH_TARGETS="${BENCH_TARGETS:-direct pgward pgward_tls pgbouncer}"
+BENCH_TARGETS="${BENCH_TARGETS:-direct pgward pgward_tls pgbouncer pgward_policy pgward_audit}"
+BENCH_CONNECT_TARGETS="${BENCH_CONNECT_TARGETS-direct pgward_conn pgward_token}"
 BENCH_WARMUP="${BENCH_WARMUP:-3}"
 PGWARD_WORKER_THREADS="${PGWARD_WORKER_THREADS:-0}"
 BENCH_OUT="${BENCH_OUT:-$BENCH_DIR/results/latest.md}"
@@ -92,20 +100,28 @@ install_prerequisites() {
 # --------------------------------------------------------------------------------------------
 WORK=""
 PG_STARTED=0
-PGWARD_PID=""
+PGWARD_PID=""   # the plain instance (targets pgward, pgward_tls)
 PGBOUNCER_PID=""
+ISSUER_PID=""
+# pgward instances, by name: plain (pgward, pgward_tls), policy (pgward_policy), audit
+# (pgward_audit), tlsdev (pgward_conn: TLS, unauthenticated), token (pgward_token: [entra]).
+declare -A PW_PID=() PW_PORT=() PW_ADMIN_PORT=()
 RUN_USER=""
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -n "$PGWARD_PID" ]] && kill -0 "$PGWARD_PID" 2>/dev/null; then
-        kill -TERM "$PGWARD_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$PGWARD_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PGWARD_PID" 2>/dev/null
-        wait "$PGWARD_PID" 2>/dev/null
-    fi
+    local p
+    for p in "${PW_PID[@]}" "$ISSUER_PID"; do
+        [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null
+    done
+    for p in "${PW_PID[@]}" "$ISSUER_PID"; do
+        [[ -n "$p" ]] || continue
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
     if [[ -n "$PGBOUNCER_PID" ]] && kill -0 "$PGBOUNCER_PID" 2>/dev/null; then
         kill -INT "$PGBOUNCER_PID" 2>/dev/null
         for _ in $(seq 50); do kill -0 "$PGBOUNCER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -235,24 +251,35 @@ make_tls_cert() {
         || { cat "$WORK/openssl.log" >&2; die "openssl failed"; }
 }
 
-# The whole pgward configuration lives here. Client sign-in is not implemented yet, so the
-# bench lets clients in unauthenticated; when Entra sign-in lands, change this function (and
-# pgbench_env's PGPASSWORD for the pgward targets) to configure a local token issuer instead.
+# The whole pgward configuration lives here, one file per instance:
+#   plain   allow_unauthenticated, plaintext and TLS clients (targets pgward, pgward_tls)
+#   policy  plain + [policy] (pgward_policy)
+#   audit   plain + [policy] + [audit] file sink, default settings (pgward_audit)
+#   tlsdev  TLS only, allow_unauthenticated (pgward_conn)
+#   token   TLS only, [entra] trusting the development issuer (pgward_token)
 write_pgward_config() {
-    local file="$1"
+    local inst="$1" file="$2"
     printf '%s' "$BENCH_PASSWORD" >"$WORK/upstream-password"
     chmod 600 "$WORK/upstream-password"
-    cat >"$file" <<EOF
+    local plaintext=true unauth=true
+    case "$inst" in
+        tlsdev) plaintext=false ;;
+        token) plaintext=false; unauth=false ;;
+    esac
+    {
+        cat <<EOF
 [listen]
-addr = "127.0.0.1:$PGWARD_PORT"
-allow_plaintext = true          # for the plaintext client leg
-allow_unauthenticated = true    # until client sign-in lands
+addr = "127.0.0.1:${PW_PORT[$inst]}"
+allow_plaintext = $plaintext
 tls_cert = "$WORK/pgward.crt"
 tls_key = "$WORK/pgward.key"
 worker_threads = $PGWARD_WORKER_THREADS
+EOF
+        [[ "$unauth" == true ]] && echo 'allow_unauthenticated = true    # development mode: the user name is the identity'
+        cat <<EOF
 
 [admin]
-addr = "127.0.0.1:$PGWARD_ADMIN_PORT"
+addr = "127.0.0.1:${PW_ADMIN_PORT[$inst]}"
 
 [log]
 level = "warn"
@@ -272,15 +299,82 @@ database = "$BENCH_DB"
 upstream = "main"
 upstream_database = "$BENCH_DB"
 EOF
+        if [[ "$inst" == policy || "$inst" == audit ]]; then
+            printf '\n[policy]\nfile = "%s"\n' "$WORK/policy.toml"
+        fi
+        if [[ "$inst" == audit ]]; then
+            # Default rotate_bytes, rotate_secs, fsync = "none", redaction = "types", failure_mode.
+            printf '\n[audit]\nfile = "%s"\n' "$WORK/audit/pgward.jsonl"
+        fi
+        if [[ "$inst" == token ]]; then
+            printf '\n[entra]\ntenant_id = "%s"\nauthority = "%s"\n' "$TOKEN_TENANT" "$ISSUER_URL"
+        fi
+    } >"$file"
+}
+
+# The policy of the pgward_policy and pgward_audit targets: the bench user (in development mode
+# the client's user name is the principal's UPN) may read the two tables pgbench -S touches
+# (pgbench_accounts, and pgbench_branches for pgbench's start-up scale check).
+write_policy() {
+    cat >"$WORK/policy.toml" <<EOF
+mode = "enforce"
+search_path = ["public"]
+
+[[roles]]
+name = "bench_reader"
+members = { users = ["$BENCH_USER"] }
+allow = [ { name = "pgbench_read", actions = ["select"], objects = ["public.pgbench_accounts", "public.pgbench_branches"] } ]
+EOF
+}
+
+pgward_instances() { # the instances the selected targets need
+    local -A need=()
+    local t
+    for t in $BENCH_TARGETS $BENCH_CONNECT_TARGETS; do
+        case "$t" in
+            pgward | pgward_tls) need[plain]=1 ;;
+            pgward_policy) need[policy]=1 ;;
+            pgward_audit) need[audit]=1 ;;
+            pgward_conn) need[tlsdev]=1 ;;
+            pgward_token) need[token]=1 ;;
+        esac
+    done
+    local i
+    for i in plain policy audit tlsdev token; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
+    return 0
 }
 
 start_pgward() {
-    write_pgward_config "$WORK/pgward.toml"
-    log "starting pgward on 127.0.0.1:$PGWARD_PORT (admin $PGWARD_ADMIN_PORT)"
-    NO_COLOR=1 PGWARD_LOG=warn "$PGWARD_BIN" serve --config "$WORK/pgward.toml" >"$WORK/pgward.log" 2>&1 &
-    PGWARD_PID=$!
-    wait_until 30 "pgward /readyz" curl -fsS "http://127.0.0.1:$PGWARD_ADMIN_PORT/readyz" \
-        || { tail -n 30 "$WORK/pgward.log" >&2; die "pgward did not become ready"; }
+    local inst="$1"
+    write_pgward_config "$inst" "$WORK/pgward-$inst.toml"
+    "$PGWARD_BIN" check --config "$WORK/pgward-$inst.toml" >"$WORK/pgward-$inst-check.log" 2>&1 \
+        || { cat "$WORK/pgward-$inst-check.log" >&2; die "pgward check failed for instance $inst"; }
+    log "starting pgward ($inst) on 127.0.0.1:${PW_PORT[$inst]} (admin ${PW_ADMIN_PORT[$inst]})"
+    NO_COLOR=1 PGWARD_LOG=warn "$PGWARD_BIN" serve --config "$WORK/pgward-$inst.toml" >"$WORK/pgward-$inst.log" 2>&1 &
+    PW_PID[$inst]=$!
+    [[ "$inst" == plain ]] && PGWARD_PID="${PW_PID[$inst]}"
+    wait_until 30 "pgward ($inst) /readyz" curl -fsS "http://127.0.0.1:${PW_ADMIN_PORT[$inst]}/readyz" \
+        || { tail -n 30 "$WORK/pgward-$inst.log" >&2; die "pgward ($inst) did not become ready"; }
+}
+
+# The development token issuer (`pgward issuer`) and one token for the bench user.
+TOKEN_TENANT="00000000-0000-4000-8000-00000000d3e0"
+TOKEN_USER="$BENCH_USER@contoso.com"
+start_issuer() {
+    log "starting the development token issuer (pgward issuer)"
+    "$PGWARD_BIN" issuer --listen 127.0.0.1:0 >"$WORK/issuer.out" 2>"$WORK/issuer.log" &
+    ISSUER_PID=$!
+    wait_until 30 "token issuer" test -s "$WORK/issuer.out" \
+        || { cat "$WORK/issuer.log" >&2; die "pgward issuer printed no URL"; }
+    sleep 0.2
+    ISSUER_URL="$(head -1 "$WORK/issuer.out" | tr -d '[:space:]')"
+    [[ "$ISSUER_URL" == http://127.0.0.1:* ]] || { cat "$WORK/issuer.out" "$WORK/issuer.log" >&2; die "unexpected issuer URL '$ISSUER_URL'"; }
+    # Valid for the whole run (it is checked at every connection).
+    TOKEN="$("$PGWARD_BIN" token --issuer "$ISSUER_URL" --user "$TOKEN_USER" --lifetime 86400 2>"$WORK/token.log")" \
+        || { cat "$WORK/token.log" >&2; die "pgward token failed"; }
+    TOKEN="$(tr -d '[:space:]' <<<"$TOKEN")"
+    [[ "$TOKEN" == *.*.* ]] || die "pgward token printed no JWT (got ${#TOKEN} characters)"
+    log "issuer at $ISSUER_URL; token for $TOKEN_USER (${#TOKEN} characters)"
 }
 
 start_pgbouncer() {
@@ -329,13 +423,22 @@ target_label() {
         pgward) echo "pgward" ;;
         pgward_tls) echo "pgward TLS" ;;
         pgbouncer) echo "PgBouncer" ;;
+        pgward_policy) echo "pgward+policy" ;;
+        pgward_audit) echo "pgward+policy+audit" ;;
+        pgward_conn) echo "pgward TLS unauthenticated" ;;
+        pgward_token) echo "pgward TLS token" ;;
     esac
 }
 
 # Prints the libpq environment for a target, one VAR=value per line.
 pgbench_env() {
-    echo "PGUSER=$BENCH_USER"
-    echo "PGPASSWORD=$BENCH_PASSWORD" # ignored by pgward while clients sign in unauthenticated
+    if [[ "$1" == pgward_token ]]; then
+        echo "PGUSER=$TOKEN_USER"
+        echo "PGPASSWORD=$TOKEN"
+    else
+        echo "PGUSER=$BENCH_USER"
+        echo "PGPASSWORD=$BENCH_PASSWORD" # ignored by pgward when clients sign in unauthenticated
+    fi
     echo "PGHOST=127.0.0.1"
     echo "PGAPPNAME=pgbench"
     case "$1" in
@@ -343,6 +446,10 @@ pgbench_env() {
         pgward) echo "PGPORT=$PGWARD_PORT"; echo "PGSSLMODE=disable" ;;
         pgward_tls) echo "PGPORT=$PGWARD_PORT"; echo "PGSSLMODE=require" ;;
         pgbouncer) echo "PGPORT=$PGBOUNCER_PORT"; echo "PGSSLMODE=disable" ;;
+        pgward_policy) echo "PGPORT=${PW_PORT[policy]}"; echo "PGSSLMODE=disable" ;;
+        pgward_audit) echo "PGPORT=${PW_PORT[audit]}"; echo "PGSSLMODE=disable" ;;
+        pgward_conn) echo "PGPORT=${PW_PORT[tlsdev]}"; echo "PGSSLMODE=require" ;;
+        pgward_token) echo "PGPORT=${PW_PORT[token]}"; echo "PGSSLMODE=require" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -358,6 +465,10 @@ target_pid() {
     case "$1" in
         pgward | pgward_tls) echo "$PGWARD_PID" ;;
         pgbouncer) echo "$PGBOUNCER_PID" ;;
+        pgward_policy) echo "${PW_PID[policy]}" ;;
+        pgward_audit) echo "${PW_PID[audit]}" ;;
+        pgward_conn) echo "${PW_PID[tlsdev]}" ;;
+        pgward_token) echo "${PW_PID[token]}" ;;
         *) echo "" ;;
     esac
 }
@@ -374,10 +485,14 @@ cpu_ticks() {
     echo $((f[11] + f[12]))
 }
 
-# run_pgbench TARGET MODE CLIENTS SECONDS LOGFILE → prints "tps latency_ms txns cpu_us_per_txn"
+# run_pgbench TARGET MODE CLIENTS SECONDS LOGFILE → prints "tps latency_ms txns cpu_us_per_txn conn_ms"
+# MODE "connect" is -M simple -C: a new connection for every transaction (conn_ms is pgbench's
+# "average connection time"; latency and TPS then include the connection).
 run_pgbench() {
     local t="$1" mode="$2" clients="$3" secs="$4" out="$5"
-    local jobs=1 pid c0 c1 cpu="-"
+    local jobs=1 pid c0 c1 cpu="-" conn="-"
+    local -a extra=(-M "$mode")
+    [[ "$mode" == connect ]] && extra=(-M simple -C)
     if ((clients > 1)); then
         jobs="${BENCH_JOBS:-$((clients < NPROC ? clients : NPROC))}"
     fi
@@ -388,20 +503,23 @@ run_pgbench() {
     local rc=0
     # The timeout bounds the run even if a server hangs.
     env "${envs[@]}" timeout -k 5 $((secs + 60)) \
-        pgbench -S -n -M "$mode" -c "$clients" -j "$jobs" -T "$secs" "$BENCH_DB" >"$out" 2>&1 || rc=$?
+        pgbench -S -n "${extra[@]}" -c "$clients" -j "$jobs" -T "$secs" "$BENCH_DB" >"$out" 2>&1 || rc=$?
     c1="$(cpu_ticks "$pid")"
     local tps lat txns
-    tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out" | head -1)"
+    # "(without initial connection time)", or with -C "(including reconnection times)".
+    tps="$(sed -n 's/^tps = \([0-9.]*\) (\(without initial connection\|including reconnection\).*/\1/p' "$out" | head -1)"
+    conn="$(sed -n 's/^average connection time = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)"
+    [[ "$mode" == connect && -n "$conn" ]] || conn="-"
     lat="$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)"
     txns="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)"
     if ((rc != 0)) || [[ -z "$tps" || -z "$txns" ]] || grep -q '^number of failed transactions: [1-9]' "$out"; then
-        echo "ERR ERR 0 -"
+        echo "ERR ERR 0 - -"
         return
     fi
     if [[ -n "$c0" && -n "$c1" && "$txns" -gt 0 ]]; then
         cpu="$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')"
     fi
-    echo "$tps $lat $txns $cpu"
+    echo "$tps $lat $txns $cpu $conn"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -428,13 +546,102 @@ ratio() {
 }
 has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 
+# verdict NAME TARGET "ratio mode c" lines: the smallest ratio against the target.
+verdict() {
+    awk -v name="$1" -v target="$2" '
+        $1 != "-" { n++; if (min == "" || $1 + 0 < min + 0) { min = $1; at = $2 " -c " $3 } }
+        END {
+            if (n == 0) { print "- " name ": no data"; exit }
+            printf "- %s: lowest %.2f (%s); target >= %.2f %s\n", name, min, at, target, (min + 0 >= target ? "met in every cell" : "MISSED")
+        }'
+}
+
+write_policy_audit_report() {
+    local mode c w p a rows_p="" rows_a="" rows_pa=""
+    echo
+    echo "## Policy and audit overhead (TPS, plaintext client leg)"
+    echo
+    echo "pgward+policy: \`[policy]\` enforcing a one-role allow-list (select on public.pgbench_accounts and"
+    echo "public.pgbench_branches for user $BENCH_USER). pgward+policy+audit: the same plus \`[audit] file\`"
+    echo "with default settings (fsync = \"none\", redaction = \"types\", rotation at 100 MiB)."
+    echo
+    echo "| mode | clients | pgward | pgward+policy | pgward+policy+audit | policy/pgward | audit/policy | audit/pgward |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for mode in $BENCH_MODES; do
+        for c in $BENCH_CLIENTS; do
+            w="$(median_of "$mode" "$c" pgward 5)"
+            p="$(median_of "$mode" "$c" pgward_policy 5)"
+            a="$(median_of "$mode" "$c" pgward_audit 5)"
+            echo "| $mode | $c | $(fmt "$w" 0) | $(fmt "$p" 0) | $(fmt "$a" 0) | $(ratio "$p" "$w") | $(ratio "$a" "$p") | $(ratio "$a" "$w") |"
+            rows_p+="$(ratio "$p" "$w") $mode $c"$'\n'
+            rows_pa+="$(ratio "$a" "$p") $mode $c"$'\n'
+            rows_a+="$(ratio "$a" "$w") $mode $c"$'\n'
+        done
+    done
+    echo
+    printf '%s' "$rows_p" | verdict "policy (issue 4): pgward+policy / pgward" 0.9
+    printf '%s' "$rows_a" | verdict "audit (issue 6): pgward+policy+audit / pgward" 0.9
+    printf '%s' "$rows_pa" | verdict "audit alone: pgward+policy+audit / pgward+policy" 0.9
+    echo
+    echo "### Latency (ms) and proxy CPU per transaction (µs)"
+    echo
+    echo "| mode | clients | latency pgward | +policy | +policy+audit | CPU pgward | +policy | +policy+audit |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for mode in $BENCH_MODES; do
+        for c in $BENCH_CLIENTS; do
+            echo "| $mode | $c | $(fmt "$(median_of "$mode" "$c" pgward 6)" 3) | $(fmt "$(median_of "$mode" "$c" pgward_policy 6)" 3) | $(fmt "$(median_of "$mode" "$c" pgward_audit 6)" 3) | $(fmt "$(median_of "$mode" "$c" pgward 8)" 1) | $(fmt "$(median_of "$mode" "$c" pgward_policy 8)" 1) | $(fmt "$(median_of "$mode" "$c" pgward_audit 8)" 1) |"
+        done
+    done
+    if [[ -n "${AUDIT_RECORDS:-}" ]]; then
+        echo
+        echo "### Audit log written during the run"
+        echo
+        echo "| files | bytes | records | by event | transactions (pgbench runs) | statement records / transaction | bytes / record |"
+        echo "|---:|---:|---:|---|---:|---:|---:|"
+        echo "| $AUDIT_FILES | $AUDIT_BYTES | $AUDIT_RECORDS | $AUDIT_BY_EVENT | $AUDIT_TXNS ($AUDIT_RUNS) | $(ratio "$AUDIT_STATEMENTS" "$AUDIT_TXNS") | $(ratio "$AUDIT_BYTES" "$AUDIT_RECORDS") |"
+        echo
+        echo "Transactions are those pgbench completed through pgward+policy+audit (measured runs and"
+        echo "warm-up). Each pgbench run also sends two statements of its own at start-up (a count of"
+        echo "pgbench_branches and a pg_catalog query about pgbench_accounts' partitioning), and the"
+        echo "start-up check one more: expected statement records = transactions + 2 × runs + 1 ="
+        echo "$((AUDIT_TXNS + 2 * AUDIT_RUNS + 1)); found $AUDIT_STATEMENTS."
+    fi
+}
+
+write_connect_report() {
+    local t d u k
+    echo
+    echo "## Connection setup: token sign-in cost"
+    echo
+    echo "\`pgbench -C -S -n -M simple -c 1 -j 1 -T $BENCH_SECONDS\`: a new connection for every transaction."
+    echo "pgward TLS token: \`[entra]\` trusting the development issuer (\`pgward issuer\`), user $TOKEN_USER,"
+    echo "password = a token minted by \`pgward token\` (validated at every connection, JWKS cached);"
+    echo "pgward TLS unauthenticated: the same configuration with \`allow_unauthenticated = true\` instead"
+    echo "of \`[entra]\`. Both sslmode=require; pgward's upstream login (SCRAM-SHA-256, plaintext"
+    echo "loopback) is part of every transaction in both. direct: plaintext, SCRAM-SHA-256."
+    echo
+    echo "| target | TPS | latency ms (incl. connection) | average connection time ms | proxy CPU µs per connection |"
+    echo "|---|---:|---:|---:|---:|"
+    for t in $BENCH_CONNECT_TARGETS; do
+        echo "| $(target_label "$t") | $(fmt "$(median_of connect 1 "$t" 5)" 0) | $(fmt "$(median_of connect 1 "$t" 6)" 3) | $(fmt "$(median_of connect 1 "$t" 9)" 3) | $(fmt "$(median_of connect 1 "$t" 8)" 1) |"
+    done
+    if [[ " $BENCH_CONNECT_TARGETS " == *" pgward_token "* && " $BENCH_CONNECT_TARGETS " == *" pgward_conn "* ]]; then
+        d="$(awk -v a="$(median_of connect 1 pgward_token 6)" -v b="$(median_of connect 1 pgward_conn 6)" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.3f", a - b }')"
+        u="$(awk -v a="$(median_of connect 1 pgward_token 9)" -v b="$(median_of connect 1 pgward_conn 9)" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.3f", a - b }')"
+        k="$(awk -v a="$(median_of connect 1 pgward_token 8)" -v b="$(median_of connect 1 pgward_conn 8)" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.1f", a - b }')"
+        echo
+        echo "- token handshake cost (token − unauthenticated): latency ${d} ms, connection time ${u} ms, proxy CPU ${k} µs per connection; aim < 1 ms: $(awk -v d="$d" 'BEGIN { if (d == "-") print "no data"; else if (d + 0 < 1) print "met"; else print "MISSED" }')"
+        echo "- per round (latency ms, token / unauthenticated):$(awk '$2 == "connect" && $4 == "pgward_token" { t[$1] = $6 } $2 == "connect" && $4 == "pgward_conn" { u[$1] = $6 } END { for (r = 1; r in t || r in u; r++) printf " round %s: %s / %s;", r, t[r], u[r] }' "$RAW")"
+    fi
+}
+
 write_report() {
     local md="$1" mode c t
     {
         echo "# pgward benchmark results"
         echo
         echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-        echo "- pgward: commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'none')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes'), release build, worker_threads = $PGWARD_WORKER_THREADS"
+        echo "- pgward: $PGWARD_BUILD, release build, worker_threads = $PGWARD_WORKER_THREADS"
         echo "- machine: $NPROC CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
         echo "- $("$PG_BINDIR/postgres" --version), $("$PGBOUNCER" --version 2>/dev/null | head -1), $(pgbench --version)"
         echo "- workload: \`pgbench -S -n -M MODE -c CLIENTS -j JOBS -T $BENCH_SECONDS\`, scale $BENCH_SCALE; JOBS = 1 for 1 client, ${BENCH_JOBS:-min(clients, nproc=$NPROC)} otherwise"
@@ -487,6 +694,12 @@ write_report() {
         echo
         echo "CPU is read from /proc/PID/stat (utime+stime, all threads) before and after each run and"
         echo "divided by the transactions pgbench completed; resolution is 1/$CLK_TCK s per run."
+        if has_target pgward_policy || has_target pgward_audit; then
+            write_policy_audit_report
+        fi
+        if ((${#BENCH_CONNECT_TARGETS})); then
+            write_connect_report
+        fi
         if grep -q ' ERR ' "$RAW"; then
             echo
             echo "## Failed runs"
@@ -498,10 +711,52 @@ write_report() {
         echo
         echo "## All runs"
         echo
-        echo "| round | mode | clients | target | TPS | latency ms | transactions | proxy CPU µs/txn |"
-        echo "|---:|---|---:|---|---:|---:|---:|---:|"
-        awk '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$RAW"
+        echo "| round | mode | clients | target | TPS | latency ms | transactions | proxy CPU µs/txn | connection ms |"
+        echo "|---:|---|---:|---|---:|---:|---:|---:|---:|"
+        awk '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, ($9 == "" ? "-" : $9) }' "$RAW"
     } >"$md"
+}
+
+# bench_cell K TOTAL ROUND MODE CLIENTS TARGET: one pgbench run, appended to $RAW.
+bench_cell() {
+    local k="$1" total="$2" r="$3" mode="$4" c="$5" t="$6" res tps lat cpu conn inst
+    local out="$WORK/runs/r$r-$mode-c$c-$t.log"
+    res="$(run_pgbench "$t" "$mode" "$c" "$BENCH_SECONDS" "$out")"
+    echo "$r $mode $c $t $res" >>"$RAW"
+    read -r tps lat _ cpu conn <<<"$res"
+    log "[$k/$total] round $r $mode -c $c $(target_label "$t"): tps=$tps lat=${lat}ms cpu/txn=${cpu}µs$([[ "$conn" != - ]] && echo " conn=${conn}ms")"
+    if [[ "$tps" == ERR ]]; then
+        log "  pgbench failed; its output:"
+        sed 's/^/    /' "$out" | tail -n 15 >&2
+    fi
+    for inst in "${!PW_PID[@]}"; do
+        if ! kill -0 "${PW_PID[$inst]}" 2>/dev/null; then
+            log "pgward ($inst) has exited! last log lines:"
+            tail -n 30 "$WORK/pgward-$inst.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
+            die "pgward ($inst) died during the benchmark"
+        fi
+    done
+}
+
+# Audit sanity check: records in the audit log(s) of the pgward_audit instance, by event, against
+# the transactions pgbench completed through it (measured runs + warm-up). pgbench also runs
+# two statements per run outside the measured transactions (its start-up count of
+# pgbench_branches and a pg_catalog query about pgbench_accounts' partitioning), and the target
+# check above is one more.
+count_audit_records() {
+    local files=("$WORK"/audit/*.jsonl)
+    AUDIT_FILES=${#files[@]}
+    AUDIT_BYTES="$(cat "${files[@]}" | wc -c)"
+    AUDIT_RECORDS="$(cat "${files[@]}" | wc -l)"
+    AUDIT_BY_EVENT="$(cat "${files[@]}" | { grep -o '"event":"[a-z_]*"' || true; } | sort | uniq -c | awk '{ sub(/"event":/, "", $2); gsub(/"/, "", $2); printf "%s%s %s", sep, $2, $1; sep = ", " }')"
+    AUDIT_STATEMENTS="$(cat "${files[@]}" | grep -c '"event":"statement"' || true)"
+    local warm=0 f
+    for f in "$WORK"/runs/warmup-pgward_audit.log; do
+        [[ -f "$f" ]] && warm="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$f" | head -1)"
+    done
+    AUDIT_TXNS="$(awk -v w="${warm:-0}" '$4 == "pgward_audit" { s += $7; n++ } END { print s + w }' "$RAW")"
+    AUDIT_RUNS="$(awk -v w="$( [[ -n "$warm" && "$warm" != 0 ]] && echo 1 || echo 0)" '$4 == "pgward_audit" { n++ } END { print n + w }' "$RAW")"
+    log "audit log: $AUDIT_RECORDS records in $AUDIT_FILES file(s), $AUDIT_BYTES bytes ($AUDIT_BY_EVENT); pgbench transactions through pgward_audit: $AUDIT_TXNS in $AUDIT_RUNS runs"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -517,6 +772,11 @@ main() {
     fi
     PGWARD_BIN="$REPO/target/release/pgward"
     [[ -x "$PGWARD_BIN" ]] || die "$PGWARD_BIN not found"
+    # What was built (read now: the tree may move on during the run).
+    PGWARD_BUILD="commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'none')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
+    if [[ "${BENCH_SKIP_BUILD:-0}" == 1 ]]; then
+        PGWARD_BUILD="existing binary built $(date -u -r "$PGWARD_BIN" '+%Y-%m-%d %H:%M UTC') (tree now at $PGWARD_BUILD)"
+    fi
 
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgward-bench.XXXXXX")"
     chmod 755 "$WORK"
@@ -531,32 +791,54 @@ main() {
     PGWARD_PORT="$(free_port)"
     PGWARD_ADMIN_PORT="$(free_port)"
     PGBOUNCER_PORT="$(free_port)"
+    PW_PORT[plain]="$PGWARD_PORT"
+    PW_ADMIN_PORT[plain]="$PGWARD_ADMIN_PORT"
+    local inst
+    for inst in policy audit tlsdev token; do
+        PW_PORT[$inst]="$(free_port)"
+        PW_ADMIN_PORT[$inst]="$(free_port)"
+    done
 
     start_postgres
     init_pgbench_data
     make_tls_cert
-    start_pgward
-    start_pgbouncer
+    write_policy
+    mkdir -p "$WORK/audit"
+    if [[ " $BENCH_CONNECT_TARGETS " == *" pgward_token "* ]]; then start_issuer; fi
+    local -a instances
+    mapfile -t instances < <(pgward_instances)
+    for inst in "${instances[@]}"; do start_pgward "$inst"; done
+    if has_target pgbouncer; then start_pgbouncer; fi
 
     local t
-    for t in $BENCH_TARGETS; do
-        local ssl
-        ssl="$(target_query "$t" "SELECT coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), '?')")" \
-            || die "cannot query through target $t"
+    for t in $BENCH_TARGETS $BENCH_CONNECT_TARGETS; do
+        local ssl q="SELECT coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), '?')"
+        # The policy targets may only read the pgbench tables.
+        [[ "$t" == pgward_policy || "$t" == pgward_audit ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
+        ssl="$(target_query "$t" "$q")" || die "cannot query through target $t"
         log "target $(target_label "$t"): OK (upstream session ssl=$ssl)"
     done
+    if [[ " $BENCH_TARGETS " == *" pgward_policy "* ]]; then
+        # The policy is enforced: something outside it is refused with 42501.
+        if target_query pgward_policy "SELECT count(*) FROM public.pgbench_tellers" >"$WORK/policy-deny.log" 2>&1; then
+            die "pgward_policy allowed a statement its policy does not allow (is [policy] in force?)"
+        fi
+        log "pgward+policy refuses what the policy does not allow: $(grep -m1 -o 'pgward policy denied[^(]*' "$WORK/policy-deny.log" || head -c 200 "$WORK/policy-deny.log")"
+    fi
 
     RAW="$WORK/raw.txt"
     : >"$RAW"
     mkdir -p "$WORK/runs"
 
-    local mode c r i n_targets
-    local -a targets
+    local mode c r i n_targets n_conn
+    local -a targets conn_targets
     read -r -a targets <<<"$BENCH_TARGETS"
+    read -r -a conn_targets <<<"$BENCH_CONNECT_TARGETS"
     n_targets=${#targets[@]}
+    n_conn=${#conn_targets[@]}
     local n_modes n_clients
     n_modes=$(wc -w <<<"$BENCH_MODES"); n_clients=$(wc -w <<<"$BENCH_CLIENTS")
-    local total=$((BENCH_ROUNDS * n_modes * n_clients * n_targets))
+    local total=$((BENCH_ROUNDS * (n_modes * n_clients * n_targets + n_conn)))
     LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
     if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > n) }'; then
         log "warning: load average $LOAD_BEFORE exceeds $NPROC CPUs; results will be noisy"
@@ -568,9 +850,14 @@ main() {
             log "warm-up $(target_label "$t") (${BENCH_WARMUP}s, prepared, 4 clients)"
             run_pgbench "$t" prepared 4 "$BENCH_WARMUP" "$WORK/runs/warmup-$t.log" >/dev/null
         done
+        for t in "${conn_targets[@]}"; do
+            # Also fills pgward's JWKS cache (it is loaded at start anyway).
+            log "warm-up $(target_label "$t") (${BENCH_WARMUP}s, -C, 1 client)"
+            run_pgbench "$t" connect 1 "$BENCH_WARMUP" "$WORK/runs/warmup-conn-$t.log" >/dev/null
+        done
     fi
 
-    local k=0 res
+    local k=0
     for ((r = 1; r <= BENCH_ROUNDS; r++)); do
         for mode in $BENCH_MODES; do
             for c in $BENCH_CLIENTS; do
@@ -578,33 +865,30 @@ main() {
                 for ((i = 0; i < n_targets; i++)); do
                     t="${targets[$(((i + r - 1) % n_targets))]}"
                     k=$((k + 1))
-                    res="$(run_pgbench "$t" "$mode" "$c" "$BENCH_SECONDS" "$WORK/runs/r$r-$mode-c$c-$t.log")"
-                    echo "$r $mode $c $t $res" >>"$RAW"
-                    read -r tps lat _ cpu <<<"$res"
-                    log "[$k/$total] round $r $mode -c $c $(target_label "$t"): tps=$tps lat=${lat}ms cpu/txn=${cpu}µs"
-                    if [[ "$tps" == ERR ]]; then
-                        log "  pgbench failed; its output:"
-                        sed 's/^/    /' "$WORK/runs/r$r-$mode-c$c-$t.log" | tail -n 15 >&2
-                    fi
-                    if [[ "$t" == pgward* ]] && ! kill -0 "$PGWARD_PID" 2>/dev/null; then
-                        log "pgward has exited! last log lines:"
-                        tail -n 30 "$WORK/pgward.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
-                        die "pgward died during the benchmark"
-                    fi
+                    bench_cell "$k" "$total" "$r" "$mode" "$c" "$t"
                 done
             done
         done
+        # Connection setup: pgbench -C, one client, after the throughput cells of the round.
+        for ((i = 0; i < n_conn; i++)); do
+            t="${conn_targets[$(((i + r - 1) % n_conn))]}"
+            k=$((k + 1))
+            bench_cell "$k" "$total" "$r" connect 1 "$t"
+        done
     done
+    if has_target pgward_audit; then count_audit_records; fi
 
     mkdir -p "$(dirname "$BENCH_OUT")"
     write_report "$BENCH_OUT"
     echo
     # The three tables (not the per-run listing) on stdout.
     sed '/^## All runs/,$d' "$BENCH_OUT"
-    if [[ -s "$WORK/pgward.log" ]]; then
-        log "pgward log (warnings and errors, last 10 lines):"
-        tail -n 10 "$WORK/pgward.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
-    fi
+    for inst in "${instances[@]}"; do
+        if [[ -s "$WORK/pgward-$inst.log" ]]; then
+            log "pgward ($inst) log (warnings and errors, last 10 lines):"
+            tail -n 10 "$WORK/pgward-$inst.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
+        fi
+    done
     log "results written to $BENCH_OUT ($(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s)"
 }
 
