@@ -303,17 +303,15 @@ impl Gate {
 
     /// After a Parse was decided: protocol-level statements share a namespace with SQL
     /// PREPARE, so `EXECUTE name` must be decided as this statement.
-    pub fn parsed(&mut self, name: &str, qd: &QueryDecision) {
+    pub fn parsed(&mut self, name: &str, sql: &str, qd: &QueryDecision) {
         if name.is_empty() {
             return;
         }
         match (qd.decision.blocks(), qd.statements.as_slice()) {
             (false, [one]) => {
                 self.session.remember_prepared(name, one.analysis.clone());
-                self.parsed.insert(
-                    name.to_owned(),
-                    (Arc::from(one.analysis.sql.as_str()), self.policy.version()),
-                );
+                self.parsed
+                    .insert(name.to_owned(), (Arc::from(sql), self.policy.version()));
             }
             _ => {
                 self.session.forget_prepared(name);

@@ -585,7 +585,7 @@ fn decide(
             }
             let qd = gate.map(|g| {
                 let qd = g.decide(p.query);
-                g.parsed(p.statement, &qd);
+                g.parsed(p.statement, p.query, &qd);
                 qd
             });
             let verdict = match &qd {
