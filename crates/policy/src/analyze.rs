@@ -1578,12 +1578,14 @@ fn role_name(r: &pb::RoleSpec) -> String {
     }
 }
 
-/// Splits a setting value given as one string (`'a, "B"'`) into identifiers, folding like
-/// PostgreSQL does for search_path.
-pub(crate) fn split_list(v: &str) -> Vec<String> {
-    let mut out = Vec::new();
+/// Splits `s` at unquoted `sep` into identifiers, folding unquoted parts to lower case and
+/// reading `""` inside quotes as one quote, as PostgreSQL does for search_path lists and
+/// regclass input. `skip_space` drops unquoted whitespace. Returns every part (the last
+/// one too, even when empty) and whether a quote was left open.
+fn split_identifiers(s: &str, sep: char, skip_space: bool) -> (Vec<String>, bool) {
+    let mut parts = Vec::new();
     let mut cur = String::new();
-    let mut chars = v.chars().peekable();
+    let mut chars = s.chars().peekable();
     let mut quoted = false;
     let mut was_quoted = false;
     while let Some(c) = chars.next() {
@@ -1596,19 +1598,27 @@ pub(crate) fn split_list(v: &str) -> Vec<String> {
                 quoted = !quoted;
                 was_quoted = true;
             }
-            ',' if !quoted => {
-                out.push(finish(&cur, was_quoted));
+            c if c == sep && !quoted => {
+                parts.push(finish(&cur, was_quoted));
                 cur.clear();
                 was_quoted = false;
             }
-            c if !quoted && c.is_whitespace() => {}
+            c if skip_space && !quoted && c.is_whitespace() => {}
             c => cur.push(c),
         }
     }
-    if !cur.is_empty() || was_quoted || !out.is_empty() {
-        out.push(finish(&cur, was_quoted));
+    parts.push(finish(&cur, was_quoted));
+    (parts, quoted)
+}
+
+/// Splits a setting value given as one string (`'a, "B"'`) into identifiers, folding like
+/// PostgreSQL does for search_path. An empty (or all-space) value is an empty list.
+pub(crate) fn split_list(v: &str) -> Vec<String> {
+    let (parts, _) = split_identifiers(v, ',', true);
+    if parts.len() == 1 && parts[0].is_empty() && !v.contains('"') {
+        return Vec::new();
     }
-    out
+    parts
 }
 
 fn finish(s: &str, quoted: bool) -> String {
@@ -1621,33 +1631,10 @@ fn finish(s: &str, quoted: bool) -> String {
 
 /// Parses a possibly qualified name given as text (`'Public."Seq"'`), as regclass input does.
 fn parse_qualified(s: &str) -> Option<(Option<String>, String)> {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.trim().chars().peekable();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
-            }
-            '"' => {
-                quoted = !quoted;
-                was_quoted = true;
-            }
-            '.' if !quoted => {
-                parts.push(finish(&cur, was_quoted));
-                cur.clear();
-                was_quoted = false;
-            }
-            c => cur.push(c),
-        }
-    }
-    if quoted {
+    let (mut parts, open_quote) = split_identifiers(s.trim(), '.', false);
+    if open_quote {
         return None;
     }
-    parts.push(finish(&cur, was_quoted));
     let name = parts.pop()?;
     Some((parts.pop(), name))
 }
@@ -1662,6 +1649,18 @@ mod tests {
         assert_eq!(split_list("\"x,y\", Z"), ["x,y", "z"]);
         assert_eq!(split_list("\"a\"\"b\""), ["a\"b"]);
         assert_eq!(split_list(""), Vec::<String>::new());
+        assert_eq!(split_list("  "), Vec::<String>::new());
+        assert_eq!(split_list("\"\""), [""]);
+        assert_eq!(split_list("a,"), ["a", ""]);
+        assert_eq!(
+            parse_qualified(" Public.\"Seq\" "),
+            Some((Some("public".to_owned()), "Seq".to_owned()))
+        );
+        assert_eq!(
+            parse_qualified("db.s.t"),
+            Some((Some("s".to_owned()), "t".to_owned()))
+        );
+        assert_eq!(parse_qualified("\"open"), None);
     }
 
     #[test]

@@ -553,12 +553,13 @@ fn decide(
     body: &[u8],
     conv: &mut Conversation,
 ) -> Result<Verdict, WireError> {
-    let audit_down = conv.trail.as_ref().is_some_and(|t| !t.ready());
+    // Asked only for messages that would run something (CopyData etc. never need it).
+    let audit_down = |conv: &Conversation| conv.trail.as_ref().is_some_and(|t| !t.ready());
     let refused = || Audited::refused("audit.unavailable");
     Ok(match tag {
         b'Q' => {
             let sql = frontend::query_text(body)?;
-            if audit_down {
+            if audit_down(conv) {
                 if let Some(t) = conv.trail.as_mut() {
                     t.on_query(sql, None, Some(refused()));
                 }
@@ -575,7 +576,7 @@ fn decide(
         }
         b'P' => {
             let p = frontend::parse_message(body)?;
-            if audit_down {
+            if audit_down(conv) {
                 if let Some(t) = conv.trail.as_mut() {
                     t.on_parse(p.statement, p.query, p.param_types, None, Some(refused()));
                 }
@@ -632,7 +633,7 @@ fn decide(
             Verdict::Forward
         }
         b'F' => {
-            let denial = if audit_down {
+            let denial = if audit_down(conv) {
                 Some(Denial::audit_unavailable())
             } else {
                 gate.and_then(|g| g.refuses_function_call())
