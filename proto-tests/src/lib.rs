@@ -92,6 +92,14 @@ pub struct PgwardOptions {
     pub log_level: &'static str,
     /// RLIMIT_FSIZE for the pgward process (simulates a full disk).
     pub file_size_limit: Option<u64>,
+    /// The body of `[upstreams.credential]` (TOML lines); `None`: the password of
+    /// `upstream_role` from an environment variable.
+    pub credential: Option<String>,
+    /// Extra environment variables for the pgward process.
+    pub env: Vec<(String, String)>,
+    /// Startup waits for /readyz (default); false waits for /healthz only (for tests
+    /// where pgward is expected to start not ready).
+    pub wait_ready: bool,
 }
 
 impl Default for PgwardOptions {
@@ -109,6 +117,9 @@ impl Default for PgwardOptions {
             extra_toml: String::new(),
             log_level: "debug",
             file_size_limit: None,
+            credential: None,
+            env: Vec::new(),
+            wait_ready: true,
         }
     }
 }
@@ -121,6 +132,8 @@ pub struct Pgward {
     dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub ca: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    wait_for_readyz: bool,
 }
 
 /// The pgward binary under test: $PGWARD_BIN, else target/<profile>/pgward next to the
@@ -175,6 +188,19 @@ impl Pgward {
             }
             _ => String::new(),
         };
+        // pgward refuses Entra sign-in without a policy; tests that are not about policy
+        // get one that allows everything (pgward's own settings stay protected).
+        let open_policy = if opts.entra.is_some() && opts.policy.is_none() {
+            let path = dir.path().join("open-policy.toml");
+            std::fs::write(
+                &path,
+                "[[roles]]\nname = \"everyone\"\nmembers = { everyone = true }\nallow = [ { objects = [\"*\"] } ]\n",
+            )
+            .unwrap();
+            Some(path)
+        } else {
+            None
+        };
         let config = format!(
             r#"
 [listen]
@@ -193,9 +219,7 @@ port = {pg_port}
 tls = "{upstream_tls}"
 {ca_line}
 [upstreams.credential]
-type = "password"
-user = "{role}"
-password_env = "PGWARD_TEST_UPSTREAM_PASSWORD"
+{credential}
 
 [[routes]]
 database = "app"
@@ -217,12 +241,16 @@ upstream = "main"
             policy = opts
                 .policy
                 .as_ref()
+                .or(open_policy.as_ref())
                 .map(|p| format!("[policy]\nfile = \"{}\"\nwatch_secs = 1", p.display()))
                 .unwrap_or_default(),
             listen = listen.join("\n"),
             pg_port = opts.upstream_port.unwrap_or(db.pg.port),
             upstream_tls = opts.upstream_tls,
-            role = opts.upstream_role,
+            credential = opts.credential.clone().unwrap_or_else(|| format!(
+                "type = \"password\"\nuser = \"{}\"\npassword_env = \"PGWARD_TEST_UPSTREAM_PASSWORD\"",
+                opts.upstream_role
+            )),
         );
         let config_path = dir.path().join("pgward.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -233,6 +261,8 @@ upstream = "main"
             dir,
             config_path,
             ca,
+            env: opts.env.clone(),
+            wait_for_readyz: opts.wait_ready,
         };
         p.spawn(opts.file_size_limit);
         p
@@ -262,6 +292,7 @@ upstream = "main"
             .arg(&self.config_path)
             .env("PGWARD_TEST_UPSTREAM_PASSWORD", PROXY_PASSWORD)
             .env_remove("PGWARD_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -281,7 +312,12 @@ upstream = "main"
             {
                 panic!("pgward exited during startup ({status}):\n{}", self.log());
             }
-            if matches!(self.admin_get("/readyz"), Some((200, _))) {
+            let probe = if self.wait_for_readyz {
+                "/readyz"
+            } else {
+                "/healthz"
+            };
+            if matches!(self.admin_get(probe), Some((200, _))) {
                 return;
             }
             assert!(
@@ -291,6 +327,16 @@ upstream = "main"
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Starts the binary again with the same configuration (killing it first if it
+    /// still runs), as after a crash or a redeploy.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn(None);
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -473,6 +519,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A minimal blocking PostgreSQL wire client for tests that must send bytes no real
 /// client would.
+pub mod tds_standin;
+
 pub mod raw {
     use std::io::{Read, Write};
     use std::net::TcpStream;

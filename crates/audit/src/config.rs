@@ -56,6 +56,10 @@ pub struct AuditConfig {
     /// Also write every record to standard output (best effort: its failure never refuses
     /// a statement).
     pub stdout: bool,
+    /// `[audit.postgres]`: a copy of every record in a table of a separate database.
+    pub postgres: Option<crate::sinks::PostgresSinkConfig>,
+    /// `[audit.azure_monitor]`: every record to Azure Monitor Logs (Logs Ingestion API).
+    pub azure_monitor: Option<crate::sinks::AzureMonitorConfig>,
 }
 
 impl Default for AuditConfig {
@@ -69,6 +73,8 @@ impl Default for AuditConfig {
             redaction: Redaction::Types,
             failure_mode: FailureMode::Refuse,
             stdout: false,
+            postgres: None,
+            azure_monitor: None,
         }
     }
 }
@@ -89,6 +95,12 @@ impl AuditConfig {
                 self.hmac_key_file = Some(base.join(k));
             }
         }
+        if let Some(pg) = &mut self.postgres {
+            pg.resolve_paths(base);
+        }
+        if let Some(az) = &mut self.azure_monitor {
+            az.resolve_paths(base);
+        }
     }
 
     /// Every problem with this section, for `pgward check` (empty when fine).
@@ -107,6 +119,12 @@ impl AuditConfig {
             if let Err(e) = self.hmac_key() {
                 p.push(e.to_string());
             }
+        }
+        if let Some(pg) = &self.postgres {
+            p.extend(pg.problems());
+        }
+        if let Some(az) = &self.azure_monitor {
+            p.extend(az.problems());
         }
         p
     }

@@ -342,6 +342,27 @@ pub struct Statement<'a> {
     pub duration_us: u64,
 }
 
+/// The members of a `statement` record known before the statement runs, in the order
+/// [`Statement`] writes them (everything but `outcome` and `duration_us`).
+#[derive(Serialize)]
+pub(crate) struct StatementHead<'a> {
+    #[serde(serialize_with = "scrub::ser_str")]
+    pub sql: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<&'a Params>,
+    pub protocol: Protocol,
+    pub objects: &'a [ObjectAction<'a>],
+    pub decision: Decision,
+    pub rule: Option<&'a str>,
+}
+
+/// The members of a `statement` record known once it has run.
+#[derive(Serialize)]
+pub(crate) struct StatementTail<'a> {
+    pub outcome: Outcome<'a>,
+    pub duration_us: u64,
+}
+
 /// Fields of a `disconnect` event.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Disconnect<'a> {
@@ -389,25 +410,35 @@ pub(crate) struct LogEvent<'a> {
     pub redaction: Option<Redaction>,
 }
 
-/// Appends `"event":"<kind>",<ctx>,<fields of detail>` — the body the writer frames.
+/// `"event":"<kind>",<ctx>,<fields of detail>` — the body the writer frames.
 /// `ctx` is the pre-serialised session fragment (or `"session":null`).
 pub(crate) fn body<T: Serialize>(kind: EventKind, ctx: &str, detail: &T) -> Vec<u8> {
     let mut v = Vec::with_capacity(256 + ctx.len());
+    body_into(&mut v, kind, ctx, detail);
+    v
+}
+
+/// Appends the body to `v` (a reused buffer on the hot path: no allocation per record).
+pub(crate) fn body_into<T: Serialize>(v: &mut Vec<u8>, kind: EventKind, ctx: &str, detail: &T) {
     v.extend_from_slice(b"\"event\":\"");
     v.extend_from_slice(kind.as_str().as_bytes());
     v.extend_from_slice(b"\",");
     v.extend_from_slice(ctx.as_bytes());
+    members_into(v, detail);
+}
+
+/// Appends `,<members of detail>` (nothing if it has none).
+pub(crate) fn members_into<T: Serialize>(v: &mut Vec<u8>, detail: &T) {
     let mark = v.len();
     // Serialising our own structs to a Vec cannot fail (no maps with non-string keys, no
     // I/O); if it somehow did, the record still carries its kind and context.
-    if serde_json::to_writer(&mut v, detail).is_ok() && v.len() > mark + 2 {
+    if serde_json::to_writer(&mut *v, detail).is_ok() && v.len() > mark + 2 {
         // Turn `{...}` into `,...`: drop the closing brace and replace the opening one.
         v.pop();
         v[mark] = b',';
     } else {
         v.truncate(mark);
     }
-    v
 }
 
 /// The pre-serialised `"session":...,"client":...,"identity":...,"database":...`.

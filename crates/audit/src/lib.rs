@@ -26,6 +26,7 @@ mod read;
 pub mod scrub;
 mod search;
 mod sink;
+pub mod sinks;
 mod time;
 mod verify;
 mod writer;
@@ -41,8 +42,12 @@ pub use event::{
 pub use read::{read_records, ReadItem};
 pub use search::{run_search, run_tail, Filter, OutputFormat, SearchArgs, SearchSummary, TailArgs};
 pub use sink::{LineSink, SealedRecord, Sink, SinkError};
+pub use sinks::{
+    AccessTokens, AzureMonitorConfig, PostgresSinkConfig, ShippingSink, SinkMonitor, SinkStatus,
+};
 pub use time::{TimeParseError, Timestamp};
 pub use verify::{run_verify, verify, Finding, FindingKind, VerifyArgs, VerifyReport};
 pub use writer::{
     archived_files, log_files, Append, AuditLog, AuditLogBuilder, Receipt, SessionLog,
+    StatementHead,
 };

@@ -19,8 +19,11 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A destination for sealed records.
 ///
-/// `write_batch` runs on the audit writer thread, in `seq` order, after the file write,
-/// and before the `append`s of the batch return. A sink registered as authoritative must
+/// `write_batch` runs with the log's writer state locked (so never concurrently with
+/// itself), in `seq` order, after the file write, and before the `append`s of the batch
+/// return. It runs on the audit writer thread, unless every sink of the log says
+/// [`Sink::inline_ok`] and `fsync = "none"`: then the log writes on the appending task's
+/// thread (a tokio worker in the proxy) and batches are usually one record long. A sink registered as authoritative must
 /// return only once it holds the batch durably enough to answer for it (its error refuses
 /// the statements); a best-effort one's error is only logged. Sinks that talk to a network
 /// (PostgreSQL, Azure Monitor) must not block here on the network: they should hand the
@@ -31,6 +34,12 @@ pub trait Sink: Send + 'static {
     fn name(&self) -> &str;
     /// Takes a batch of records.
     fn write_batch(&mut self, batch: &[SealedRecord<'_>]) -> Result<(), SinkError>;
+    /// Whether `write_batch` is cheap and never blocks for long (a buffered local write,
+    /// a hand-off to a channel), so it may run on the appending task's thread. The default
+    /// is `false`: the log then keeps writing on its own thread.
+    fn inline_ok(&self) -> bool {
+        false
+    }
     /// Called once when the log closes (after `audit_stop`).
     fn close(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -66,6 +75,11 @@ impl<W: Write + Send + 'static> LineSink<W> {
 impl<W: Write + Send + 'static> Sink for LineSink<W> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    // A local write, like the log lines tracing itself writes from any thread.
+    fn inline_ok(&self) -> bool {
+        true
     }
 
     fn write_batch(&mut self, batch: &[SealedRecord<'_>]) -> Result<(), SinkError> {

@@ -1,11 +1,21 @@
-//! The authoritative file sink: one writer thread that owns the chain state and the
-//! active file. Callers serialise their event on their own task and send it here; the
-//! thread takes everything queued (a batch), frames each record with `v, seq, ts,
-//! instance`, chains it, writes the batch with one write(2), fdatasyncs once in
-//! `fsync = "batch"` mode (group commit) and only then completes the callers' futures.
-//! Batching falls out of the queue: while one batch is being written or synced, the next
-//! accumulates.
+//! The authoritative file sink. One `Writer` owns the chain state and the active file,
+//! behind a mutex; callers serialise their event on their own task (in parallel across
+//! connections) and hand the body over. Two ways, chosen at open:
+//!
+//! - inline (`fsync = "none"`, every extra sink [`Sink::inline_ok`]): the appending task
+//!   locks the writer, frames the record with `v, seq, ts, instance`, chains it and
+//!   write(2)s it itself, and the append is complete when the call returns. No thread
+//!   hop, no wake-up, no channel: a hand-off to a thread cost two futex wake-ups and a
+//!   reschedule per record, more than the write itself (docs/performance.md).
+//! - writer thread (`fsync = "batch"`, or a sink that may block): the thread takes
+//!   everything queued (a batch), writes it with one write(2), fdatasyncs once (group
+//!   commit) and only then completes the callers' futures. While one batch is being
+//!   synced, the next accumulates. An fsync never blocks a runtime worker.
+//!
+//! Either way the record is written before the append resolves, and the thread also
+//! does time rotation of an idle log and the final `audit_stop`.
 
+use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -13,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,7 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::{self, Hasher, GENESIS};
 use crate::config::{AuditConfig, FailureMode, Fsync};
-use crate::event::{self, EventKind, LogEvent, Predecessor, Redaction, SessionInfo};
+use crate::event::{self, EventKind, LogEvent, Outcome, Predecessor, Redaction, SessionInfo};
 use crate::sink::{LineSink, SealedRecord, Sink};
 use crate::time::Timestamp;
 use crate::AuditError;
@@ -33,6 +43,14 @@ const MAX_BATCH: usize = 4096;
 const FRAME_OVERHEAD: u64 = 256;
 /// After a failed time rotation, wait this long before trying again.
 const ROTATE_RETRY: Duration = Duration::from_secs(1);
+/// Scratch buffers larger than this are not kept between records (one huge statement
+/// must not pin its memory on every runtime thread).
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Where an inline append serialises its body: reused, so no allocation per record.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Proof that a record was written (and synced, in batch mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +84,7 @@ pub struct AuditLogBuilder {
     redaction: Redaction,
     failure_mode: FailureMode,
     sinks: Vec<(Box<dyn Sink>, bool)>,
+    monitors: Vec<crate::sinks::SinkMonitor>,
 }
 
 impl AuditLogBuilder {
@@ -81,6 +100,7 @@ impl AuditLogBuilder {
             redaction: Redaction::Types,
             failure_mode: FailureMode::Refuse,
             sinks: Vec::new(),
+            monitors: Vec::new(),
         }
     }
 
@@ -132,6 +152,14 @@ impl AuditLogBuilder {
         self
     }
 
+    /// Adds a shipping sink (PostgreSQL, Azure Monitor), whose state
+    /// [`AuditLog::sink_status`] reports.
+    pub fn shipping_sink(mut self, sink: crate::sinks::ShippingSink) -> Self {
+        self.monitors.push(sink.monitor());
+        let authoritative = sink.authoritative();
+        self.sink(Box::new(sink), authoritative)
+    }
+
     /// Opens (or continues) the log: recovers the chain from the existing files, writes
     /// `audit_start`, and starts the writer thread. Blocking I/O: call it at startup.
     pub fn open(self) -> Result<AuditLog, AuditError> {
@@ -160,6 +188,7 @@ impl AuditLogBuilder {
             buf: Vec::with_capacity(1 << 16),
             marks: Vec::new(),
             rotate_not_before: None,
+            closed: false,
         };
         w.recover()?;
         // The first audit_start must be on disk before the proxy accepts clients: an
@@ -172,14 +201,20 @@ impl AuditLogBuilder {
             }
             r => r?,
         }
+        let inline = w.fsync == Fsync::None && w.sinks.iter().all(|(s, _)| s.inline_ok());
+        let writer = Arc::new(Mutex::new(w));
         let (tx, rx) = mpsc::channel();
+        let shared = writer.clone();
         let thread = std::thread::Builder::new()
             .name("pgward-audit".to_string())
-            .spawn(move || w.run(rx))
+            .spawn(move || run(&shared, rx))
             .map_err(|e| AuditError::Config(format!("cannot start the audit writer: {e}")))?;
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx,
+                writer,
+                inline,
+                monitors: self.monitors,
                 failing,
                 redaction: self.redaction,
                 failure_mode: self.failure_mode,
@@ -208,6 +243,10 @@ impl Health {
 
 struct Inner {
     tx: mpsc::Sender<Msg>,
+    writer: Arc<Mutex<Writer>>,
+    /// Appends write on the caller's thread (see the module docs).
+    inline: bool,
+    monitors: Vec<crate::sinks::SinkMonitor>,
     failing: Arc<Health>,
     redaction: Redaction,
     failure_mode: FailureMode,
@@ -223,6 +262,16 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the log described by `[audit]` (paths already resolved), for `instance`.
     pub fn open(cfg: &AuditConfig, instance: &str) -> Result<AuditLog, AuditError> {
+        Self::open_with_tokens(cfg, instance, None)
+    }
+
+    /// [`AuditLog::open`], with pgward's Azure credential (tokens for its `scope`) for
+    /// `[audit.azure_monitor]`.
+    pub fn open_with_tokens(
+        cfg: &AuditConfig,
+        instance: &str,
+        tokens: Option<Arc<dyn crate::sinks::AccessTokens>>,
+    ) -> Result<AuditLog, AuditError> {
         let mut b = AuditLogBuilder::new(instance)
             .file(cfg.file.clone())
             .rotate_bytes(cfg.rotate_bytes)
@@ -236,7 +285,15 @@ impl AuditLog {
         if cfg.stdout {
             b = b.sink(Box::new(LineSink::stdout()), false);
         }
+        for s in crate::sinks::from_config(cfg, tokens)? {
+            b = b.shipping_sink(s);
+        }
         b.open()
+    }
+
+    /// The state of each shipping sink (records shipped, spool backlog, last error).
+    pub fn sink_status(&self) -> Vec<crate::sinks::SinkStatus> {
+        self.inner.monitors.iter().map(|m| m.status()).collect()
     }
 
     /// The redaction setting, for [`crate::Params::capture`].
@@ -266,6 +323,50 @@ impl AuditLog {
             log: self.clone(),
             ctx: Arc::from(event::session_fragment(info)),
         }
+    }
+
+    /// Serialises and appends one event: inline, or queued for the writer thread.
+    fn append<T: serde::Serialize>(&self, kind: EventKind, ctx: &str, detail: &T) -> Append {
+        self.append_with(|v| event::body_into(v, kind, ctx, detail))
+    }
+
+    /// Appends the body `fill` writes into an empty buffer.
+    fn append_with(&self, fill: impl Fn(&mut Vec<u8>)) -> Append {
+        let fresh = || {
+            let mut v = Vec::with_capacity(1024);
+            fill(&mut v);
+            v
+        };
+        if !self.inner.inline {
+            return self.submit(fresh());
+        }
+        let res = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                fill(&mut buf);
+                let res = self.write_inline(&buf);
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+                res
+            }
+            // Only if serialising re-entered an append; never in practice.
+            Err(_) => self.write_inline(&fresh()),
+        });
+        Append {
+            state: State::Done(Some(res)),
+            failure_mode: self.inner.failure_mode,
+        }
+    }
+
+    fn write_inline(&self, body: &[u8]) -> Result<Receipt, AuditError> {
+        let mut w = lock_writer(&self.inner.writer);
+        if w.closed {
+            return Err(AuditError::Closed);
+        }
+        let mut out = Err(AuditError::Closed);
+        w.process(std::iter::once((body, ())), |(), r| out = r);
+        out
     }
 
     fn submit(&self, body: Vec<u8>) -> Append {
@@ -302,6 +403,20 @@ impl AuditLog {
     }
 }
 
+/// A statement's record up to its outcome, from [`SessionLog::statement_head`]. Cheap to
+/// clone; belongs to the session that made it.
+#[derive(Clone)]
+pub struct StatementHead(Arc<[u8]>);
+
+impl std::fmt::Debug for StatementHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The SQL may be sensitive: its length is enough for a Debug dump.
+        f.debug_struct("StatementHead")
+            .field("bytes", &self.0.len())
+            .finish()
+    }
+}
+
 /// The per-connection recorder, from [`AuditLog::session`].
 #[derive(Clone)]
 pub struct SessionLog {
@@ -312,28 +427,61 @@ pub struct SessionLog {
 impl SessionLog {
     /// Records a successful sign-in.
     pub fn connect(&self, c: &event::Connect<'_>) -> Append {
-        self.log
-            .submit(event::body(EventKind::Connect, &self.ctx, c))
+        self.log.append(EventKind::Connect, &self.ctx, c)
     }
 
     /// Records a refused sign-in with its exact reason.
     pub fn auth_failed(&self, reason: &str) -> Append {
         let detail = event::AuthFailed { reason };
-        self.log
-            .submit(event::body(EventKind::AuthFailed, &self.ctx, &detail))
+        self.log.append(EventKind::AuthFailed, &self.ctx, &detail)
     }
 
     /// Records a statement. Await the result before relaying the statement's result to
     /// the client; on `Err`, answer SQLSTATE 58030 instead.
     pub fn statement(&self, s: &event::Statement<'_>) -> Append {
-        self.log
-            .submit(event::body(EventKind::Statement, &self.ctx, s))
+        self.log.append(EventKind::Statement, &self.ctx, s)
+    }
+
+    /// Serialises the members of a statement's record that are known before it runs
+    /// (text, parameters, protocol, objects, decision, rule), so that work is done while
+    /// the statement runs upstream, and only once for a prepared statement executed again
+    /// with the same recorded parameters. `outcome` and `duration_us` of `s` are ignored:
+    /// [`SessionLog::statement_done`] supplies them. The record is byte for byte what
+    /// [`SessionLog::statement`] writes.
+    pub fn statement_head(&self, s: &event::Statement<'_>) -> StatementHead {
+        let head = event::StatementHead {
+            sql: s.sql,
+            params: s.params,
+            protocol: s.protocol,
+            objects: s.objects,
+            decision: s.decision,
+            rule: s.rule,
+        };
+        let mut v = Vec::with_capacity(512 + self.ctx.len());
+        event::body_into(&mut v, EventKind::Statement, &self.ctx, &head);
+        StatementHead(Arc::from(v))
+    }
+
+    /// Records a statement from its head and result. Await it before relaying the result.
+    pub fn statement_done(
+        &self,
+        head: &StatementHead,
+        outcome: Outcome<'_>,
+        duration_us: u64,
+    ) -> Append {
+        let tail = event::StatementTail {
+            outcome,
+            duration_us,
+        };
+        self.log.append_with(|v| {
+            v.extend_from_slice(&head.0);
+            event::members_into(v, &tail);
+        })
     }
 
     /// Records the end of the session.
     pub fn disconnect(&self, d: &event::Disconnect<'_>) -> Append {
-        self.log
-            .submit(event::body(EventKind::Disconnect, &self.ctx, d))
+        self.log.append(EventKind::Disconnect, &self.ctx, d)
     }
 
     /// The log this session writes to.
@@ -416,7 +564,7 @@ struct ActiveFile {
 
 struct Writer {
     path: Option<PathBuf>,
-    /// Held for the writer's lifetime: the exclusive lock on `<file>.lock`.
+    /// Held until the log is closed: the exclusive lock on `<file>.lock`.
     _lock: Option<File>,
     file: Option<ActiveFile>,
     rotate_bytes: Option<u64>,
@@ -439,6 +587,8 @@ struct Writer {
     /// (seq, start, end) of each record in `buf`.
     marks: Vec<(u64, usize, usize)>,
     rotate_not_before: Option<Instant>,
+    /// `audit_stop` is written: every later append fails with [`AuditError::Closed`].
+    closed: bool,
 }
 
 #[derive(Deserialize)]
@@ -583,7 +733,8 @@ impl Writer {
         let body = event::body(h.kind, "\"session\":null", &detail);
         self.buf.clear();
         self.marks.clear();
-        let (seq, hash) = self.seal(&body, self.seq + 1, self.last_hash.clone());
+        let prev = self.last_hash.clone();
+        let (seq, hash) = self.seal(&body, self.seq + 1, &prev);
         let res = self.commit(seq, hash);
         // Written to the file even if an extra sink then failed: do not write it twice.
         if self.seq == seq {
@@ -593,7 +744,7 @@ impl Writer {
     }
 
     /// Appends one framed, chained record to `buf`; returns its seq and hash.
-    fn seal(&mut self, body: &[u8], seq: u64, prev: String) -> (u64, String) {
+    fn seal(&mut self, body: &[u8], seq: u64, prev: &str) -> (u64, String) {
         let now = Timestamp::now();
         // Keep ts non-decreasing along the chain even if the clock steps back.
         let ts = if now < self.last_ts {
@@ -604,13 +755,12 @@ impl Writer {
         self.last_ts = ts;
         let start = self.buf.len();
         let b = &mut self.buf;
-        b.extend_from_slice(b"{\"v\":");
-        b.extend_from_slice(event::SCHEMA_VERSION.to_string().as_bytes());
-        b.extend_from_slice(b",\"seq\":");
-        b.extend_from_slice(seq.to_string().as_bytes());
-        b.extend_from_slice(b",\"ts\":\"");
-        b.extend_from_slice(ts.to_string().as_bytes());
-        b.extend_from_slice(b"\",\"instance\":");
+        // Writing to a Vec cannot fail; formatting in place avoids three allocations.
+        let _ = write!(
+            b,
+            "{{\"v\":{},\"seq\":{seq},\"ts\":\"{ts}\",\"instance\":",
+            event::SCHEMA_VERSION
+        );
         b.extend_from_slice(self.instance_json.as_bytes());
         b.push(b',');
         b.extend_from_slice(body);
@@ -753,53 +903,25 @@ impl Writer {
         self.ensure_header()
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let first = match self.time_until_rotation() {
-                Some(t) => rx.recv_timeout(t),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            let mut close = None;
-            match first {
-                Ok(Msg::Append(p)) => batch.push(p),
-                Ok(Msg::Close { reason, reply }) => close = Some((reason, reply)),
-                Err(RecvTimeoutError::Timeout) => {
-                    // Idle time rotation. A failure is retried later and reported to the
-                    // next appends if it persists.
-                    if let Err(e) = self.rotate_if_due(0) {
-                        tracing::warn!(error = %e, "audit time rotation failed");
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.stop("all handles dropped", None);
-                    return;
-                }
-            }
-            while close.is_none() && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Append(p)) => batch.push(p),
-                    Ok(Msg::Close { reason, reply }) => close = Some((reason, reply)),
-                    Err(_) => break,
-                }
-            }
-            self.process(&mut batch);
-            if let Some((reason, reply)) = close {
-                self.stop(&reason, Some(reply));
-                return;
-            }
-        }
-    }
-
-    fn process(&mut self, batch: &mut Vec<Pending>) {
-        let mut pending = std::mem::take(batch).into_iter().peekable();
-        while let Some(first_len) = pending.peek().map(|p| p.body.len() as u64) {
+    /// Seals and commits `items` in order (in several writes only when a size rotation
+    /// falls inside them) and reports each item's result to `done`.
+    fn process<B: AsRef<[u8]>, R>(
+        &mut self,
+        items: impl IntoIterator<Item = (B, R)>,
+        mut done: impl FnMut(R, Result<Receipt, AuditError>),
+    ) {
+        let mut pending = items.into_iter().peekable();
+        // Zero-sized for inline appends, so no allocation there.
+        let mut taken: Vec<R> = Vec::new();
+        while let Some(first_len) = pending.peek().map(|(b, _)| b.as_ref().len() as u64) {
             let prepared = self
                 .ensure_header()
                 .and_then(|()| self.rotate_if_due(first_len));
             if let Err(e) = prepared {
-                self.fail_all(pending.by_ref(), &e);
+                self.failing.set(Some(&e));
+                for (_, r) in pending.by_ref() {
+                    done(r, Err(e.clone()));
+                }
                 break;
             }
             // Seal as many as fit in the current file (at least one).
@@ -807,47 +929,40 @@ impl Writer {
             self.marks.clear();
             let mut seq = self.seq;
             let mut prev = self.last_hash.clone();
-            let mut taken = Vec::new();
             let base = self.file.as_ref().map_or(0, |f| f.len);
-            while let Some(p) = pending.next_if(|p| {
+            while let Some((b, r)) = pending.next_if(|(b, _)| {
                 taken.is_empty()
                     || self.rotate_bytes.is_none_or(|max| {
-                        base + (self.buf.len() + p.body.len()) as u64 + FRAME_OVERHEAD <= max
+                        base + (self.buf.len() + b.as_ref().len()) as u64 + FRAME_OVERHEAD <= max
                     })
             }) {
-                let (s, h) = self.seal(&p.body, seq + 1, prev);
+                let (s, h) = self.seal(b.as_ref(), seq + 1, &prev);
                 seq = s;
                 prev = h;
-                taken.push(p.reply);
+                taken.push(r);
             }
             match self.commit(seq, prev) {
                 Ok(()) => {
                     if self.failing.failing.load(Ordering::Relaxed) {
                         self.failing.set(None);
                     }
-                    for (reply, &(seq, _, _)) in taken.into_iter().zip(&self.marks) {
-                        let _ = reply.send(Ok(Receipt {
-                            seq,
-                            recorded: true,
-                        }));
+                    for (r, &(seq, _, _)) in taken.drain(..).zip(&self.marks) {
+                        done(
+                            r,
+                            Ok(Receipt {
+                                seq,
+                                recorded: true,
+                            }),
+                        );
                     }
                 }
                 Err(e) => {
                     self.failing.set(Some(&e));
-                    for reply in taken {
-                        let _ = reply.send(Err(e.clone()));
+                    for r in taken.drain(..) {
+                        done(r, Err(e.clone()));
                     }
                 }
             }
-        }
-        // Keep the allocation for the next batch.
-        batch.clear();
-    }
-
-    fn fail_all(&mut self, rest: impl Iterator<Item = Pending>, e: &AuditError) {
-        self.failing.set(Some(e));
-        for p in rest {
-            let _ = p.reply.send(Err(e.clone()));
         }
     }
 
@@ -860,7 +975,8 @@ impl Writer {
             let body = event::body(EventKind::AuditStop, "\"session\":null", &detail);
             self.buf.clear();
             self.marks.clear();
-            let (seq, hash) = self.seal(&body, self.seq + 1, self.last_hash.clone());
+            let prev = self.last_hash.clone();
+            let (seq, hash) = self.seal(&body, self.seq + 1, &prev);
             self.commit(seq, hash)?;
             if let Some(f) = &self.file {
                 // A clean stop is always made durable, whatever the mode.
@@ -871,6 +987,11 @@ impl Writer {
                 recorded: true,
             })
         });
+        // The handles may outlive the log (they share this state): release the file and
+        // its lock now, so another process (or a reopen) can take over.
+        self.closed = true;
+        self.file = None;
+        self._lock = None;
         for (sink, _) in &mut self.sinks {
             if let Err(e) = sink.close() {
                 tracing::warn!(sink = sink.name(), error = %e, "closing audit sink failed");
@@ -881,6 +1002,63 @@ impl Writer {
         }
         if let Some(r) = reply {
             let _ = r.send(res);
+        }
+    }
+}
+
+/// Locks the writer. A panic while it was held leaves the chain state unknown, so the
+/// log stops (fail-closed) instead of carrying on.
+fn lock_writer(m: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    m.lock().unwrap_or_else(|p| {
+        let mut w = p.into_inner();
+        if w.stopped.is_none() {
+            w.stopped = Some("the audit writer panicked".to_string());
+        }
+        w
+    })
+}
+
+/// The writer thread: batches of queued appends (thread mode), time rotation of an idle
+/// log, and the final `audit_stop` (both modes).
+fn run(shared: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let wait = lock_writer(shared).time_until_rotation();
+        let first = match wait {
+            Some(t) => rx.recv_timeout(t),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let mut close = None;
+        match first {
+            Ok(Msg::Append(p)) => batch.push(p),
+            Ok(Msg::Close { reason, reply }) => close = Some((reason, reply)),
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle time rotation. A failure is retried later and reported to the
+                // next appends if it persists.
+                if let Err(e) = lock_writer(shared).rotate_if_due(0) {
+                    tracing::warn!(error = %e, "audit time rotation failed");
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                lock_writer(shared).stop("all handles dropped", None);
+                return;
+            }
+        }
+        while close.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Append(p)) => batch.push(p),
+                Ok(Msg::Close { reason, reply }) => close = Some((reason, reply)),
+                Err(_) => break,
+            }
+        }
+        let mut w = lock_writer(shared);
+        w.process(batch.drain(..).map(|p| (p.body, p.reply)), |reply, r| {
+            let _ = reply.send(r);
+        });
+        if let Some((reason, reply)) = close {
+            w.stop(&reason, Some(reply));
+            return;
         }
     }
 }
@@ -1071,4 +1249,61 @@ fn sync_dir(file: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ObjectAction, Param, Params, Protocol, Statement};
+
+    /// `statement_head` + `statement_done` write exactly what `statement` writes.
+    #[test]
+    fn a_head_and_its_outcome_make_the_same_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let log = AuditLogBuilder::new("t").file(&path).open().unwrap();
+        let s = log.session(&SessionInfo {
+            session: "7".into(),
+            ..SessionInfo::default()
+        });
+        let params = Params(vec![Param {
+            ty: "int4".into(),
+            format: None,
+            value: Some(Some("42".into())),
+        }]);
+        let objects = [ObjectAction {
+            object: "public.t",
+            action: "select",
+        }];
+        let st = Statement {
+            sql: "SELECT \"x\" FROM t WHERE a = $1 -- eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+            params: Some(&params),
+            protocol: Protocol::Extended,
+            objects: &objects,
+            rule: Some("r"),
+            outcome: Outcome {
+                command_tag: Some("SELECT 1"),
+                rows: Some(1),
+                ..Outcome::default()
+            },
+            duration_us: 12,
+            ..Statement::default()
+        };
+        s.statement(&st).wait().unwrap();
+        let head = s.statement_head(&st);
+        s.statement_done(&head, st.outcome, st.duration_us)
+            .wait()
+            .unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let bodies: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"event\":\"statement\""))
+            .map(|l| &l[l.find("\"event\"").unwrap()..l.find(",\"prev_hash\"").unwrap()])
+            .collect();
+        assert_eq!(bodies.len(), 2);
+        assert_eq!(bodies[0], bodies[1]);
+        assert!(bodies[0].contains("[REDACTED JWT]"));
+        assert!(bodies[0]
+            .ends_with("\"outcome\":{\"command_tag\":\"SELECT 1\",\"rows\":1},\"duration_us\":12"));
+    }
 }

@@ -2,6 +2,8 @@
 //! server (`postgres`) and generated TLS certificates (`certs`). Nothing here is used
 //! when pgward serves real traffic.
 
+pub mod azure_identity;
+pub mod azure_monitor;
 pub mod certs;
 pub mod postgres;
 

@@ -268,6 +268,51 @@ impl EphemeralPostgres {
     pub fn bindir(&self) -> &Path {
         &self.bindir
     }
+
+    /// Stops the server (fast shutdown), keeping its data, to simulate an outage.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            stop_child(child);
+        }
+    }
+
+    /// Starts the server again on the same port and data after [`Self::stop`].
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("postgres.log"))
+            .map_err(|e| format!("log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("log: {e}"))?;
+        let mut postgres = Command::new(self.bindir.join("postgres"));
+        postgres
+            .arg("-D")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        run_as_postgres(&mut postgres)?;
+        self.child = Some(postgres.spawn().map_err(|e| format!("postgres: {e}"))?);
+        self.wait_ready()
+    }
+}
+
+/// SIGINT (PostgreSQL's "fast" shutdown: backends are ended, nothing is orphaned), then
+/// SIGKILL if it takes over 15 s.
+fn stop_child(mut child: Child) {
+    // SAFETY: kill on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for EphemeralPostgres {

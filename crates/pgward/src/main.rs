@@ -126,7 +126,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
     let rt = runtime(config.listen.worker_threads)?;
     rt.block_on(async {
         let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
-        spawn_signal_handlers(server.handle())?;
+        spawn_signal_handlers(server.handle().reloading_from(path))?;
         server.run().await;
         Ok(())
     })

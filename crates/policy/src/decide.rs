@@ -123,6 +123,8 @@ pub struct SessionState {
     /// standard_conforming_strings was turned off: pgward's parse may differ from the server's.
     unreadable: bool,
     prepared: HashMap<String, Arc<StatementAnalysis>>,
+    /// The caller's name that must lead application_name (see caller_name.rs).
+    caller: Option<String>,
     key: String,
 }
 
@@ -137,10 +139,19 @@ impl SessionState {
             catalog_shadowable: false,
             unreadable: false,
             prepared: HashMap::new(),
+            caller: None,
             key: String::new(),
         };
         s.set_path(path);
         s
+    }
+
+    /// The caller's name the session's application_name must begin with: `SET
+    /// application_name` is allowed only in that form (see [`crate::rewrite_set_application_name`]);
+    /// without it, it is refused.
+    pub fn set_caller(&mut self, caller: &str) {
+        self.caller = Some(caller.to_owned());
+        self.rekey();
     }
 
     /// The search path pgward believes is in force.
@@ -246,6 +257,11 @@ impl SessionState {
         self.key
             .push(if self.catalog_shadowable { 'S' } else { '-' });
         self.key.push(if self.unreadable { 'U' } else { '-' });
+        // SET application_name is decided by the caller's name.
+        if let Some(c) = &self.caller {
+            self.key.push('\u{3}');
+            self.key.push_str(c);
+        }
     }
 
     pub(crate) fn cache_key(&self) -> &str {
@@ -412,7 +428,8 @@ pub struct StatementDecision {
 
 impl Policy {
     /// The roles an identity holds: every role whose members list one of its groups, app roles,
-    /// UPN or object id (UPNs, object ids and group ids compare case-insensitively).
+    /// UPN or object id (UPNs, object ids and group ids compare case-insensitively), and every
+    /// role with `everyone = true`.
     pub fn roles_for(&self, p: &Principal) -> RoleSet {
         let upn = p.upn.to_lowercase();
         let oid = p.oid.to_lowercase();
@@ -420,10 +437,10 @@ impl Policy {
         let mut idx = Vec::new();
         for (i, r) in self.roles.iter().enumerate() {
             let m = &r.members;
-            let held = m
-                .users
-                .iter()
-                .any(|u| (!upn.is_empty() && *u == upn) || (!oid.is_empty() && *u == oid))
+            let held = m.everyone
+                || m.users
+                    .iter()
+                    .any(|u| (!upn.is_empty() && *u == upn) || (!oid.is_empty() && *u == oid))
                 || m.groups.iter().any(|g| groups.contains(g))
                 || m.app_roles.iter().any(|a| p.app_roles.contains(a));
             if held {
@@ -638,6 +655,21 @@ impl Policy {
         }
         for change in &stmt.settings {
             if let SettingChange::Set { name, value } = change {
+                // application_name names the caller on the upstream session (set by pgward at
+                // connect); RESET returns to pgward's value, so only SET is refused.
+                if name == "application_name" {
+                    let callers = match (value.as_deref(), session.caller.as_deref()) {
+                        (Some([v]), Some(c)) => crate::caller_name::names_caller(v, c),
+                        _ => false,
+                    };
+                    if !callers {
+                        return Decision::deny(
+                            "builtin.pgward_settings",
+                            "application_name names the caller and must begin with the caller's \
+                             name (pgward rewrites a plain SET application_name to that form)",
+                        );
+                    }
+                }
                 // Not a matter of permission: an unsafe encoding would make the server read
                 // later statements differently from pgward.
                 if name == "client_encoding" {
@@ -722,6 +754,11 @@ impl Policy {
         value: &str,
         session: &SessionState,
     ) -> Decision {
+        // The client's application_name at connect is kept (beside the caller's name, which
+        // pgward puts first); only changing it later is refused.
+        if name.eq_ignore_ascii_case("application_name") {
+            return Decision::allow("baseline", "allowed by the built-in baseline");
+        }
         self.decide(roles, &startup_analysis(name, value), session)
     }
 

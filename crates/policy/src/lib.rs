@@ -25,10 +25,12 @@ mod analyze;
 #[rustfmt::skip]
 mod builtin_functions;
 mod cache;
+mod caller_name;
 pub mod catalog;
 mod decide;
 mod explain;
 mod policy;
+pub mod tsql;
 #[rustfmt::skip]
 mod walk_gen;
 
@@ -37,6 +39,7 @@ pub use analyze::{
     SettingChange, StatementAnalysis, PSEUDO_KINDS,
 };
 pub use cache::DecisionCache;
+pub use caller_name::{caller_application_name, rewrite_set_application_name};
 pub use decide::{
     Decision, Principal, QueryDecision, RoleSet, SessionState, StatementDecision, Verdict,
 };

@@ -214,6 +214,8 @@ pub(crate) struct Members {
     pub app_roles: Vec<String>,
     /// Lower-cased UPNs or object ids.
     pub users: Vec<String>,
+    /// `everyone = true`: every identity pgward signed in holds the role.
+    pub everyone: bool,
 }
 
 /// A compiled role.
@@ -284,6 +286,8 @@ struct RawMembers {
     app_roles: Vec<String>,
     #[serde(default)]
     users: Vec<String>,
+    #[serde(default)]
+    everyone: bool,
 }
 
 #[derive(Deserialize)]
@@ -471,6 +475,7 @@ fn compile_role(r: &Spanned<RawRole>, p: &mut Problems<'_>) -> Role {
         users: m
             .map(|m| m.users.iter().map(|u| u.to_lowercase()).collect())
             .unwrap_or_default(),
+        everyone: m.is_some_and(|m| m.everyone),
     };
     let mut all_members = members
         .groups
@@ -483,10 +488,16 @@ fn compile_role(r: &Spanned<RawRole>, p: &mut Problems<'_>) -> Role {
             format!("role {name:?} lists an empty member"),
         );
     }
-    if members.groups.is_empty() && members.app_roles.is_empty() && members.users.is_empty() {
+    if !members.everyone
+        && members.groups.is_empty()
+        && members.app_roles.is_empty()
+        && members.users.is_empty()
+    {
         p.at(
             raw.name.span(),
-            format!("role {name:?} has no members (members = {{ groups, app_roles, users }})"),
+            format!(
+                "role {name:?} has no members (members = {{ groups, app_roles, users }} or {{ everyone = true }})"
+            ),
         );
     }
     let mut allow = Vec::new();

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use pgward_policy::{
-    analyze, catalog, Action, DecisionCache, ObjectRef, Policy, RoleSet, SessionState,
+    analyze, catalog, Action, DecisionCache, ObjectRef, Policy, Principal, RoleSet, SessionState,
     SettingChange, Verdict,
 };
 
@@ -209,7 +209,9 @@ fn observe_mode_reports_but_does_not_block() {
 
 #[test]
 fn baseline_can_be_narrowed() {
-    let narrowed = format!("[baseline]\ncatalog_reads = false\nsettings = [\"application_name\"]\nreset_all = true\n{POLICY}");
+    let narrowed = format!(
+        "[baseline]\ncatalog_reads = false\nsettings = [\"timezone\"]\nreset_all = true\n{POLICY}"
+    );
     let p = Policy::from_toml(&narrowed).unwrap();
     let reader = p.roles_named(&["reader"]).unwrap();
     let s = SessionState::new(&p);
@@ -218,11 +220,11 @@ fn baseline_can_be_narrowed() {
         "default_deny"
     );
     assert_eq!(
-        verdict(&p, &reader, &s, "SET TimeZone = 'UTC'").1,
+        verdict(&p, &reader, &s, "SET DateStyle = 'ISO'").1,
         "default_deny"
     );
     assert_eq!(
-        verdict(&p, &reader, &s, "SET application_name = 'x'").0,
+        verdict(&p, &reader, &s, "SET TimeZone = 'UTC'").0,
         Verdict::Allow
     );
     assert_eq!(verdict(&p, &reader, &s, "RESET ALL").0, Verdict::Allow);
@@ -429,4 +431,57 @@ fn timings() {
     }
     let complex = t.elapsed().as_nanos() / n;
     println!("timing (this build; optimised only with CARGO_PROFILE_DEV_OPT_LEVEL=3): uncached simple SELECT {uncached} ns, complex SELECT {complex} ns, cached {cached} ns");
+}
+
+#[test]
+fn everyone_membership_holds_for_any_signed_in_identity() {
+    let p = Policy::from_toml(
+        r#"
+[[roles]]
+name = "all_readers"
+members = { everyone = true }
+allow = [ { actions = ["select"], objects = ["public.*"] } ]
+
+[[roles]]
+name = "named"
+members = { users = ["bob@contoso.com"] }
+allow = [ { actions = ["insert"], objects = ["public.orders"] } ]
+"#,
+    )
+    .unwrap();
+    let stranger = Principal {
+        oid: "9d0f0e8e-0000-4000-8000-000000000001".into(),
+        upn: "someone@fabrikam.com".into(),
+        groups: vec![],
+        app_roles: vec![],
+    };
+    let roles = p.roles_for(&stranger);
+    assert_eq!(roles.names(), ["all_readers"]);
+    let s = SessionState::new(&p);
+    assert_eq!(
+        verdict(&p, &roles, &s, "SELECT * FROM orders").0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&p, &roles, &s, "INSERT INTO orders VALUES (1)").0,
+        Verdict::Deny
+    );
+    // Still protected for everyone: pgward's own settings and the caller's name.
+    assert_eq!(
+        verdict(&p, &roles, &s, "SET pgward.oid = 'x'").1,
+        "builtin.pgward_settings"
+    );
+    assert_eq!(
+        verdict(&p, &roles, &s, "SET application_name = 'ceo'").1,
+        "builtin.pgward_settings"
+    );
+    let bob = Principal {
+        upn: "bob@contoso.com".into(),
+        ..stranger
+    };
+    assert_eq!(p.roles_for(&bob).names(), ["all_readers", "named"]);
+    // A role must still say who holds it.
+    let err =
+        Policy::from_toml("[[roles]]\nname = \"x\"\nmembers = { everyone = false }\n").unwrap_err();
+    assert!(err.to_string().contains("has no members"), "{err}");
 }

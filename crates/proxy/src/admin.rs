@@ -20,11 +20,14 @@ use tracing::debug;
 
 use crate::metrics::Metrics;
 
-/// Readiness: the listener is up and not draining, and the token keys are loaded.
+/// Readiness: the listener is up and not draining, the token keys are loaded, and
+/// every upstream credential has a valid token.
 #[derive(Default)]
 pub struct Readiness {
     serving: AtomicBool,
     validator: Option<pgward_entra::Validator>,
+    /// (upstream name, pgward's credential for it).
+    credentials: Vec<(String, pgward_upstream::TokenSource)>,
 }
 
 impl Readiness {
@@ -32,7 +35,14 @@ impl Readiness {
         Self {
             serving: AtomicBool::new(false),
             validator,
+            credentials: Vec::new(),
         }
+    }
+
+    /// Adds pgward's upstream credentials to what readiness depends on.
+    pub fn with_credentials(mut self, c: Vec<(String, pgward_upstream::TokenSource)>) -> Self {
+        self.credentials = c;
+        self
     }
 
     pub fn set_serving(&self, v: bool) {
@@ -48,6 +58,16 @@ impl Readiness {
             if !v.is_ready() {
                 let why = v.last_error().unwrap_or_else(|| "not fetched yet".into());
                 p.push(format!("Entra signing keys not loaded: {why}"));
+            }
+        }
+        for (name, source) in &self.credentials {
+            let h = source.health();
+            if !h.ready {
+                let why = h.last_error.unwrap_or_else(|| "not fetched yet".into());
+                p.push(format!(
+                    "upstream {name:?}: no valid {} token: {why}",
+                    h.kind
+                ));
             }
         }
         p

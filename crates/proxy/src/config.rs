@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use pgward_upstream::{Credential, TlsMode, UpstreamConfig};
+use pgward_upstream::{TlsMode, UpstreamConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +24,9 @@ pub struct Config {
     pub audit: Option<pgward_audit::AuditConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Per-identity and per-role connection and statement-rate limits (docs/operations.md).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,11 +209,7 @@ impl Config {
             if let Some(p) = u.ca_file.as_mut() {
                 fix(p);
             }
-            let pgward_upstream::CredentialConfig::Password { password_file, .. } =
-                &mut u.credential;
-            if let Some(p) = password_file.as_mut() {
-                fix(p);
-            }
+            u.credential.resolve_paths(base);
         }
     }
 
@@ -261,6 +260,14 @@ impl Config {
             ),
             (Some(entra), false) => {
                 p.extend(entra.problems().iter().map(|e| format!("[entra] {e}")));
+                if self.policy.is_none() {
+                    // Without a policy pgward reads no statement, so a caller could SET
+                    // pgward.oid and pose as someone else to row-level security.
+                    p.push(
+                        "[entra] needs a [policy]: pgward must read every statement to keep callers from changing their identity settings (pgward.oid, pgward.upn, ...); a policy can be as open as one role with members = { everyone = true } and allow = [ { objects = [\"*\"] } ]"
+                            .into(),
+                    );
+                }
                 if entra.groups_overage == pgward_entra::GroupsOverage::Graph {
                     p.push(
                         "[entra] groups_overage = \"graph\" needs pgward's own Azure credential for Microsoft Graph, which is not available yet; use \"refuse\""
@@ -270,10 +277,23 @@ impl Config {
             }
             (None, true) => {}
         }
+        p.extend(self.limits.problems());
         if let Some(policy) = &self.policy {
-            if let Err(e) = crate::enforce::load_policy(&policy.file) {
-                p.push(e);
+            match crate::enforce::load_policy(&policy.file) {
+                Err(e) => p.push(e),
+                Ok(loaded) => {
+                    for r in &self.limits.roles {
+                        if loaded.roles_named(&[r.role.as_str()]).is_err() {
+                            p.push(format!(
+                                "[[limits.roles]] role {:?} is not a role of the policy",
+                                r.role
+                            ));
+                        }
+                    }
+                }
             }
+        } else if !self.limits.roles.is_empty() {
+            p.push("[[limits.roles]] needs a [policy] (roles come from it)".into());
         }
         if let Some(audit) = &self.audit {
             p.extend(audit.problems().into_iter().map(|e| format!("[audit] {e}")));
@@ -305,8 +325,26 @@ impl Config {
                     u.name, u.host
                 ));
             }
-            if let Err(e) = Credential::load(&u.credential) {
-                p.push(format!("upstream {:?}: {e}", u.name));
+            if u.kind == pgward_upstream::UpstreamKind::AzureSql
+                && u.credential.type_name() == "password"
+            {
+                // Azure SQL signs pgward in with an Entra token (FEDAUTH); a password would be
+                // sent as if it were one.
+                p.push(format!(
+                    "upstream {:?}: kind = \"azure-sql\" needs an Azure credential type (managed-identity, workload-identity, client-secret, azure-cli), not \"password\"",
+                    u.name
+                ));
+            }
+            let credential_problems = u.credential.problems();
+            for e in &credential_problems {
+                p.push(format!(
+                    "upstream {:?}: credential type \"{}\": {e}",
+                    u.name,
+                    u.credential.type_name()
+                ));
+            }
+            if !credential_problems.is_empty() {
+                continue;
             }
             if let Err(e) = pgward_upstream::Upstream::new(u.clone()) {
                 if !p.iter().any(|x| x == &e) {
@@ -402,5 +440,34 @@ upstream = "main"
         assert!(problems.contains("no client sign-in"), "{problems}");
         assert!(problems.contains("unencrypted"), "{problems}");
         assert!(problems.contains("exactly one of password"), "{problems}");
+    }
+
+    #[test]
+    fn credential_problems_are_all_reported() {
+        let text = MINIMAL.replace(
+            "type = \"password\"\nuser = \"pgward\"\npassword = \"x\"",
+            "type = \"managed-identity\"\nuser = \"pgward\"\nclient_id = \"c\"\nobject_id = \"o\"\nheader = \"h\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        let problems = c.problems().join("\n");
+        assert!(
+            problems.contains("upstream \"main\": credential type \"managed-identity\": give at most one of client_id"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("header / header_env need endpoint"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn sign_in_without_a_policy_is_refused() {
+        let text = MINIMAL.replace(
+            "allow_unauthenticated = true",
+            "[entra]\ntenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        let problems = c.problems().join("\n");
+        assert!(problems.contains("[entra] needs a [policy]"), "{problems}");
     }
 }

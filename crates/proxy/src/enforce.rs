@@ -99,7 +99,7 @@ impl PolicyStore {
 pub struct Denial {
     pub rule: String,
     pub reason: String,
-    /// 42501 for the policy, 58030 when the audit log cannot record.
+    /// 42501 for the policy, 58030 when the audit log cannot record, 53400 over a rate limit.
     pub code: &'static str,
 }
 
@@ -118,6 +118,17 @@ impl Denial {
             rule: "audit.unavailable".into(),
             reason: "the audit log cannot record statements".into(),
             code: "58030",
+        }
+    }
+
+    /// Over the identity's statement rate (`[limits]`).
+    pub fn rate_limited(per_second: f64) -> Self {
+        Self {
+            rule: "limits.statement_rate".into(),
+            reason: format!(
+                "statement rate limit for this identity exceeded ({per_second}/s); retry shortly"
+            ),
+            code: "53400",
         }
     }
 
@@ -215,7 +226,8 @@ impl Denials {
 /// What to do with one client message.
 pub enum Verdict {
     Forward,
-    /// Replace the message with these bytes (a statement the server will fail).
+    /// Replace the message with these bytes (a statement the server will fail, or a
+    /// rewritten one).
     Replace(BytesMut),
 }
 
@@ -229,13 +241,22 @@ pub struct Gate {
     /// Named statements' text and the policy version that allowed them, so a Bind after
     /// a reload is decided by the policy in force.
     parsed: HashMap<String, (Arc<str>, u64)>,
+    /// Where decisions are counted (`pgward_policy_decisions_total`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Gate {
     pub fn new(store: Arc<PolicyStore>, principal: Principal) -> Self {
         let policy = store.current();
         let roles = policy.roles_for(&principal);
-        let session = SessionState::new(&policy);
+        let mut session = SessionState::new(&policy);
+        // The name application_name leads with (as in the upstream startup parameters).
+        let caller = if principal.upn.is_empty() {
+            principal.oid.clone()
+        } else {
+            principal.upn.clone()
+        };
+        session.set_caller(&caller);
         Self {
             store,
             policy,
@@ -243,11 +264,41 @@ impl Gate {
             roles,
             session,
             parsed: HashMap::new(),
+            metrics: None,
         }
+    }
+
+    /// A client's plain `SET application_name = 'x'` as pgward runs it:
+    /// `SET application_name = '<caller> (x)'` (pgjdbc sends one on every connect).
+    pub fn rewrite(&self, sql: &str) -> Option<String> {
+        let caller = if self.principal.upn.is_empty() {
+            &self.principal.oid
+        } else {
+            &self.principal.upn
+        };
+        pgward_policy::rewrite_set_application_name(sql, caller)
+    }
+
+    /// Counts this session's decisions in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn role_names(&self) -> &[String] {
         self.roles.names()
+    }
+
+    /// The policy's search path as a `search_path` setting value (each schema quoted), for
+    /// the upstream session: the server must resolve unqualified names as pgward does, whatever
+    /// the login role's or database's own default (`"$user"` would differ per role).
+    pub fn search_path_setting(&self) -> String {
+        self.policy
+            .default_search_path()
+            .iter()
+            .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The upstream role the caller's roles name (`upstream_role`), if any.
@@ -285,6 +336,14 @@ impl Gate {
             .store
             .cache
             .decide(&self.policy, &self.roles, &self.session, sql);
+        if let Some(m) = &self.metrics {
+            let allowed = qd.decision.verdict == pgward_policy::Verdict::Allow;
+            m.decision(
+                allowed,
+                !allowed && !qd.decision.blocks(),
+                &qd.decision.rule,
+            );
+        }
         if qd.decision.blocks() {
             return qd;
         }
@@ -297,6 +356,23 @@ impl Gate {
         }
         for s in &qd.statements {
             self.session.apply(&s.analysis);
+        }
+        qd
+    }
+
+    /// Decides a T-SQL batch for an azure-sql upstream (crates/policy/src/tsql.rs), with the
+    /// same roles and rules as PostgreSQL SQL. Not cached.
+    pub fn decide_tsql(&mut self, sql: &str, database: Option<&str>) -> QueryDecision {
+        self.refresh();
+        let qd = self
+            .policy
+            .decide_tsql(&self.roles, sql, &self.session, database);
+        if qd.decision.verdict == pgward_policy::Verdict::Deny && !qd.decision.blocks() {
+            warn!(
+                rule = %qd.decision.rule,
+                reason = %qd.decision.reason,
+                "policy would deny this T-SQL batch (observe mode)"
+            );
         }
         qd
     }

@@ -14,11 +14,13 @@ pub mod cancel;
 pub mod config;
 pub mod enforce;
 pub mod handshake;
+pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod tds_session;
 pub mod tls;
 pub mod trail;
 

@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 
 type Labels = Vec<(String, String)>;
 
@@ -23,6 +25,20 @@ pub struct Metrics {
     pub messages_to_client: Counter,
     /// Accept to first ReadyForQuery, including TLS, sign-in and the upstream connect.
     pub handshake_seconds: Histogram,
+    token_refreshes: Family<Labels, Counter>,
+    token_expiry: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Policy decisions by verdict (allow, deny, observe_deny), one per statement decided.
+    decisions: Family<Labels, Counter>,
+    decisions_allowed: Counter,
+    /// Denials by the rule that decided.
+    denials: Family<Labels, Counter>,
+    /// Upstream credentials whose counters are copied in at each scrape.
+    credentials: Mutex<Vec<(String, pgward_upstream::TokenSource)>>,
+    /// Audit shipping sinks (PostgreSQL table, Azure Monitor), copied in at each scrape.
+    audit_sink_records: Family<Labels, Counter>,
+    audit_sink_backlog: Family<Labels, Gauge>,
+    audit_sink_failing: Family<Labels, Gauge>,
+    audit: Mutex<Option<pgward_audit::AuditLog>>,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -82,6 +98,49 @@ impl Metrics {
             "Time from accept to the first ReadyForQuery",
             handshake_seconds.clone(),
         );
+        let token_refreshes = Family::<Labels, Counter>::default();
+        let token_expiry = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "upstream_token_refreshes",
+            "Fetches of pgward's upstream access token, by upstream and result (ok, failed)",
+            token_refreshes.clone(),
+        );
+        registry.register(
+            "upstream_token_expiry_seconds",
+            "Seconds until pgward's cached upstream access token expires (negative: expired)",
+            token_expiry.clone(),
+        );
+        let decisions = Family::<Labels, Counter>::default();
+        let denials = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Statements decided by the policy (at Query and Parse), by verdict (allow, deny, observe_deny)",
+            decisions.clone(),
+        );
+        registry.register(
+            "policy_denials",
+            "Statements denied (or, in observe mode, that would be), by the deciding rule",
+            denials.clone(),
+        );
+        let audit_sink_records = Family::<Labels, Counter>::default();
+        let audit_sink_backlog = Family::<Labels, Gauge>::default();
+        let audit_sink_failing = Family::<Labels, Gauge>::default();
+        registry.register(
+            "audit_sink_records",
+            "Audit records per shipping sink: shipped (acknowledged), dropped (spool full), rejected (invalid for the destination)",
+            audit_sink_records.clone(),
+        );
+        registry.register(
+            "audit_sink_backlog_bytes",
+            "Bytes of audit records spooled and not yet shipped, per sink",
+            audit_sink_backlog.clone(),
+        );
+        registry.register(
+            "audit_sink_failing",
+            "1 while a shipping sink's deliveries fail (retrying; records stay spooled)",
+            audit_sink_failing.clone(),
+        );
+        let decisions_allowed = decisions.get_or_create(&label("verdict", "allow")).clone();
         let get =
             |f: &Family<Labels, Counter>, d: &str| f.get_or_create(&label("direction", d)).clone();
         Self {
@@ -96,6 +155,85 @@ impl Metrics {
             auth,
             sessions_active,
             handshake_seconds,
+            token_refreshes,
+            token_expiry,
+            decisions_allowed,
+            decisions,
+            denials,
+            credentials: Mutex::new(Vec::new()),
+            audit_sink_records,
+            audit_sink_backlog,
+            audit_sink_failing,
+            audit: Mutex::new(None),
+        }
+    }
+
+    /// Reports the audit log's shipping sinks.
+    pub fn watch_audit(&self, log: Option<pgward_audit::AuditLog>) {
+        *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = log;
+    }
+
+    /// Copies the audit sinks' counters into the registry (they count on their own).
+    fn sync_audit(&self) {
+        let log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(log) = log.as_ref() else {
+            return;
+        };
+        for st in log.sink_status() {
+            for (result, total) in [
+                ("shipped", st.shipped),
+                ("dropped", st.dropped),
+                ("rejected", st.rejected),
+            ] {
+                let labels = vec![
+                    ("sink".to_owned(), st.name.clone()),
+                    ("result".to_owned(), result.to_owned()),
+                ];
+                let c = self.audit_sink_records.get_or_create(&labels);
+                let seen = c.get();
+                if total > seen {
+                    c.inc_by(total - seen);
+                }
+            }
+            let sink = label("sink", &st.name);
+            self.audit_sink_backlog
+                .get_or_create(&sink)
+                .set(i64::try_from(st.backlog_bytes).unwrap_or(i64::MAX));
+            self.audit_sink_failing
+                .get_or_create(&sink)
+                .set(i64::from(st.failing));
+        }
+    }
+
+    /// Reports these upstream credentials' refresh counters and token expiry.
+    pub fn watch_credentials(&self, c: Vec<(String, pgward_upstream::TokenSource)>) {
+        *self.credentials.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    /// Copies the credentials' counters into the registry (they count on their own).
+    fn sync_credentials(&self) {
+        let sources = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, source) in sources.iter() {
+            let h = source.health();
+            if h.kind == "password" {
+                continue;
+            }
+            for (result, total) in [("ok", h.refreshes_ok), ("failed", h.refreshes_failed)] {
+                let labels = vec![
+                    ("upstream".to_owned(), name.clone()),
+                    ("result".to_owned(), result.to_owned()),
+                ];
+                let c = self.token_refreshes.get_or_create(&labels);
+                let seen = c.get();
+                if total > seen {
+                    c.inc_by(total - seen);
+                }
+            }
+            if let Some(secs) = h.seconds_until_expiry() {
+                self.token_expiry
+                    .get_or_create(&label("upstream", name))
+                    .set(secs);
+            }
         }
     }
 
@@ -113,12 +251,27 @@ impl Metrics {
         self.auth.get_or_create(&label("result", result)).inc();
     }
 
+    /// Counts a policy decision; denials also by rule. Allows take a kept handle (hot path).
+    pub fn decision(&self, allowed: bool, observe_only: bool, rule: &str) {
+        if allowed && !observe_only {
+            self.decisions_allowed.inc();
+            return;
+        }
+        let verdict = if observe_only { "observe_deny" } else { "deny" };
+        self.decisions
+            .get_or_create(&label("verdict", verdict))
+            .inc();
+        self.denials.get_or_create(&label("rule", rule)).inc();
+    }
+
     pub fn cancel(&self, result: &str) {
         self.cancels.get_or_create(&label("result", result)).inc();
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.sync_credentials();
+        self.sync_audit();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

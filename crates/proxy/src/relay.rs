@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict};
+use crate::limits::Permit;
 use crate::metrics::Metrics;
 use crate::trail::{Audited, Trail};
 use pgward_audit::Append;
@@ -55,6 +56,8 @@ pub struct Conversation {
     denials: Denials,
     /// The audit trail, when an audit log is configured.
     trail: Option<Trail>,
+    /// The identity's statement-rate bucket, when `[limits]` sets a rate.
+    rate: Option<Permit>,
 }
 
 impl Conversation {
@@ -64,6 +67,7 @@ impl Conversation {
             outstanding: 0,
             denials,
             trail,
+            rate: None,
         }
     }
 
@@ -212,6 +216,8 @@ pub struct RelayParams {
     pub trail: Option<Trail>,
     /// Per-session secret for the markers of refused statements.
     pub nonce: String,
+    /// The session's place in the per-identity limits (and its statement-rate bucket).
+    pub permit: Option<Permit>,
 }
 
 /// Relays until either side ends, `shutdown` fires, or the session reaches `expires_at`.
@@ -237,8 +243,11 @@ where
         mut gate,
         trail,
         nonce,
+        permit,
     } = params;
-    let conversation = Mutex::new(Conversation::new(tx, Denials::new(&nonce), trail));
+    let mut conversation = Conversation::new(tx, Denials::new(&nonce), trail);
+    conversation.rate = permit.filter(Permit::limits_statements);
+    let conversation = Mutex::new(conversation);
     let mut to_client = ToClient {
         scanner: Scanner::new(max_message_bytes),
         writing: false,
@@ -556,21 +565,42 @@ fn decide(
     // Asked only for messages that would run something (CopyData etc. never need it).
     let audit_down = |conv: &Conversation| conv.trail.as_ref().is_some_and(|t| !t.ready());
     let refused = || Audited::refused("audit.unavailable");
+    // Over the identity's statement rate: refused like a denial (53400), recorded, and the
+    // session stays usable. Counted per Query and per Bind (one execution each).
+    let over_rate = |conv: &Conversation| {
+        conv.rate
+            .as_ref()
+            .and_then(|p| p.take_statement().err())
+            .map(Denial::rate_limited)
+    };
     Ok(match tag {
         b'Q' => {
             let sql = frontend::query_text(body)?;
+            if let Some(d) = over_rate(conv) {
+                if let Some(t) = conv.trail.as_mut() {
+                    t.on_query(sql, None, Some(Audited::refused(&d.rule)));
+                }
+                return Ok(conv.denials.replace_query(d));
+            }
             if audit_down(conv) {
                 if let Some(t) = conv.trail.as_mut() {
                     t.on_query(sql, None, Some(refused()));
                 }
                 return Ok(conv.denials.replace_query(Denial::audit_unavailable()));
             }
+            let rewritten = gate.as_deref().and_then(|g| g.rewrite(sql));
+            let sql = rewritten.as_deref().unwrap_or(sql);
             let qd = gate.map(|g| g.decide(sql));
             if let Some(t) = conv.trail.as_mut() {
                 t.on_query(sql, qd.as_deref(), None);
             }
-            match qd {
-                Some(qd) if qd.decision.blocks() => conv.denials.replace_query(denial_of(&qd)),
+            match (qd, rewritten) {
+                (Some(qd), _) if qd.decision.blocks() => conv.denials.replace_query(denial_of(&qd)),
+                (_, Some(new_sql)) => {
+                    let mut out = BytesMut::new();
+                    build::query(&mut out, &new_sql);
+                    Verdict::Replace(out)
+                }
                 _ => Verdict::Forward,
             }
         }
@@ -584,19 +614,26 @@ fn decide(
                     .denials
                     .replace_parse(p.statement, Denial::audit_unavailable()));
             }
+            let rewritten = gate.as_deref().and_then(|g| g.rewrite(p.query));
+            let query = rewritten.as_deref().unwrap_or(p.query);
             let qd = gate.map(|g| {
-                let qd = g.decide(p.query);
-                g.parsed(p.statement, p.query, &qd);
+                let qd = g.decide(query);
+                g.parsed(p.statement, query, &qd);
                 qd
             });
-            let verdict = match &qd {
-                Some(qd) if qd.decision.blocks() => {
+            let verdict = match (&qd, &rewritten) {
+                (Some(qd), _) if qd.decision.blocks() => {
                     conv.denials.replace_parse(p.statement, denial_of(qd))
+                }
+                (_, Some(new_sql)) => {
+                    let mut out = BytesMut::new();
+                    build::parse_with_types(&mut out, p.statement, new_sql, &p.param_types);
+                    Verdict::Replace(out)
                 }
                 _ => Verdict::Forward,
             };
             if let Some(t) = conv.trail.as_mut() {
-                t.on_parse(p.statement, p.query, p.param_types, qd.as_deref(), None);
+                t.on_parse(p.statement, query, p.param_types, qd.as_deref(), None);
             }
             verdict
         }
@@ -604,6 +641,9 @@ fn decide(
             let (portal, statement, params) = frontend::bind_params(body)?;
             if let Some(t) = conv.trail.as_mut() {
                 t.on_bind(portal, statement, &params);
+            }
+            if let Some(d) = over_rate(conv) {
+                return Ok(conv.denials.replace_bind(portal, d));
             }
             match gate.and_then(|g| g.on_bind(statement)) {
                 Some(denial) => conv.denials.replace_bind(portal, denial),

@@ -23,6 +23,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::enforce::PolicyStore;
 use crate::handshake::HandshakeConfig;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::session::{self, Shared};
 use crate::tls::TlsSettings;
@@ -33,6 +34,9 @@ pub struct ServerHandle {
     drain: CancellationToken,
     tls: Arc<TlsSettings>,
     policy: Option<Arc<PolicyStore>>,
+    limiter: Arc<Limiter>,
+    /// The configuration file, re-read on reload for the sections that apply live.
+    config_path: Option<std::path::PathBuf>,
 }
 
 impl ServerHandle {
@@ -41,11 +45,34 @@ impl ServerHandle {
         self.drain.cancel();
     }
 
-    /// Re-read the TLS certificate and key and the policy (SIGHUP). What fails to load
-    /// is logged and the previous version stays in use.
+    /// Reloads re-read `path` for the sections that apply without a restart.
+    pub fn reloading_from(mut self, path: &std::path::Path) -> Self {
+        self.config_path = Some(path.to_owned());
+        self
+    }
+
+    /// Re-read the TLS certificate and key, the policy and (with `reloading_from`) the
+    /// configuration's `[limits]` (SIGHUP). Sessions stay open. What fails to load is logged
+    /// and the previous version stays in use.
     pub fn reload(&self) {
         if let Some(p) = &self.policy {
             p.reload();
+        }
+        if let Some(path) = &self.config_path {
+            match Config::load(path) {
+                Ok(c) => {
+                    let problems = c.limits.problems();
+                    if problems.is_empty() {
+                        self.limiter.replace(c.limits);
+                        info!("limits reloaded");
+                    } else {
+                        error!(problems = %problems.join("; "), "[limits] not reloaded; keeping the previous limits");
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "configuration not reloaded; keeping the previous one")
+                }
+            }
         }
         match self.tls.reload() {
             Ok(true) => info!("TLS certificate reloaded"),
@@ -89,6 +116,7 @@ impl Server {
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u.clone())?));
         }
+        let credentials = start_credentials(&upstreams).await;
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -128,7 +156,10 @@ impl Server {
             ),
             None => None,
         };
+        let limiter = Limiter::new(config.limits.clone());
+        let audit_for_metrics = audit.clone();
         let shared = Arc::new(Shared {
+            limiter: limiter.clone(),
             audit,
             next_session: std::sync::atomic::AtomicU64::new(1),
             config,
@@ -138,7 +169,12 @@ impl Server {
             upstreams,
             handshake,
             cancels: Arc::new(CancelRegistry::default()),
-            metrics: Arc::new(Metrics::new()),
+            metrics: {
+                let m = Metrics::new();
+                m.watch_credentials(credentials.clone());
+                m.watch_audit(audit_for_metrics);
+                Arc::new(m)
+            },
             hard_stop: CancellationToken::new(),
         });
         Ok(Self {
@@ -146,11 +182,13 @@ impl Server {
             listener,
             local_addr,
             admin,
-            readiness: Arc::new(Readiness::new(validator)),
+            readiness: Arc::new(Readiness::new(validator).with_credentials(credentials)),
             handle: ServerHandle {
                 drain: CancellationToken::new(),
                 tls,
                 policy,
+                limiter,
+                config_path: None,
             },
         })
     }
@@ -256,6 +294,37 @@ impl Server {
         }
         info!("pgward stopped");
     }
+}
+
+/// How long startup waits for the upstream credentials' first tokens. Serving starts
+/// either way: sessions then get 08001 until a token arrives, and /readyz says why.
+const CREDENTIAL_STARTUP_WAIT: Duration = Duration::from_secs(5);
+
+/// Starts every upstream credential's background refresh and waits (bounded, all at
+/// once) for their first tokens.
+async fn start_credentials(
+    upstreams: &HashMap<String, Arc<Upstream>>,
+) -> Vec<(String, pgward_upstream::TokenSource)> {
+    let list: Vec<_> = upstreams
+        .iter()
+        .map(|(name, u)| (name.clone(), u.credential().clone()))
+        .collect();
+    let mut waits = tokio::task::JoinSet::new();
+    for (name, source) in &list {
+        source.start();
+        let (name, source) = (name.clone(), source.clone());
+        waits.spawn(async move {
+            if !source.wait_ready(CREDENTIAL_STARTUP_WAIT).await {
+                let why = source
+                    .health()
+                    .last_error
+                    .unwrap_or_else(|| "no answer yet".into());
+                warn!(upstream = %name, credential = source.kind(), error = %why, "serving without an upstream token yet; sessions to this upstream get 08001 until one arrives");
+            }
+        });
+    }
+    while waits.join_next().await.is_some() {}
+    list
 }
 
 /// This instance's name in audit records: $PGWARD_INSTANCE, else the host name.

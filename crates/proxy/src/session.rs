@@ -38,6 +38,8 @@ pub struct Shared {
     pub next_session: std::sync::atomic::AtomicU64,
     /// Fired when the drain deadline passes: sessions still open are ended.
     pub hard_stop: CancellationToken,
+    /// Per-identity and per-role limits.
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -78,6 +80,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 }
 
 async fn forward_cancel(pid: u32, secret: &[u8], shared: &Shared) {
+    if crate::tds_session::forward_cancel(pid, secret) {
+        shared.metrics.cancel("forwarded");
+        return;
+    }
     match shared.cancels.lookup(pid, secret) {
         Some((upstream, key)) => match upstream.cancel(&key).await {
             Ok(()) => {
@@ -103,6 +109,70 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
+}
+
+/// The upstream StartupMessage parameters: the client's vetted ones, plus the caller's
+/// identity. Startup parameters are the session's defaults, so RESET, RESET ALL and DISCARD
+/// ALL (which the policy may allow) return to them; SET of any of them is refused by the
+/// policy. `pgward.*` are set only for a verified identity; with a policy, the session's
+/// search_path is the policy's.
+fn upstream_startup_params(
+    forwarded: &[(String, String)],
+    user: &str,
+    client_application_name: Option<&str>,
+    identity: Option<&pgward_entra::Identity>,
+    proxy_roles: &[String],
+    upstream_role: Option<&str>,
+    policy_search_path: Option<String>,
+) -> Vec<(String, String)> {
+    // Startup packet strings are NUL-terminated; a claim can't be allowed to cut one short.
+    let clean = |v: &str| v.replace('\0', "");
+    let mut params: Vec<(String, String)> = forwarded
+        .iter()
+        .filter(|(k, _)| {
+            let replaced = k.eq_ignore_ascii_case("application_name")
+                || (upstream_role.is_some() && k.eq_ignore_ascii_case("role"));
+            !replaced
+        })
+        .cloned()
+        .collect();
+    let caller = match identity {
+        Some(id) => id
+            .upn
+            .as_deref()
+            .or(id.mi_name.as_deref())
+            .unwrap_or(id.oid.as_str()),
+        None => user,
+    };
+    // PostgreSQL keeps 63 bytes of application_name; the caller goes first so it survives.
+    let app = pgward_policy::caller_application_name(caller, client_application_name);
+    params.push(("application_name".to_owned(), clean(&app)));
+    if let Some(id) = identity {
+        let upn = id.upn.as_deref().or(id.mi_name.as_deref()).unwrap_or("");
+        params.push(("pgward.oid".to_owned(), clean(&id.oid)));
+        params.push(("pgward.tid".to_owned(), clean(&id.tid)));
+        params.push(("pgward.upn".to_owned(), clean(upn)));
+        params.push(("pgward.roles".to_owned(), clean(&proxy_roles.join(","))));
+        params.push((
+            "pgward.appid".to_owned(),
+            clean(id.appid.as_deref().unwrap_or("")),
+        ));
+    }
+    // The role's upstream_role becomes the session's default role, so RESET ROLE returns to it.
+    if let Some(r) = upstream_role {
+        params.push(("role".to_owned(), clean(r)));
+    }
+    // The path pgward resolves names with, unless the client set one (which the policy
+    // allowed and tracks).
+    if let Some(path) = policy_search_path {
+        if !params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("search_path"))
+        {
+            params.push(("search_path".to_owned(), clean(&path)));
+        }
+    }
+    params
 }
 
 async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant, shared: &Shared) {
@@ -228,7 +298,7 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
                 app_roles: Vec::new(),
             },
         };
-        Gate::new(store.clone(), principal)
+        Gate::new(store.clone(), principal).with_metrics(shared.metrics.clone())
     });
     if let Some(g) = gate.as_mut() {
         // Startup parameters are settings too: the policy decides them like SET.
@@ -262,11 +332,49 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
     });
     // The role's upstream_role becomes the upstream session's default role (a startup
     // parameter), so even an allowed RESET ALL or DISCARD ALL returns to it.
+    // Per-identity and per-role limits, before anything is opened upstream.
+    let limit_key = identity
+        .as_ref()
+        .map_or(user.as_str(), |id| id.oid.as_str());
+    let permit = match shared.limiter.admit(
+        limit_key,
+        gate.as_ref().map(Gate::role_names).unwrap_or_default(),
+    ) {
+        Ok(p) => p,
+        Err(refusal) => {
+            shared.metrics.error(refusal.label());
+            info!(limit = refusal.label(), "refused: connection limit");
+            record_failure(&info, refusal.message()).await;
+            refuse(&mut stream, "53300", &refusal.message()).await;
+            return;
+        }
+    };
     let upstream_role = gate.as_ref().and_then(Gate::upstream_role);
-    let mut upstream_params = forwarded.clone();
-    if let Some(r) = &upstream_role {
-        upstream_params.retain(|(k, _)| !k.eq_ignore_ascii_case("role"));
-        upstream_params.push(("role".to_owned(), r.clone()));
+    let upstream_params = upstream_startup_params(
+        &forwarded,
+        &user,
+        application_name.as_deref(),
+        identity.as_ref(),
+        gate.as_ref().map(Gate::role_names).unwrap_or_default(),
+        upstream_role.as_deref(),
+        gate.as_ref().map(Gate::search_path_setting),
+    );
+    if upstream.config().kind == pgward_upstream::UpstreamKind::AzureSql {
+        let start = crate::tds_session::Start {
+            stream,
+            buf,
+            accepted,
+            upstream: upstream.clone(),
+            database: route.upstream_database().to_owned(),
+            gate,
+            identity: identity.as_ref(),
+            user: &user,
+            application_name: application_name.as_deref(),
+            info: &info,
+            expires_at,
+        };
+        crate::tds_session::run(start, shared).await;
+        return;
     }
     let session = match upstream
         .connect(route.upstream_database(), &upstream_params)
@@ -335,6 +443,7 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         gate,
         trail,
         nonce: random_nonce(),
+        permit: Some(permit),
     };
     let outcome = relay::run(
         stream,

@@ -9,6 +9,11 @@
 //! answered, and ReadyForQuery closes the batch (units the server skipped after an
 //! error are recorded as not executed). Each resolution produces the `statement`
 //! record, which the relay writes before the reply reaches the client.
+//!
+//! Everything of a record but its outcome is serialised when the unit is registered
+//! (`StatementHead`), i.e. while the statement runs upstream, and reused when a prepared
+//! statement is executed again with the same recorded parameters; only the outcome is
+//! serialised between the server's reply and its relay to the client.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use std::time::Instant;
 
 use pgward_audit::{
     Append, Decision, ObjectAction, Outcome, ParamIn, Params, Protocol, Redaction, SessionLog,
-    Statement,
+    Statement, StatementHead,
 };
 use pgward_policy::{QueryDecision, Verdict};
 
@@ -56,12 +61,9 @@ impl Audited {
     }
 }
 
-/// One statement waiting for its outcome.
+/// One statement waiting for its outcome: its record up to the outcome.
 struct Unit {
-    sql: Arc<str>,
-    protocol: Protocol,
-    audited: Arc<Audited>,
-    params: Option<Params>,
+    head: StatementHead,
     started: Instant,
 }
 
@@ -70,6 +72,13 @@ struct Prepared {
     sql: Arc<str>,
     param_types: Vec<u32>,
     audited: Arc<Audited>,
+}
+
+/// A bound portal and its record's head.
+struct Portal {
+    prepared: Arc<Prepared>,
+    params: Option<Params>,
+    head: StatementHead,
 }
 
 /// An extended-protocol batch being built by the client (before its Sync).
@@ -87,7 +96,7 @@ pub struct Trail {
     batches: VecDeque<VecDeque<Unit>>,
     open: OpenBatch,
     statements: HashMap<String, Arc<Prepared>>,
-    portals: HashMap<String, (Arc<Prepared>, Option<Params>)>,
+    portals: HashMap<String, Portal>,
     /// Statement records written so far.
     pub recorded: u64,
 }
@@ -131,11 +140,11 @@ impl Trail {
         let mut batch = std::mem::take(&mut self.open).units;
         let now = Instant::now();
         match (refused, decision) {
-            (Some(a), _) => batch.push_back(unit(sql, Protocol::Simple, a, None, now)),
+            (Some(a), _) => batch.push_back(self.unit(sql, Protocol::Simple, &a, None, now)),
             (None, Some(d)) if d.statements.len() > 1 && !d.decision.blocks() => {
                 for s in &d.statements {
                     let a = Audited::from_policy(&s.decision, &s.analysis.accesses);
-                    batch.push_back(unit(&s.analysis.sql, Protocol::Simple, a, None, now));
+                    batch.push_back(self.unit(&s.analysis.sql, Protocol::Simple, &a, None, now));
                 }
             }
             (None, Some(d)) => {
@@ -145,10 +154,11 @@ impl Trail {
                     .flat_map(|s| s.analysis.accesses.iter().cloned())
                     .collect();
                 let a = Audited::from_policy(&d.decision, &accesses);
-                batch.push_back(unit(sql, Protocol::Simple, a, None, now));
+                batch.push_back(self.unit(sql, Protocol::Simple, &a, None, now));
             }
             (None, None) => {
-                batch.push_back(unit(sql, Protocol::Simple, Audited::default(), None, now))
+                let a = Audited::default();
+                batch.push_back(self.unit(sql, Protocol::Simple, &a, None, now))
             }
         }
         self.batches.push_back(batch);
@@ -183,13 +193,14 @@ impl Trail {
         });
         if denied && !self.open.failed {
             self.open.failed = true;
-            self.open.units.push_back(Unit {
-                sql: prepared.sql.clone(),
-                protocol: Protocol::Extended,
-                audited: prepared.audited.clone(),
-                params: None,
-                started: Instant::now(),
-            });
+            let u = self.unit(
+                &prepared.sql,
+                Protocol::Extended,
+                &prepared.audited,
+                None,
+                Instant::now(),
+            );
+            self.open.units.push_back(u);
         }
         self.statements.insert(name.to_owned(), prepared);
     }
@@ -202,7 +213,15 @@ impl Trail {
                 param_types: Vec::new(),
                 audited: Arc::new(Audited::default()),
             });
-            self.portals.insert(portal.to_owned(), (p, None));
+            let head = self.head(&p.sql, Protocol::Extended, &p.audited, None);
+            self.portals.insert(
+                portal.to_owned(),
+                Portal {
+                    prepared: p,
+                    params: None,
+                    head,
+                },
+            );
             return;
         };
         let captured = Params::capture(
@@ -216,19 +235,39 @@ impl Trail {
                     binary: *binary,
                 }),
         );
-        self.portals.insert(portal.to_owned(), (prepared, captured));
+        // The same statement bound again with the same recorded parameters (a prepared
+        // statement run in a loop; with redaction "types" the values are not recorded)
+        // reuses the head already serialised.
+        let reuse = self.portals.get(portal).and_then(|old| {
+            (Arc::ptr_eq(&old.prepared, &prepared) && old.params == captured)
+                .then(|| old.head.clone())
+        });
+        let head = match reuse {
+            Some(h) => h,
+            None => self.head(
+                &prepared.sql,
+                Protocol::Extended,
+                &prepared.audited,
+                captured.as_ref(),
+            ),
+        };
+        self.portals.insert(
+            portal.to_owned(),
+            Portal {
+                prepared,
+                params: captured,
+                head,
+            },
+        );
     }
 
     pub fn on_execute(&mut self, portal: &str) {
         if self.open.failed {
             return;
         }
-        if let Some((p, params)) = self.portals.get(portal) {
+        if let Some(p) = self.portals.get(portal) {
             self.open.units.push_back(Unit {
-                sql: p.sql.clone(),
-                protocol: Protocol::Extended,
-                audited: p.audited.clone(),
-                params: params.clone(),
+                head: p.head.clone(),
                 started: Instant::now(),
             });
         }
@@ -254,10 +293,10 @@ impl Trail {
     /// A denied FunctionCall: a batch of one refused unit.
     pub fn on_function_call(&mut self, audited: Audited) {
         let mut batch = std::mem::take(&mut self.open).units;
-        batch.push_back(unit(
+        batch.push_back(self.unit(
             "(FunctionCall protocol message)",
             Protocol::Extended,
-            audited,
+            &audited,
             None,
             Instant::now(),
         ));
@@ -305,8 +344,33 @@ impl Trail {
 
     fn record(&mut self, u: Unit, outcome: Outcome<'_>) -> Append {
         self.recorded += 1;
-        let objects: Vec<ObjectAction<'_>> = u
-            .audited
+        let duration_us = u64::try_from(u.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.log.statement_done(&u.head, outcome, duration_us)
+    }
+
+    fn unit(
+        &self,
+        sql: &str,
+        protocol: Protocol,
+        audited: &Audited,
+        params: Option<&Params>,
+        started: Instant,
+    ) -> Unit {
+        Unit {
+            head: self.head(sql, protocol, audited, params),
+            started,
+        }
+    }
+
+    /// Serialises everything of the record but its outcome.
+    fn head(
+        &self,
+        sql: &str,
+        protocol: Protocol,
+        audited: &Audited,
+        params: Option<&Params>,
+    ) -> StatementHead {
+        let objects: Vec<ObjectAction<'_>> = audited
             .objects
             .iter()
             .map(|(o, a)| ObjectAction {
@@ -314,32 +378,15 @@ impl Trail {
                 action: a,
             })
             .collect();
-        self.log.statement(&Statement {
-            sql: &u.sql,
-            params: u.params.as_ref(),
-            protocol: u.protocol,
+        self.log.statement_head(&Statement {
+            sql,
+            params,
+            protocol,
             objects: &objects,
-            decision: u.audited.decision,
-            rule: u.audited.rule.as_deref(),
-            outcome,
-            duration_us: u.started.elapsed().as_micros() as u64,
+            decision: audited.decision,
+            rule: audited.rule.as_deref(),
+            ..Statement::default()
         })
-    }
-}
-
-fn unit(
-    sql: &str,
-    protocol: Protocol,
-    audited: Audited,
-    params: Option<Params>,
-    started: Instant,
-) -> Unit {
-    Unit {
-        sql: Arc::from(sql),
-        protocol,
-        audited: Arc::new(audited),
-        params,
-        started,
     }
 }
 

@@ -35,6 +35,8 @@ fn default_connect_timeout() -> u64 {
 pub enum UpstreamKind {
     #[default]
     Postgres,
+    /// Azure SQL Database over TDS (crates/tds, docs/azure-sql.md).
+    AzureSql,
 }
 
 /// Like libpq's sslmode: `require` encrypts without checking who answers;
@@ -48,27 +50,15 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-/// How pgward signs in upstream. Only `password` exists so far; the Azure identity
-/// types (managed-identity, workload-identity, client-secret, azure-cli) follow.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum CredentialConfig {
-    Password {
-        /// The upstream login role.
-        user: String,
-        /// Inline password (discouraged outside development).
-        password: Option<String>,
-        /// File holding the password (trailing newline ignored), e.g. a mounted secret.
-        password_file: Option<PathBuf>,
-        /// Name of an environment variable holding the password.
-        password_env: Option<String>,
-    },
-}
+/// How pgward signs in upstream (crates/credentials): an Azure identity or a password.
+pub use pgward_credentials::CredentialConfig;
 
-impl CredentialConfig {
-    pub fn user(&self) -> &str {
+impl UpstreamKind {
+    /// The Entra scope of the access token pgward presents to this kind of server.
+    pub fn token_scope(&self) -> &'static str {
         match self {
-            Self::Password { user, .. } => user,
+            Self::Postgres => pgward_credentials::POSTGRES_SCOPE,
+            Self::AzureSql => pgward_credentials::AZURE_SQL_SCOPE,
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
-use crate::credential::Credential;
+use crate::credential::{token_source, Secret, TokenSource};
 use crate::stream::UpstreamStream;
 use crate::tls;
 
@@ -70,6 +70,13 @@ pub enum ConnectError {
     },
     #[error("upstream {upstream} broke the protocol during startup: {detail}")]
     Protocol { upstream: String, detail: String },
+    /// pgward's own credential (e.g. its managed identity's token) is unavailable.
+    #[error("pgward could not obtain its {kind} credential for upstream {upstream}: {detail}")]
+    Credential {
+        upstream: String,
+        kind: String,
+        detail: String,
+    },
 }
 
 impl ConnectError {
@@ -79,7 +86,9 @@ impl ConnectError {
     pub fn sqlstate(&self) -> &str {
         match self {
             Self::Server { fields, .. } if !fields.code.starts_with("28") => &fields.code,
-            Self::AuthRejected { .. } | Self::UnsupportedAuth { .. } => "08001",
+            Self::AuthRejected { .. } | Self::UnsupportedAuth { .. } | Self::Credential { .. } => {
+                "08001"
+            }
             _ => "08006",
         }
     }
@@ -90,6 +99,9 @@ impl ConnectError {
             Self::Server { fields, .. } if !fields.code.starts_with("28") => fields.message.clone(),
             Self::AuthRejected { upstream, .. } | Self::UnsupportedAuth { upstream, .. } => {
                 format!("pgward could not sign in to upstream \"{upstream}\"")
+            }
+            Self::Credential { upstream, .. } => {
+                format!("pgward could not obtain its credential for upstream \"{upstream}\"")
             }
             Self::Timeout { upstream, .. }
             | Self::Unreachable { upstream, .. }
@@ -116,13 +128,14 @@ pub struct UpstreamSession {
 pub struct Upstream {
     cfg: UpstreamConfig,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    credential: Credential,
+    credential: TokenSource,
 }
 
 impl Upstream {
     pub fn new(cfg: UpstreamConfig) -> Result<Self, String> {
-        let credential =
-            Credential::load(&cfg.credential).map_err(|e| format!("upstream {}: {e}", cfg.name))?;
+        // Builds the credential only; fetching starts with `start_credential` (or the
+        // first connect), so `pgward check` can construct upstreams offline.
+        let credential = token_source(&cfg)?;
         let tls =
             match tls::client_config(&cfg).map_err(|e| format!("upstream {}: {e}", cfg.name))? {
                 Some(config) => Some((
@@ -144,6 +157,17 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.cfg
+    }
+
+    /// pgward's credential for this upstream (health and counters for /readyz, metrics).
+    pub fn credential(&self) -> &TokenSource {
+        &self.credential
+    }
+
+    /// Starts fetching and refreshing the credential's token in the background (needs
+    /// a Tokio runtime; a no-op for a password).
+    pub fn start_credential(&self) {
+        self.credential.start();
     }
 
     fn timeout(&self) -> Duration {
@@ -216,9 +240,20 @@ impl Upstream {
         database: &str,
         params: &[(String, String)],
     ) -> Result<UpstreamSession, ConnectError> {
+        // The cached token (never a wait on the identity endpoint while one is valid);
+        // without one, fail at once with 08001 rather than connect for nothing.
+        let password = self
+            .credential
+            .current()
+            .await
+            .map_err(|e| ConnectError::Credential {
+                upstream: self.cfg.name.clone(),
+                kind: self.credential.kind().to_owned(),
+                detail: e.to_string(),
+            })?;
         let mut stream = self.open_stream().await?;
         let mut out = BytesMut::new();
-        let user = self.credential.user.as_str();
+        let user = self.credential.user();
         let mut startup: Vec<(&str, &str)> = vec![("user", user), ("database", database)];
         startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         build::startup_message(&mut out, startup);
@@ -233,7 +268,7 @@ impl Upstream {
             match tag {
                 b'R' => {
                     let req = backend::auth_request(&body).map_err(|e| self.protocol_err(e))?;
-                    self.answer_auth(req, &mut scram, &mut out)?;
+                    self.answer_auth(req, &password, &mut scram, &mut out)?;
                     if !out.is_empty() {
                         self.send(&mut stream, &mut out).await?;
                     }
@@ -289,15 +324,16 @@ impl Upstream {
     fn answer_auth(
         &self,
         req: AuthRequest<'_>,
+        password: &Secret,
         scram: &mut Option<ScramSha256>,
         out: &mut BytesMut,
     ) -> Result<(), ConnectError> {
-        let password = self.credential.password.expose().as_bytes();
+        let password = password.expose().as_bytes();
         match req {
             AuthRequest::Ok => {}
             AuthRequest::Cleartext => build::password_message(out, password),
             AuthRequest::Md5 { salt } => {
-                let hash = md5_hash(self.credential.user.as_bytes(), password, salt);
+                let hash = md5_hash(self.credential.user().as_bytes(), password, salt);
                 build::password_message(out, hash.as_bytes());
             }
             AuthRequest::Sasl { mechanisms } => {
@@ -342,7 +378,7 @@ impl Upstream {
     fn auth_err(&self, e: impl std::fmt::Display) -> ConnectError {
         ConnectError::AuthRejected {
             upstream: self.cfg.name.clone(),
-            user: self.credential.user.clone(),
+            user: self.credential.user().to_owned(),
             message: format!("SCRAM exchange failed: {e}"),
         }
     }

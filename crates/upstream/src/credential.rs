@@ -1,93 +1,45 @@
-//! pgward's own sign-in secret for an upstream, kept out of logs and errors.
+//! pgward's own sign-in secret for an upstream: a `TokenSource` (crates/credentials)
+//! for the upstream's kind, kept out of logs and errors.
 
-use std::fmt;
+pub use pgward_credentials::{Health, Secret, TokenSource};
 
-use crate::config::CredentialConfig;
+use crate::config::UpstreamConfig;
 
-/// A secret string whose Debug and Display never show the value.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-/// The user name and password pgward presents upstream.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub user: String,
-    pub password: Secret,
-}
-
-impl Credential {
-    /// Resolves the configured source. Errors name the source, never the value.
-    pub fn load(cfg: &CredentialConfig) -> Result<Self, String> {
-        match cfg {
-            CredentialConfig::Password {
-                user,
-                password,
-                password_file,
-                password_env,
-            } => {
-                let sources = [
-                    password.is_some(),
-                    password_file.is_some(),
-                    password_env.is_some(),
-                ]
-                .iter()
-                .filter(|s| **s)
-                .count();
-                if sources != 1 {
-                    return Err(
-                        "credential type \"password\" needs exactly one of password, password_file, password_env"
-                            .into(),
-                    );
-                }
-                let value = if let Some(p) = password {
-                    p.clone()
-                } else if let Some(path) = password_file {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        format!("cannot read password_file {}: {e}", path.display())
-                    })?;
-                    text.trim_end_matches(['\n', '\r']).to_owned()
-                } else if let Some(var) = password_env {
-                    std::env::var(var).map_err(|_| {
-                        format!("environment variable {var} (password_env) is not set")
-                    })?
-                } else {
-                    unreachable!("exactly one source was checked above")
-                };
-                Ok(Self {
-                    user: user.clone(),
-                    password: Secret(value),
-                })
-            }
-        }
-    }
+/// Builds (without contacting anything) the token source for an upstream.
+pub fn token_source(cfg: &UpstreamConfig) -> Result<TokenSource, String> {
+    TokenSource::new(&cfg.name, &cfg.credential, cfg.kind.token_scope())
+        .map_err(|e| format!("upstream {}: {e}", cfg.name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CredentialConfig, TlsMode, UpstreamKind};
 
-    #[test]
-    fn secret_never_prints() {
-        let c = Credential {
+    fn upstream(credential: CredentialConfig) -> UpstreamConfig {
+        UpstreamConfig {
+            name: "main".into(),
+            kind: UpstreamKind::Postgres,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            tls: TlsMode::Disable,
+            ca_file: None,
+            connect_timeout_secs: 10,
+            credential,
+        }
+    }
+
+    #[tokio::test]
+    async fn password_source_never_prints() {
+        let s = token_source(&upstream(CredentialConfig::Password {
             user: "u".into(),
-            password: Secret::new("hunter2".into()),
-        };
-        assert!(!format!("{c:?}").contains("hunter2"));
+            password: Some(Secret::new("hunter2")),
+            password_file: None,
+            password_env: None,
+        }))
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.current().await.unwrap().expose(), "hunter2");
     }
 
     #[test]
@@ -98,14 +50,15 @@ mod tests {
             password_file: None,
             password_env: None,
         };
-        assert!(Credential::load(&none).is_err());
+        assert!(token_source(&upstream(none)).is_err());
         let env = CredentialConfig::Password {
             user: "u".into(),
             password: None,
             password_file: None,
             password_env: Some("PGWARD_TEST_SURELY_UNSET".into()),
         };
-        let err = Credential::load(&env).unwrap_err();
-        assert!(err.contains("PGWARD_TEST_SURELY_UNSET"));
+        let err = token_source(&upstream(env)).unwrap_err();
+        assert!(err.contains("PGWARD_TEST_SURELY_UNSET"), "{err}");
+        assert!(err.starts_with("upstream main:"), "{err}");
     }
 }

@@ -13,5 +13,5 @@ mod tls;
 
 pub use config::{CredentialConfig, TlsMode, UpstreamConfig, UpstreamKind};
 pub use connect::{BackendKey, ConnectError, Upstream, UpstreamSession};
-pub use credential::{Credential, Secret};
+pub use credential::{token_source, Health, Secret, TokenSource};
 pub use stream::UpstreamStream;

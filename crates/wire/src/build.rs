@@ -176,6 +176,19 @@ pub fn parse(buf: &mut BytesMut, statement: &str, sql: &str) {
     });
 }
 
+/// Parse with declared parameter types (0 = unspecified).
+pub fn parse_with_types(buf: &mut BytesMut, statement: &str, sql: &str, param_types: &[u32]) {
+    framed(buf, b'P', |b| {
+        put_cstr(b, statement);
+        put_cstr(b, sql);
+        // A Parse holds at most u16::MAX types (the framer enforces it on the way in).
+        b.put_u16(u16::try_from(param_types.len()).unwrap_or(u16::MAX));
+        for t in param_types.iter().take(usize::from(u16::MAX)) {
+            b.put_u32(*t);
+        }
+    });
+}
+
 /// Bind with no parameters and default result formats.
 pub fn bind_without_params(buf: &mut BytesMut, portal: &str, statement: &str) {
     framed(buf, b'B', |b| {

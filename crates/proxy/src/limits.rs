@@ -1,0 +1,455 @@
+//! Per-identity and per-role limits (`[limits]`): concurrent sessions and statement rates,
+//! the throttling an API gateway gives, at the database door. Limits are reloaded with the
+//! configuration (SIGHUP) and apply to sessions from then on; counts carry over.
+//!
+//! Over a connection limit the client gets 53300 (too_many_connections) at sign-in; over a
+//! statement rate, 53400 (configuration_limit_exceeded) for that statement only, and the
+//! session stays usable.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::Deserialize;
+
+/// `[limits]`. Every key is optional; nothing is limited by default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent sessions one identity may hold (all roles together).
+    pub connections_per_identity: Option<u32>,
+    /// Statements per second one identity may run (all its sessions together); a token
+    /// bucket that refills at this rate.
+    pub statements_per_second: Option<f64>,
+    /// Statements an identity may run at once after being idle (the bucket's size).
+    /// Default: one second's worth, at least 1.
+    pub statement_burst: Option<u32>,
+    /// Overrides for callers holding a policy role, and caps on a role's members together.
+    #[serde(default)]
+    pub roles: Vec<RoleLimits>,
+}
+
+/// `[[limits.roles]]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleLimits {
+    /// A policy role name.
+    pub role: String,
+    /// Concurrent sessions of all the role's members together.
+    pub connections: Option<u32>,
+    /// Per-identity overrides for the role's members. An identity holding several roles
+    /// gets the most generous override among them (roles add permissions).
+    pub connections_per_identity: Option<u32>,
+    pub statements_per_second: Option<f64>,
+    pub statement_burst: Option<u32>,
+}
+
+impl LimitsConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let rate_ok = |r: Option<f64>| r.is_none_or(|r| r.is_finite() && r > 0.0);
+        if !rate_ok(self.statements_per_second) {
+            p.push("[limits] statements_per_second must be a positive number".to_owned());
+        }
+        if self.connections_per_identity == Some(0) || self.statement_burst == Some(0) {
+            p.push(
+                "[limits] connections_per_identity and statement_burst must be at least 1"
+                    .to_owned(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.roles {
+            if !seen.insert(r.role.as_str()) {
+                p.push(format!(
+                    "[[limits.roles]] role {:?} is listed twice",
+                    r.role
+                ));
+            }
+            if !rate_ok(r.statements_per_second) {
+                p.push(format!(
+                    "[[limits.roles]] {:?}: statements_per_second must be a positive number",
+                    r.role
+                ));
+            }
+            if r.connections == Some(0)
+                || r.connections_per_identity == Some(0)
+                || r.statement_burst == Some(0)
+            {
+                p.push(format!(
+                    "[[limits.roles]] {:?}: connections, connections_per_identity and statement_burst must be at least 1",
+                    r.role
+                ));
+            }
+        }
+        p
+    }
+
+    /// The per-identity limits for a caller holding `roles`.
+    fn for_identity(&self, roles: &[String]) -> IdentityLimits {
+        let held: Vec<&RoleLimits> = self
+            .roles
+            .iter()
+            .filter(|r| roles.contains(&r.role))
+            .collect();
+        let most = |f: &dyn Fn(&RoleLimits) -> Option<f64>, global: Option<f64>| {
+            held.iter()
+                .filter_map(|r| f(r))
+                .fold(None, |acc: Option<f64>, v| {
+                    Some(acc.map_or(v, |a| a.max(v)))
+                })
+                .or(global)
+        };
+        let connections = most(
+            &|r| r.connections_per_identity.map(f64::from),
+            self.connections_per_identity.map(f64::from),
+        )
+        .map(|v| v as u32);
+        let rate = most(&|r| r.statements_per_second, self.statements_per_second);
+        let burst = most(
+            &|r| r.statement_burst.map(f64::from),
+            self.statement_burst.map(f64::from),
+        );
+        IdentityLimits {
+            connections,
+            rate: rate.map(|r| (r, burst.unwrap_or(r.ceil()).max(1.0))),
+        }
+    }
+}
+
+struct IdentityLimits {
+    connections: Option<u32>,
+    /// (per second, burst)
+    rate: Option<(f64, f64)>,
+}
+
+/// Why a session was not let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Identity { limit: u32 },
+    Role { role: String, limit: u32 },
+}
+
+impl Refusal {
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Identity { limit } => format!(
+                "too many connections for this identity (limit {limit}); close one and retry"
+            ),
+            Refusal::Role { role, limit } => format!(
+                "too many connections for members of role {role} (limit {limit}); retry later"
+            ),
+        }
+    }
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Identity { .. } => "identity_connections",
+            Refusal::Role { .. } => "role_connections",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    per_identity: HashMap<String, u32>,
+    per_role: HashMap<String, u32>,
+    buckets: HashMap<String, Arc<Mutex<Bucket>>>,
+}
+
+/// The limits in force and the live counts. One per server.
+pub struct Limiter {
+    config: RwLock<Arc<LimitsConfig>>,
+    counts: Mutex<Counts>,
+}
+
+impl Limiter {
+    pub fn new(config: LimitsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config: RwLock::new(Arc::new(config)),
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Takes new limits (SIGHUP). Sessions already in count against the new caps.
+    pub fn replace(&self, config: LimitsConfig) {
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(config);
+        }
+    }
+
+    fn config(&self) -> Arc<LimitsConfig> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // A panic while holding the lock can't leave the counts half-updated in a way that
+        // matters more than refusing everyone would.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a session of `identity` (its object id, or the user name without sign-in)
+    /// holding policy `roles`, or says which limit it hits. The returned permit releases the
+    /// counts when dropped and carries the identity's statement-rate bucket.
+    pub fn admit(self: &Arc<Self>, identity: &str, roles: &[String]) -> Result<Permit, Refusal> {
+        let cfg = self.config();
+        let limits = cfg.for_identity(roles);
+        let capped_roles: Vec<(&str, u32)> = cfg
+            .roles
+            .iter()
+            .filter(|r| roles.contains(&r.role))
+            .filter_map(|r| r.connections.map(|c| (r.role.as_str(), c)))
+            .collect();
+        let mut counts = self.counts();
+        let mine = counts.per_identity.get(identity).copied().unwrap_or(0);
+        if let Some(limit) = limits.connections {
+            if mine >= limit {
+                return Err(Refusal::Identity { limit });
+            }
+        }
+        for (role, limit) in &capped_roles {
+            if counts.per_role.get(*role).copied().unwrap_or(0) >= *limit {
+                return Err(Refusal::Role {
+                    role: (*role).to_owned(),
+                    limit: *limit,
+                });
+            }
+        }
+        *counts.per_identity.entry(identity.to_owned()).or_default() += 1;
+        let roles_counted: Vec<String> = roles.to_vec();
+        for r in &roles_counted {
+            *counts.per_role.entry(r.clone()).or_default() += 1;
+        }
+        let bucket = limits.rate.map(|(rate, burst)| {
+            let b = counts
+                .buckets
+                .entry(identity.to_owned())
+                .or_insert_with(|| Arc::new(Mutex::new(Bucket::new(rate, burst))))
+                .clone();
+            // A reload may have changed the rate; keep the tokens, take the new shape.
+            if let Ok(mut g) = b.lock() {
+                g.reshape(rate, burst);
+            }
+            b
+        });
+        Ok(Permit {
+            limiter: self.clone(),
+            identity: identity.to_owned(),
+            roles: roles_counted,
+            bucket,
+        })
+    }
+
+    /// Sessions currently counted for an identity (for tests and the admin view).
+    pub fn sessions_of(&self, identity: &str) -> u32 {
+        self.counts()
+            .per_identity
+            .get(identity)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A session's place in the counts; released on drop.
+pub struct Permit {
+    limiter: Arc<Limiter>,
+    identity: String,
+    roles: Vec<String>,
+    bucket: Option<Arc<Mutex<Bucket>>>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("identity", &self.identity)
+            .field("roles", &self.roles)
+            .field("rate_limited", &self.bucket.is_some())
+            .finish()
+    }
+}
+
+impl Permit {
+    /// Takes one statement from the identity's rate bucket. `Err(rate)` when it is empty.
+    pub fn take_statement(&self) -> Result<(), f64> {
+        match &self.bucket {
+            None => Ok(()),
+            Some(b) => {
+                let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+                b.take(Instant::now())
+            }
+        }
+    }
+
+    /// Whether statements are rate-limited at all (lets the relay skip the check).
+    pub fn limits_statements(&self) -> bool {
+        self.bucket.is_some()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut counts = self.limiter.counts();
+        let last = match counts.per_identity.get_mut(&self.identity) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => true,
+        };
+        if last {
+            counts.per_identity.remove(&self.identity);
+            // The bucket goes with the identity's last session: a reconnect starts full,
+            // which is at most one burst more — the same as waiting a moment.
+            counts.buckets.remove(&self.identity);
+        }
+        for r in &self.roles {
+            if let Some(n) = counts.per_role.get_mut(r) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.per_role.remove(r);
+                }
+            }
+        }
+    }
+}
+
+/// A token bucket.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn reshape(&mut self, rate: f64, burst: f64) {
+        self.rate = rate;
+        self.burst = burst;
+        self.tokens = self.tokens.min(burst);
+    }
+
+    fn take(&mut self, now: Instant) -> Result<(), f64> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(self.rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(text: &str) -> LimitsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn identity_connections_are_capped_and_released() {
+        let l = Limiter::new(cfg("connections_per_identity = 2"));
+        let a = l.admit("alice", &[]).unwrap();
+        let _b = l.admit("alice", &[]).unwrap();
+        assert_eq!(
+            l.admit("alice", &[]).err(),
+            Some(Refusal::Identity { limit: 2 })
+        );
+        let _c = l.admit("bob", &[]).unwrap();
+        drop(a);
+        assert!(l.admit("alice", &[]).is_ok());
+        assert_eq!(l.sessions_of("alice"), 1);
+    }
+
+    #[test]
+    fn role_caps_count_all_members_and_overrides_take_the_most_generous() {
+        let l = Limiter::new(cfg(r#"
+connections_per_identity = 1
+[[roles]]
+role = "etl"
+connections = 3
+connections_per_identity = 2
+[[roles]]
+role = "bulk"
+connections_per_identity = 5
+"#));
+        let etl = vec!["etl".to_owned()];
+        let both = vec!["etl".to_owned(), "bulk".to_owned()];
+        let _a1 = l.admit("a", &etl).unwrap();
+        let _a2 = l.admit("a", &etl).unwrap();
+        assert_eq!(
+            l.admit("a", &etl).err(),
+            Some(Refusal::Identity { limit: 2 })
+        );
+        let _b1 = l.admit("b", &both).unwrap();
+        assert_eq!(
+            l.admit("b", &both).err(),
+            Some(Refusal::Role {
+                role: "etl".into(),
+                limit: 3
+            })
+        );
+        // Without the role, the global per-identity limit.
+        let _c = l.admit("c", &[]).unwrap();
+        assert!(l.admit("c", &[]).is_err());
+    }
+
+    #[test]
+    fn statements_are_rate_limited_per_identity_across_sessions() {
+        let l = Limiter::new(cfg("statements_per_second = 10\nstatement_burst = 3"));
+        let s1 = l.admit("alice", &[]).unwrap();
+        let s2 = l.admit("alice", &[]).unwrap();
+        assert!(s1.take_statement().is_ok());
+        assert!(s2.take_statement().is_ok());
+        assert!(s1.take_statement().is_ok());
+        assert_eq!(s2.take_statement(), Err(10.0));
+        let other = l.admit("bob", &[]).unwrap();
+        assert!(other.take_statement().is_ok());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(s2.take_statement().is_ok());
+    }
+
+    #[test]
+    fn bucket_refills_at_the_rate() {
+        let mut b = Bucket::new(100.0, 1.0);
+        let t0 = Instant::now();
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_err());
+        assert!(b.take(t0 + Duration::from_millis(11)).is_ok());
+    }
+
+    #[test]
+    fn reload_applies_to_new_sessions() {
+        let l = Limiter::new(cfg("connections_per_identity = 1"));
+        let _a = l.admit("a", &[]).unwrap();
+        assert!(l.admit("a", &[]).is_err());
+        l.replace(cfg("connections_per_identity = 2"));
+        assert!(l.admit("a", &[]).is_ok());
+    }
+
+    #[test]
+    fn problems_are_reported() {
+        let c = cfg(
+            "statements_per_second = -1\nconnections_per_identity = 0\n[[roles]]\nrole = \"x\"\n[[roles]]\nrole = \"x\"\nconnections = 0",
+        );
+        let p = c.problems().join("\n");
+        assert!(p.contains("positive"), "{p}");
+        assert!(p.contains("at least 1"), "{p}");
+        assert!(p.contains("listed twice"), "{p}");
+    }
+}

@@ -1,0 +1,749 @@
+//! Sessions routed to `kind = "azure-sql"` upstreams: PostgreSQL clients in, TDS out.
+//!
+//! The client has signed in and the policy Gate exists (session.rs); this module opens the
+//! TDS session under pgward's own Entra token (scope https://database.windows.net/.default)
+//! with the caller's identity pinned read-only in SESSION_CONTEXT, then answers the client
+//! itself: each simple Query is T-SQL, decided by the same Gate as PostgreSQL SQL, run with
+//! `sp_executesql` and translated back (crates/tds). Transaction control (BEGIN / COMMIT /
+//! ROLLBACK) is translated; the extended protocol, COPY and PostgreSQL catalog queries
+//! (psql's meta-commands) get a clear 0A000. Audit records are the same as for PostgreSQL
+//! sessions. docs/azure-sql.md describes the limits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pgward_tds::{AccessToken, Expect, SessionIdentity, TdsOptions, TdsSession, TdsTls};
+use pgward_upstream::{TlsMode, Upstream};
+use pgward_wire::build::{self, Severity};
+use pgward_wire::frontend::{self, Framer};
+use pgward_wire::TxStatus;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::enforce::{denial_of, Denial, Gate};
+use crate::session::Shared;
+use crate::stream::ClientStream;
+use crate::trail::{Audited, Trail};
+
+/// What session.rs hands over once the client is signed in and routed.
+pub struct Start<'a> {
+    pub stream: ClientStream,
+    pub buf: BytesMut,
+    pub accepted: Instant,
+    pub upstream: Arc<Upstream>,
+    /// The database on the Azure SQL logical server.
+    pub database: String,
+    pub gate: Option<Gate>,
+    pub identity: Option<&'a pgward_entra::Identity>,
+    pub user: &'a str,
+    pub application_name: Option<&'a str>,
+    pub info: &'a pgward_audit::SessionInfo,
+    pub expires_at: Option<tokio::time::Instant>,
+}
+
+const UNSUPPORTED_EXTENDED: &str = "extended protocol is not supported for azure-sql upstreams; use the simple query protocol (e.g. psycopg's ClientCursor, JDBC preferQueryMode=simple)";
+const UNSUPPORTED_COPY: &str = "COPY is not supported for azure-sql upstreams";
+const UNSUPPORTED_CATALOG: &str = "PostgreSQL catalog queries (pg_catalog, psql's \\d meta-commands) do not translate to azure-sql upstreams; query INFORMATION_SCHEMA or sys views in T-SQL instead";
+const UNSUPPORTED_TX_IN_BATCH: &str = "send transaction control (BEGIN, COMMIT, ROLLBACK) as a statement of its own on azure-sql upstreams";
+
+/// Cancel keys of azure-sql sessions: pid → (secret, the session's cancel signal).
+type CancelMap = HashMap<u32, ([u8; 4], Arc<Notify>)>;
+
+fn cancels() -> &'static Mutex<CancelMap> {
+    static MAP: OnceLock<Mutex<CancelMap>> = OnceLock::new();
+    MAP.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn lock_cancels() -> std::sync::MutexGuard<'static, CancelMap> {
+    cancels().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A registered cancel key; dropping it retires the key.
+struct CancelKey {
+    pid: u32,
+    secret: [u8; 4],
+    signal: Arc<Notify>,
+}
+
+impl CancelKey {
+    fn new() -> Self {
+        let signal = Arc::new(Notify::new());
+        let mut map = lock_cancels();
+        loop {
+            let mut b = [0u8; 8];
+            // The OS RNG failing is not recoverable in a security proxy.
+            getrandom::fill(&mut b).expect("OS random number generator unavailable");
+            let pid = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff;
+            let secret = [b[4], b[5], b[6], b[7]];
+            if pid != 0 && !map.contains_key(&pid) {
+                map.insert(pid, (secret, signal.clone()));
+                return Self {
+                    pid,
+                    secret,
+                    signal,
+                };
+            }
+        }
+    }
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        lock_cancels().remove(&self.pid);
+    }
+}
+
+/// A CancelRequest for an azure-sql session: signals it (the running batch gets a TDS
+/// attention). Returns false when the key is not one of these sessions'.
+pub fn forward_cancel(pid: u32, secret: &[u8]) -> bool {
+    let map = lock_cancels();
+    match map.get(&pid) {
+        Some((s, signal)) if secret.len() == 4 && bool::from(s.ct_eq(secret)) => {
+            // Wakes only a batch that is running: a cancel between batches is a no-op.
+            signal.notify_waiters();
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    build::error_response(&mut out, Severity::Fatal, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+async fn record_failure(shared: &Shared, info: &pgward_audit::SessionInfo, reason: String) {
+    if let Some(log) = &shared.audit {
+        if let Err(e) = log.session(info).auth_failed(&reason).await {
+            warn!(error = %e, "audit: could not record a failed connection");
+        }
+    }
+}
+
+fn tds_options(upstream: &Upstream, database: &str, application_name: String) -> TdsOptions {
+    let cfg = upstream.config();
+    TdsOptions {
+        upstream: cfg.name.clone(),
+        host: cfg.host.clone(),
+        port: cfg.port,
+        database: database.to_owned(),
+        tls: match cfg.tls {
+            TlsMode::VerifyFull => TdsTls::VerifyFull {
+                ca_file: cfg.ca_file.clone(),
+            },
+            TlsMode::Require => TdsTls::Require,
+            TlsMode::Disable => TdsTls::Disable,
+        },
+        connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
+        application_name,
+    }
+}
+
+/// Runs one azure-sql session to its end.
+pub async fn run(start: Start<'_>, shared: &Shared) {
+    let Start {
+        mut stream,
+        mut buf,
+        accepted,
+        upstream,
+        database,
+        gate,
+        identity,
+        user,
+        application_name,
+        info,
+        expires_at,
+    } = start;
+
+    let token = match upstream.credential().current().await {
+        Ok(t) => AccessToken::new(t.expose().to_owned()),
+        Err(e) => {
+            shared.metrics.error("upstream_credential");
+            warn!(upstream = upstream.name(), error = %e, "no token for the azure-sql upstream");
+            record_failure(
+                shared,
+                info,
+                format!("upstream credential unavailable: {e}"),
+            )
+            .await;
+            refuse(
+                &mut stream,
+                "08001",
+                &format!(
+                    "pgward could not obtain its credential for upstream \"{}\"",
+                    upstream.name()
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let caller = identity
+        .and_then(|id| id.upn.clone().or_else(|| id.mi_name.clone()))
+        .unwrap_or_else(|| user.to_owned());
+    let app = match application_name.filter(|a| !a.is_empty()) {
+        Some(a) => format!("{caller} ({a})"),
+        None => caller.clone(),
+    };
+    let roles = gate
+        .as_ref()
+        .map(|g| g.role_names().to_vec())
+        .unwrap_or_default();
+    let who = SessionIdentity {
+        oid: identity.map(|i| i.oid.clone()).unwrap_or_default(),
+        tid: identity.map(|i| i.tid.clone()).unwrap_or_default(),
+        upn: caller.clone(),
+        roles,
+    };
+    let opts = tds_options(&upstream, &database, app);
+    let tds = match TdsSession::connect(&opts, &token, &who).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.error("upstream_connect");
+            warn!(error = %e, "azure-sql connect failed");
+            record_failure(shared, info, e.to_string()).await;
+            refuse(&mut stream, e.sqlstate(), &e.client_message()).await;
+            return;
+        }
+    };
+    drop(token);
+
+    let audit = shared.audit.as_ref().map(|log| log.session(info));
+    if let Some(a) = &audit {
+        let connect = pgward_audit::Connect {
+            upstream: Some(upstream.name()),
+            upstream_role: None,
+        };
+        if let Err(e) = a.connect(&connect).await {
+            warn!(error = %e, "audit: cannot record the connection; refusing it");
+            refuse(&mut stream, "58030", "pgward cannot write its audit log").await;
+            tds.close().await;
+            return;
+        }
+    }
+
+    let key = CancelKey::new();
+    let mut greeting = BytesMut::with_capacity(512);
+    build::authentication_ok(&mut greeting);
+    for (k, v) in [
+        ("server_version", "16.0 (pgward azure-sql)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("IntervalStyle", "postgres"),
+        ("is_superuser", "off"),
+        ("application_name", application_name.unwrap_or("")),
+    ] {
+        build::parameter_status(&mut greeting, k, v);
+    }
+    build::backend_key_data(&mut greeting, key.pid, &key.secret);
+    build::ready_for_query(&mut greeting, TxStatus::Idle);
+    if stream.write_all(&greeting).await.is_err() {
+        tds.close().await;
+        return;
+    }
+    let _ = stream.flush().await;
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(accepted.elapsed().as_secs_f64());
+    info!(upstream = upstream.name(), "azure-sql session started");
+    shared.metrics.sessions_active.inc();
+    let started = Instant::now();
+
+    let mut relay = Relay {
+        tds,
+        gate,
+        trail: audit.as_ref().map(|a| Trail::new(a.clone())),
+        tx: TxStatus::Idle,
+        skip_to_sync: false,
+        database,
+        signal: key.signal.clone(),
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let framer = Framer::new(shared.config.listen.max_message_bytes);
+    let reason = relay
+        .serve(&mut stream, &mut buf, framer, shared, expires_at)
+        .await;
+    shared.metrics.sessions_active.dec();
+    drop(key);
+    let Relay {
+        tds,
+        trail,
+        bytes_in,
+        bytes_out,
+        ..
+    } = relay;
+    tds.close().await;
+    if let Some(a) = &audit {
+        let d = pgward_audit::Disconnect {
+            duration_us: started.elapsed().as_micros() as u64,
+            statements: trail.as_ref().map(|t| t.recorded).unwrap_or(0),
+            bytes_in,
+            bytes_out,
+            reason: Some(&reason),
+        };
+        if let Err(e) = a.disconnect(&d).await {
+            warn!(error = %e, "audit: could not record the disconnect");
+        }
+    }
+    info!(
+        reason,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "azure-sql session ended"
+    );
+}
+
+struct Relay {
+    tds: TdsSession,
+    gate: Option<Gate>,
+    trail: Option<Trail>,
+    tx: TxStatus,
+    /// After an error in an extended-protocol batch: skip to Sync, as PostgreSQL does.
+    skip_to_sync: bool,
+    database: String,
+    signal: Arc<Notify>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Transaction control pgward translates: (T-SQL to run, PostgreSQL tag).
+enum TxControl {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+fn tx_control(sql: &str) -> Option<TxControl> {
+    let norm: String = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
+    match norm.as_str() {
+        "begin" | "begin transaction" | "begin tran" | "begin work" | "start transaction" => {
+            Some(TxControl::Begin)
+        }
+        "commit" | "commit transaction" | "commit tran" | "commit work" | "end"
+        | "end transaction" => Some(TxControl::Commit),
+        "rollback" | "rollback transaction" | "rollback tran" | "rollback work" | "abort" => {
+            Some(TxControl::Rollback)
+        }
+        _ => None,
+    }
+}
+
+/// The command tag each analysed statement answers with.
+fn expect_of(kind: &str) -> Expect {
+    match kind {
+        "TSqlSelect" => Expect::Rows,
+        "TSqlInsert" => Expect::Insert,
+        "TSqlUpdate" => Expect::Update,
+        "TSqlDelete" => Expect::Delete,
+        "TSqlMerge" => Expect::Merge,
+        "TSqlCreateTable" => Expect::Tag("CREATE TABLE".into()),
+        "TSqlCreateView" => Expect::Tag("CREATE VIEW".into()),
+        "TSqlCreateIndex" => Expect::Tag("CREATE INDEX".into()),
+        "TSqlCreateSchema" => Expect::Tag("CREATE SCHEMA".into()),
+        "TSqlAlterTable" => Expect::Tag("ALTER TABLE".into()),
+        "TSqlDrop" => Expect::Tag("DROP".into()),
+        "TSqlTruncate" => Expect::Tag("TRUNCATE TABLE".into()),
+        "TSqlGrant" => Expect::Tag("GRANT".into()),
+        "TSqlSet" => Expect::Tag("SET".into()),
+        "TSqlExecute" => Expect::Tag("CALL".into()),
+        _ => Expect::Tag("OK".into()),
+    }
+}
+
+impl Relay {
+    async fn serve(
+        &mut self,
+        stream: &mut ClientStream,
+        buf: &mut BytesMut,
+        framer: Framer,
+        shared: &Shared,
+        expires_at: Option<tokio::time::Instant>,
+    ) -> String {
+        let never = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = expires_at.unwrap_or(never);
+        loop {
+            let msg = match framer.next(buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    let read = tokio::select! {
+                        r = stream.read_buf(buf) => r,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            fatal(stream, "28000", "token expired").await;
+                            return "token expired".into();
+                        }
+                        _ = shared.hard_stop.cancelled() => {
+                            fatal(stream, "57P01", "terminating connection because pgward is shutting down").await;
+                            return "shutdown".into();
+                        }
+                    };
+                    match read {
+                        Ok(0) => return "client gone".into(),
+                        Ok(n) => {
+                            self.bytes_in += n as u64;
+                            continue;
+                        }
+                        Err(e) => return format!("client gone: {e}"),
+                    }
+                }
+                Err(e) => {
+                    fatal(stream, "08P01", &format!("invalid message: {e}")).await;
+                    return format!("client protocol violation: {e}");
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                fatal(stream, "28000", "token expired").await;
+                return "token expired".into();
+            }
+            let mut out = BytesMut::new();
+            match msg.tag() {
+                b'X' => return "client terminated".into(),
+                b'Q' => {
+                    let sql = match frontend::query_text(msg.body()) {
+                        Ok(s) => s.to_owned(),
+                        Err(e) => {
+                            fatal(stream, "08P01", &format!("invalid message: {e}")).await;
+                            return format!("client protocol violation: {e}");
+                        }
+                    };
+                    match self.query(&sql, stream).await {
+                        Ok(()) => {}
+                        Err(end) => return end,
+                    }
+                    continue;
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
+                    if !self.skip_to_sync {
+                        let sql = if msg.tag() == b'P' {
+                            frontend::parse_message(msg.body())
+                                .map(|p| p.query.to_owned())
+                                .unwrap_or_default()
+                        } else {
+                            "(extended-protocol message)".to_owned()
+                        };
+                        if let Err(end) = self
+                            .refuse_statement(
+                                &sql,
+                                "azure_sql.unsupported",
+                                "0A000",
+                                UNSUPPORTED_EXTENDED,
+                                &mut out,
+                            )
+                            .await
+                        {
+                            fatal(stream, "58030", &end).await;
+                            return end;
+                        }
+                        self.skip_to_sync = msg.tag() != b'F';
+                    }
+                    if msg.tag() == b'F' {
+                        build::ready_for_query(&mut out, self.tx);
+                    }
+                }
+                b'S' => {
+                    self.skip_to_sync = false;
+                    build::ready_for_query(&mut out, self.tx);
+                }
+                b'H' => {}
+                // CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them too.
+                b'd' | b'c' | b'f' => {}
+                other => {
+                    let e = format!("unexpected message type 0x{other:02x}");
+                    fatal(stream, "08P01", &e).await;
+                    return format!("client protocol violation: {e}");
+                }
+            }
+            if !out.is_empty() {
+                self.bytes_out += out.len() as u64;
+                if let Err(e) = stream.write_all(&out).await {
+                    return format!("client gone: {e}");
+                }
+            }
+        }
+    }
+
+    /// A statement refused before reaching the server: error to `out`, audit record first.
+    async fn refuse_statement(
+        &mut self,
+        sql: &str,
+        rule: &str,
+        code: &str,
+        message: &str,
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
+        info!(rule, code, "azure-sql statement refused");
+        if let Some(t) = self.trail.as_mut() {
+            t.on_query(sql, None, Some(Audited::refused(rule)));
+            let mut appends = Vec::new();
+            appends.extend(t.on_result(None, Some((code, message))));
+            appends.extend(t.on_ready());
+            for a in appends {
+                a.await
+                    .map_err(|e| format!("audit record could not be written: {e}"))?;
+            }
+        }
+        build::error_response(out, Severity::Error, code, message);
+        Ok(())
+    }
+
+    /// One simple Query. `Err` ends the session with its reason.
+    async fn query(&mut self, sql: &str, stream: &mut ClientStream) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        let result = self.query_inner(sql, stream, &mut out).await;
+        if let Err(end) = &result {
+            if end.starts_with("audit") {
+                let _ = stream.write_all(&out).await;
+                fatal(
+                    stream,
+                    "58030",
+                    "pgward could not record this statement in the audit log",
+                )
+                .await;
+                return result;
+            }
+        }
+        build::ready_for_query(&mut out, self.tx);
+        self.bytes_out += out.len() as u64;
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("client gone: {e}"))?;
+        result
+    }
+
+    async fn query_inner(
+        &mut self,
+        sql: &str,
+        stream: &mut ClientStream,
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
+        if sql.trim().trim_matches(';').trim().is_empty() {
+            pgward_tds::pg::empty_query(out);
+            return Ok(());
+        }
+        let control = tx_control(sql);
+        if self.tx == TxStatus::Failed
+            && !matches!(control, Some(TxControl::Rollback | TxControl::Commit))
+        {
+            return self
+                .refuse_statement(
+                    sql,
+                    "azure_sql.aborted_transaction",
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                    out,
+                )
+                .await;
+        }
+        if let Some(c) = control {
+            return self.transaction(sql, c, out).await;
+        }
+        if sql.to_ascii_lowercase().contains("pg_catalog") {
+            return self
+                .refuse_statement(
+                    sql,
+                    "azure_sql.pg_catalog",
+                    "0A000",
+                    UNSUPPORTED_CATALOG,
+                    out,
+                )
+                .await;
+        }
+        if sql
+            .trim_start()
+            .get(..4)
+            .is_some_and(|w| w.eq_ignore_ascii_case("copy"))
+        {
+            return self
+                .refuse_statement(sql, "azure_sql.unsupported", "0A000", UNSUPPORTED_COPY, out)
+                .await;
+        }
+        let database = Some(self.database.as_str());
+        let qd = self.gate.as_mut().map(|g| g.decide_tsql(sql, database));
+        if let Some(qd) = qd.as_ref().filter(|qd| qd.decision.blocks()) {
+            let denial = denial_of(qd);
+            if let Some(t) = self.trail.as_mut() {
+                t.on_query(sql, Some(qd), None);
+                let mut appends = Vec::new();
+                appends.extend(t.on_result(None, Some((denial.code, &denial.message()))));
+                appends.extend(t.on_ready());
+                for a in appends {
+                    a.await
+                        .map_err(|e| format!("audit record could not be written: {e}"))?;
+                }
+            }
+            self.fail_transaction().await;
+            build::error_response(out, Severity::Error, denial.code, &denial.message());
+            return Ok(());
+        }
+        // Without a policy (development mode) the batch is still analysed, for its tags.
+        let kinds: Vec<&'static str> = match &qd {
+            Some(qd) => qd.statements.iter().map(|s| s.analysis.kind).collect(),
+            None => pgward_policy::tsql::analyze_tsql(sql, database)
+                .map(|a| a.statements.iter().map(|s| s.kind).collect())
+                .unwrap_or_default(),
+        };
+        if kinds.contains(&"TSqlTransaction") {
+            return self
+                .refuse_statement(
+                    sql,
+                    "azure_sql.unsupported",
+                    "0A000",
+                    UNSUPPORTED_TX_IN_BATCH,
+                    out,
+                )
+                .await;
+        }
+        if let Some(t) = self.trail.as_ref() {
+            if !t.ready() {
+                let d = Denial::audit_unavailable();
+                build::error_response(out, Severity::Error, d.code, &d.message());
+                return Ok(());
+            }
+        }
+        let expect: Vec<Expect> = kinds.iter().map(|k| expect_of(k)).collect();
+        if let Some(t) = self.trail.as_mut() {
+            t.on_query(sql, qd.as_ref(), None);
+        }
+        let outcome = self
+            .tds
+            .run(sql, &expect, stream, &self.signal)
+            .await
+            .map_err(|e| format!("client gone: {e}"))?;
+        self.bytes_out += outcome.bytes_out;
+        if let Some(t) = self.trail.as_mut() {
+            let mut appends = Vec::new();
+            for s in &outcome.statements {
+                let err = s.error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+                appends.extend(t.on_result(s.tag.as_deref(), err));
+            }
+            appends.extend(t.on_ready());
+            for a in appends {
+                a.await
+                    .map_err(|e| format!("audit record could not be written: {e}"))?;
+            }
+        }
+        if outcome.failed {
+            self.fail_transaction().await;
+        }
+        debug!(
+            statements = outcome.statements.len(),
+            cancelled = outcome.cancelled,
+            "azure-sql batch done"
+        );
+        Ok(())
+    }
+
+    /// An error inside BEGIN ... COMMIT aborts the transaction, as in PostgreSQL.
+    async fn fail_transaction(&mut self) {
+        if self.tx == TxStatus::InTransaction {
+            if let Err((code, m)) = self
+                .tds
+                .control("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
+                .await
+            {
+                warn!(code, message = %m, "rolling back the failed transaction failed");
+            }
+            self.tx = TxStatus::Failed;
+        }
+    }
+
+    async fn transaction(
+        &mut self,
+        sql: &str,
+        c: TxControl,
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
+        let (tsql, tag, next) = match (c, self.tx) {
+            (TxControl::Begin, TxStatus::Idle) => {
+                (Some("BEGIN TRANSACTION"), "BEGIN", TxStatus::InTransaction)
+            }
+            (TxControl::Begin, tx) => {
+                build::notice(out, "25001", "there is already a transaction in progress");
+                (None, "BEGIN", tx)
+            }
+            (TxControl::Commit, TxStatus::InTransaction) => {
+                (Some("COMMIT TRANSACTION"), "COMMIT", TxStatus::Idle)
+            }
+            (TxControl::Commit, TxStatus::Failed) => (
+                Some("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"),
+                "ROLLBACK",
+                TxStatus::Idle,
+            ),
+            (TxControl::Commit, TxStatus::Idle) => {
+                build::notice(out, "25P01", "there is no transaction in progress");
+                (None, "COMMIT", TxStatus::Idle)
+            }
+            (TxControl::Rollback, TxStatus::Idle) => {
+                build::notice(out, "25P01", "there is no transaction in progress");
+                (None, "ROLLBACK", TxStatus::Idle)
+            }
+            (TxControl::Rollback, _) => (
+                Some("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"),
+                "ROLLBACK",
+                TxStatus::Idle,
+            ),
+        };
+        let result = match tsql {
+            Some(t) => self.tds.control(t).await,
+            None => Ok(()),
+        };
+        if let Some(trail) = self.trail.as_mut() {
+            let audited = Audited {
+                decision: pgward_audit::Decision::Allow,
+                rule: Some("baseline".into()),
+                objects: Vec::new(),
+            };
+            trail.on_query(sql, None, Some(audited));
+            let mut appends = Vec::new();
+            match &result {
+                Ok(()) => appends.extend(trail.on_result(Some(tag), None)),
+                Err((c, m)) => {
+                    appends.extend(trail.on_result(None, Some((c.as_str(), m.as_str()))))
+                }
+            }
+            appends.extend(trail.on_ready());
+            for a in appends {
+                a.await
+                    .map_err(|e| format!("audit record could not be written: {e}"))?;
+            }
+        }
+        match result {
+            Ok(()) => {
+                pgward_tds::pg::command_complete(out, tag);
+                self.tx = next;
+            }
+            Err((code, message)) => {
+                build::error_response(out, Severity::Error, &code, &message);
+                if self.tx == TxStatus::InTransaction {
+                    self.tx = TxStatus::Failed;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn fatal(stream: &mut ClientStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    build::error_response(&mut out, Severity::Fatal, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+}
