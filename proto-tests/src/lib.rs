@@ -627,105 +627,48 @@ pub mod raw {
 /// TLS for tokio-postgres over rustls (aws-lc-rs), verifying pgward's certificate
 /// against a CA file, so Rust clients can sign in with tokens (which pgward only takes
 /// over TLS).
+/// The local Entra stand-in (pgward_entra::dev::DevIssuer) for `tenant`, serving on a
+/// runtime of its own (keep the runtime alive as long as the issuer is used).
+pub fn start_issuer(
+    tenant: &str,
+    worker_threads: usize,
+) -> (tokio::runtime::Runtime, pgward_entra::dev::DevIssuer) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    let issuer = rt
+        .block_on(pgward_entra::dev::DevIssuer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            tenant,
+        ))
+        .unwrap();
+    (rt, issuer)
+}
+
 pub mod pgtls {
-    use std::future::Future;
-    use std::io;
     use std::path::Path;
-    use std::pin::Pin;
     use std::sync::Arc;
-    use std::task::{Context, Poll};
 
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName};
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+    use rustls_pki_types::CertificateDer;
 
-    #[derive(Clone)]
-    pub struct MakeRustls(Arc<rustls::ClientConfig>);
+    /// tokio-postgres over rustls (the audit sink's adapter), trusting `ca` only.
+    pub use pgward_audit::sinks::postgres::MakeRustls;
 
-    impl MakeRustls {
-        pub fn new(ca: &Path) -> Self {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).unwrap() {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Self(Arc::new(cfg))
+    /// A tokio-postgres TLS connector that trusts only the CA in `ca` (PEM).
+    pub fn trusting(ca: &Path) -> MakeRustls {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
         }
-    }
-
-    pub struct Connector(Arc<rustls::ClientConfig>, ServerName<'static>);
-
-    /// Generic over the socket: tokio-postgres hands over its own `Socket` type.
-    pub struct Stream<S>(tokio_rustls::client::TlsStream<S>);
-
-    impl<S> MakeTlsConnect<S> for MakeRustls
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        type Stream = Stream<S>;
-        type TlsConnect = Connector;
-        type Error = io::Error;
-
-        fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connector> {
-            let name = ServerName::try_from(domain.to_owned())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            Ok(Connector(self.0.clone(), name))
-        }
-    }
-
-    impl<S> TlsConnect<S> for Connector
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        type Stream = Stream<S>;
-        type Error = io::Error;
-        type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
-
-        fn connect(self, stream: S) -> Self::Future {
-            Box::pin(async move {
-                let tls = tokio_rustls::TlsConnector::from(self.0)
-                    .connect(self.1, stream)
-                    .await?;
-                Ok(Stream(tls))
-            })
-        }
-    }
-
-    impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Stream<S> {
-        fn channel_binding(&self) -> ChannelBinding {
-            ChannelBinding::none()
-        }
-    }
-
-    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.0).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
-        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        MakeRustls::new(Arc::new(cfg))
     }
 }

@@ -312,6 +312,10 @@ fn a_log_that_cannot_be_written_refuses_statements() {
     let out = psql(&pgward.conn("app", "require"), &["-c", "SELECT 1"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("audit"), "{err}");
+    // Readiness says so, so a load balancer sends clients to another replica.
+    let (status, body) = pgward.admin_get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("audit log cannot write"), "{body}");
     // The file still verifies up to where writing stopped.
     let ok = std::process::Command::new(pgward_bin())
         .args(["audit", "verify"])

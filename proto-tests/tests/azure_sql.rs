@@ -243,14 +243,7 @@ struct Env {
 }
 
 fn env() -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let issuer = rt
-        .block_on(DevIssuer::start("127.0.0.1:0".parse().unwrap(), TENANT))
-        .unwrap();
+    let (rt, issuer) = pgward_proto_tests::start_issuer(TENANT, 1);
     let identity = IdentityStandIn::start(
         IdentityExpect {
             resource: "https://database.windows.net".into(),
@@ -552,7 +545,7 @@ fn azure_sql_refusing_pgwards_token_is_08001() {
     );
     // The SQLSTATE, through a driver that exposes it.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let tls = pgward_proto_tests::pgtls::MakeRustls::new(env.pgward.ca.as_ref().unwrap());
+    let tls = pgward_proto_tests::pgtls::trusting(env.pgward.ca.as_ref().unwrap());
     let conn = format!(
         "host=127.0.0.1 port={} dbname=sqlapp user=alice@contoso.com password={} sslmode=require",
         env.pgward.port,

@@ -66,14 +66,7 @@ struct Env {
 
 impl Env {
     fn start() -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let issuer = rt
-            .block_on(DevIssuer::start("127.0.0.1:0".parse().unwrap(), TENANT))
-            .unwrap();
+        let (rt, issuer) = start_issuer(TENANT, 1);
         let dir = tempfile::Builder::new()
             .prefix("pgward-recipes-")
             .tempdir()

@@ -20,14 +20,7 @@ struct Env {
 }
 
 fn env(opts: PgwardOptions, entra_extra: &str) -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let issuer = rt
-        .block_on(DevIssuer::start("127.0.0.1:0".parse().unwrap(), TENANT))
-        .unwrap();
+    let (rt, issuer) = start_issuer(TENANT, 1);
     let entra = format!(
         "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\nunknown_kid_min_interval_secs = 1\n{entra_extra}",
         issuer.authority()
@@ -346,7 +339,7 @@ fn a_session_ends_with_its_token() {
 fn tokio_postgres_signs_in_with_a_token_over_tls() {
     let env = env(PgwardOptions::default(), "");
     let user = "svc-reporting";
-    let tls = pgtls::MakeRustls::new(env.pgward.ca.as_ref().unwrap());
+    let tls = pgtls::trusting(env.pgward.ca.as_ref().unwrap());
     let good = env.mint(&TokenSpec::managed_identity(user));
     let mut expired = TokenSpec::managed_identity(user);
     expired.lifetime_secs = -3600;

@@ -38,14 +38,7 @@ struct Env {
 }
 
 fn env() -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let issuer = rt
-        .block_on(DevIssuer::start("127.0.0.1:0".parse().unwrap(), TENANT))
-        .unwrap();
+    let (rt, issuer) = start_issuer(TENANT, 2);
     let db = Database::start();
     // The table owner (the superuser) is not the session's role, and doc_reader is no
     // superuser: row-level security applies to every session pgward opens.
@@ -103,7 +96,7 @@ fn person(upn: &str, oid: &str) -> TokenSpec {
 
 impl Env {
     async fn connect(&self, user: &str, token: &str, app: &str) -> Client {
-        let tls = pgtls::MakeRustls::new(self.pgward.ca.as_ref().unwrap());
+        let tls = pgtls::trusting(self.pgward.ca.as_ref().unwrap());
         let mut conn = format!(
             "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode=require",
             self.pgward.port

@@ -42,14 +42,7 @@ struct Env {
 }
 
 fn env() -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let issuer = rt
-        .block_on(DevIssuer::start("127.0.0.1:0".parse().unwrap(), TENANT))
-        .unwrap();
+    let (rt, issuer) = start_issuer(TENANT, 2);
     let db = Database::start();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -78,7 +71,7 @@ fn env() -> Env {
 impl Env {
     async fn connect(&self, upn: &str) -> Result<Client, tokio_postgres::Error> {
         let token = self.issuer.mint(&TokenSpec::user(upn)).unwrap();
-        let tls = pgtls::MakeRustls::new(self.pgward.ca.as_ref().unwrap());
+        let tls = pgtls::trusting(self.pgward.ca.as_ref().unwrap());
         let conn = format!(
             "host=127.0.0.1 port={} dbname=app user={upn} password={token} sslmode=require",
             self.pgward.port

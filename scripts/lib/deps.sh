@@ -9,7 +9,7 @@ ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then
         [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
     fi
-    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.88 or newer (https://rustup.rs) and run again"
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.89 or newer (https://rustup.rs) and run again"
 }
 
 have_pg_server() {

@@ -76,6 +76,21 @@ pub enum CredentialConfig {
 }
 
 impl CredentialConfig {
+    /// A credential for a service other than a database (Azure Monitor, Microsoft Graph),
+    /// from a table with the same keys as `[upstreams.credential]` but no `user` (there is
+    /// no login role). `key` names the table in errors, which never quote a value.
+    pub fn for_service(
+        table: &serde_json::Map<String, serde_json::Value>,
+        key: &str,
+    ) -> Result<Self, String> {
+        let mut table = table.clone();
+        table
+            .entry("user")
+            .or_insert_with(|| serde_json::Value::String(key.to_owned()));
+        serde_json::from_value(serde_json::Value::Object(table))
+            .map_err(|e| format!("{key}: {}", without_values(&e.to_string())))
+    }
+
     /// The upstream login role.
     pub fn user(&self) -> &str {
         match self {
@@ -332,6 +347,25 @@ pub(crate) fn is_loopback(host: &str) -> bool {
         || h.parse::<IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
+}
+
+/// An error message with every quoted part replaced, so a mistyped secret never shows.
+fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut quoted = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+            continue;
+        }
+        if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

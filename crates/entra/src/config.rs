@@ -29,6 +29,20 @@ pub enum GroupsOverage {
     Graph,
 }
 
+/// `[entra] graph_credential`: kept as the table it was written as. Its Debug shows only
+/// the `type` (the table may hold a client secret).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct GraphCredential(pub serde_json::Map<String, serde_json::Value>);
+
+impl std::fmt::Debug for GraphCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphCredential")
+            .field("type", &self.0.get("type"))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The `[entra]` section. Keys of the product contract: `tenant_id`, `authority`,
 /// `audiences`, `clock_skew_secs`; the others are documented additions (docs/entra.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +74,11 @@ pub struct EntraConfig {
     /// Microsoft Graph base URL used when `groups_overage = "graph"`.
     #[serde(default = "default_graph_endpoint")]
     pub graph_endpoint: String,
+    /// pgward's own Azure credential for Microsoft Graph when `groups_overage = "graph"`:
+    /// the keys of `[upstreams.credential]` without `user` (the proxy builds the token
+    /// source; this crate only takes a [`crate::GraphTokenSource`]).
+    #[serde(default)]
+    pub graph_credential: Option<GraphCredential>,
     /// Background JWKS refresh interval, in seconds.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_secs: u64,
@@ -168,6 +187,7 @@ impl EntraConfig {
             expiry_grace_secs: 0,
             groups_overage: GroupsOverage::Refuse,
             graph_endpoint: default_graph_endpoint(),
+            graph_credential: None,
             jwks_refresh_secs: default_jwks_refresh(),
             unknown_kid_min_interval_secs: default_unknown_kid_interval(),
             v1_issuer: None,

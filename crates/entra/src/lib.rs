@@ -39,7 +39,7 @@ mod identity;
 mod validator;
 
 pub use config::{
-    ConfigError, EntraConfig, GroupsOverage, DEFAULT_AUDIENCE, DEFAULT_AUTHORITY,
+    ConfigError, EntraConfig, GraphCredential, GroupsOverage, DEFAULT_AUDIENCE, DEFAULT_AUTHORITY,
     DEFAULT_GRAPH_ENDPOINT,
 };
 pub use error::{AuthError, Shown};

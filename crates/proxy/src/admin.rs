@@ -20,14 +20,16 @@ use tracing::debug;
 
 use crate::metrics::Metrics;
 
-/// Readiness: the listener is up and not draining, the token keys are loaded, and
-/// every upstream credential has a valid token.
+/// Readiness: the listener is up and not draining, the token keys are loaded, every
+/// upstream credential has a valid token, and the audit log can write (fail-closed: while
+/// it can't, statements are refused, so traffic belongs on another replica).
 #[derive(Default)]
 pub struct Readiness {
     serving: AtomicBool,
     validator: Option<pgward_entra::Validator>,
     /// (upstream name, pgward's credential for it).
     credentials: Vec<(String, pgward_upstream::TokenSource)>,
+    audit: Option<pgward_audit::AuditLog>,
 }
 
 impl Readiness {
@@ -36,7 +38,14 @@ impl Readiness {
             serving: AtomicBool::new(false),
             validator,
             credentials: Vec::new(),
+            audit: None,
         }
+    }
+
+    /// Adds the audit log's health to what readiness depends on.
+    pub fn with_audit(mut self, audit: Option<pgward_audit::AuditLog>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Adds pgward's upstream credentials to what readiness depends on.
@@ -69,6 +78,11 @@ impl Readiness {
                     h.kind
                 ));
             }
+        }
+        if let Some(Err(e)) = self.audit.as_ref().map(pgward_audit::AuditLog::ready) {
+            p.push(format!(
+                "the audit log cannot write (statements are refused): {e}"
+            ));
         }
         p
     }

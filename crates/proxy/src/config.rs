@@ -269,10 +269,27 @@ impl Config {
                     );
                 }
                 if entra.groups_overage == pgward_entra::GroupsOverage::Graph {
-                    p.push(
-                        "[entra] groups_overage = \"graph\" needs pgward's own Azure credential for Microsoft Graph, which is not available yet; use \"refuse\""
-                            .into(),
-                    );
+                    match &entra.graph_credential {
+                        None => p.push(
+                            "[entra] groups_overage = \"graph\" needs [entra.graph_credential]: pgward's own Azure credential for Microsoft Graph (GroupMember.Read.All), with the keys of [upstreams.credential] without user"
+                                .into(),
+                        ),
+                        Some(table) => match pgward_upstream::CredentialConfig::for_service(
+                            &table.0,
+                            "[entra] graph_credential",
+                        ) {
+                            Err(e) => p.push(e),
+                            Ok(c) if !c.is_token() => p.push(
+                                "[entra] graph_credential: Microsoft Graph needs an Azure credential type (managed-identity, workload-identity, client-secret, azure-cli), not \"password\""
+                                    .into(),
+                            ),
+                            Ok(c) => p.extend(
+                                c.problems()
+                                    .into_iter()
+                                    .map(|e| format!("[entra] graph_credential: {e}")),
+                            ),
+                        },
+                    }
                 }
             }
             (None, true) => {}

@@ -137,9 +137,13 @@ impl Server {
             Some(entra) => {
                 let http = pgward_entra::default_http_client()
                     .map_err(|e| format!("[entra] HTTP client: {e}"))?;
-                let v = pgward_entra::Validator::start(entra.clone(), http)
-                    .await
-                    .map_err(|e| format!("[entra] {e}"))?;
+                let v = pgward_entra::Validator::start_with_graph(
+                    entra.clone(),
+                    http,
+                    graph_tokens(entra)?,
+                )
+                .await
+                .map_err(|e| format!("[entra] {e}"))?;
                 (ClientAuth::Entra(v.clone()), Some(v))
             }
             None => (ClientAuth::Unauthenticated, None),
@@ -158,6 +162,7 @@ impl Server {
         };
         let limiter = Limiter::new(config.limits.clone());
         let audit_for_metrics = audit.clone();
+        let audit_for_readiness = audit.clone();
         let shared = Arc::new(Shared {
             limiter: limiter.clone(),
             audit,
@@ -182,7 +187,11 @@ impl Server {
             listener,
             local_addr,
             admin,
-            readiness: Arc::new(Readiness::new(validator).with_credentials(credentials)),
+            readiness: Arc::new(
+                Readiness::new(validator)
+                    .with_credentials(credentials)
+                    .with_audit(audit_for_readiness),
+            ),
             handle: ServerHandle {
                 drain: CancellationToken::new(),
                 tls,
@@ -302,6 +311,38 @@ const CREDENTIAL_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts every upstream credential's background refresh and waits (bounded, all at
 /// once) for their first tokens.
+/// pgward's own credential for Microsoft Graph, when `groups_overage = "graph"`: the token
+/// source refreshes in the background like the upstream ones.
+fn graph_tokens(
+    entra: &pgward_entra::EntraConfig,
+) -> Result<Option<Arc<dyn pgward_entra::GraphTokenSource>>, String> {
+    let (pgward_entra::GroupsOverage::Graph, Some(table)) =
+        (&entra.groups_overage, &entra.graph_credential)
+    else {
+        return Ok(None);
+    };
+    let cfg = pgward_upstream::CredentialConfig::for_service(&table.0, "[entra] graph_credential")?;
+    let scope = format!("{}/.default", entra.graph_endpoint.trim_end_matches('/'));
+    let source = pgward_upstream::TokenSource::new("graph", &cfg, &scope)?;
+    source.start();
+    Ok(Some(Arc::new(GraphTokens(source))))
+}
+
+struct GraphTokens(pgward_upstream::TokenSource);
+
+impl pgward_entra::GraphTokenSource for GraphTokens {
+    fn graph_token(
+        &self,
+    ) -> pgward_entra::BoxFuture<'_, Result<String, pgward_entra::GraphTokenError>> {
+        Box::pin(async move {
+            match self.0.current().await {
+                Ok(token) => Ok(token.expose().to_owned()),
+                Err(e) => Err(Box::new(e) as pgward_entra::GraphTokenError),
+            }
+        })
+    }
+}
+
 async fn start_credentials(
     upstreams: &HashMap<String, Arc<Upstream>>,
 ) -> Vec<(String, pgward_upstream::TokenSource)> {

@@ -120,25 +120,6 @@ impl std::fmt::Debug for AzureMonitorConfig {
     }
 }
 
-/// Hides every quoted value in a parser message (a misplaced secret must not reach a log).
-fn without_values(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut quoted = false;
-    for c in msg.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
-            }
-            quoted = !quoted;
-            continue;
-        }
-        if !quoted {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn default_scope() -> String {
     DEFAULT_SCOPE.to_string()
 }
@@ -229,19 +210,11 @@ impl AzureMonitorConfig {
     pub fn credential_config(
         &self,
     ) -> Option<Result<pgward_credentials::CredentialConfig, String>> {
-        let mut table = self.credential.clone()?;
-        // Every credential type names a database login role; here there is none.
-        table
-            .entry("user")
-            .or_insert_with(|| serde_json::Value::String("azure-monitor".to_string()));
-        Some(
-            serde_json::from_value(serde_json::Value::Object(table)).map_err(|e| {
-                format!(
-                    "audit.azure_monitor.credential: {}",
-                    without_values(&e.to_string())
-                )
-            }),
-        )
+        let table = self.credential.as_ref()?;
+        Some(pgward_credentials::CredentialConfig::for_service(
+            table,
+            "audit.azure_monitor.credential",
+        ))
     }
 
     /// The ingestion URL.

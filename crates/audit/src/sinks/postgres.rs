@@ -511,14 +511,22 @@ fn tls_config(ca_file: Option<&Path>) -> Result<MakeRustls, String> {
     Ok(MakeRustls(Arc::new(cfg)))
 }
 
-/// tokio-postgres TLS on rustls (aws-lc-rs), verifying chain and host name.
+/// tokio-postgres TLS on rustls (aws-lc-rs), verifying chain and host name with the
+/// given client configuration. Public so the end-to-end tests' tokio-postgres clients use
+/// the same adapter.
 #[derive(Clone)]
-struct MakeRustls(Arc<rustls::ClientConfig>);
+pub struct MakeRustls(Arc<rustls::ClientConfig>);
 
-struct Connector(Arc<rustls::ClientConfig>, ServerName<'static>);
+impl MakeRustls {
+    pub fn new(config: Arc<rustls::ClientConfig>) -> Self {
+        Self(config)
+    }
+}
+
+pub struct Connector(Arc<rustls::ClientConfig>, ServerName<'static>);
 
 /// Generic over the socket: tokio-postgres hands over its own `Socket` type.
-struct TlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub struct TlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S> MakeTlsConnect<S> for MakeRustls
 where
