@@ -91,6 +91,21 @@ impl CredentialConfig {
             .map_err(|e| format!("{key}: {}", without_values(&e.to_string())))
     }
 
+    /// Makes the relative file paths of a service-credential table (see
+    /// [`CredentialConfig::for_service`]) relative to `base`, the configuration's directory.
+    pub fn resolve_table_paths(
+        table: &mut serde_json::Map<String, serde_json::Value>,
+        base: &Path,
+    ) {
+        for key in ["password_file", "secret_file", "token_file"] {
+            if let Some(serde_json::Value::String(p)) = table.get_mut(key) {
+                if Path::new(p.as_str()).is_relative() {
+                    *p = base.join(p.as_str()).to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
+
     /// The upstream login role.
     pub fn user(&self) -> &str {
         match self {
@@ -374,6 +389,30 @@ mod tests {
 
     fn parse(text: &str) -> CredentialConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn service_tables_take_no_user_hide_values_and_resolve_paths() {
+        let mut table: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"type": "client-secret", "tenant_id": "t", "client_id": "c", "secret_file": "graph.secret"}"#,
+        )
+        .unwrap();
+        CredentialConfig::resolve_table_paths(&mut table, Path::new("/etc/pgward"));
+        assert_eq!(table["secret_file"], "/etc/pgward/graph.secret");
+        let c = CredentialConfig::for_service(&table, "[entra] graph_credential").unwrap();
+        assert_eq!(c.type_name(), "client-secret");
+        // The only problem is the (absent) file, at its resolved place.
+        assert_eq!(
+            c.problems(),
+            ["cannot read secret_file /etc/pgward/graph.secret: No such file or directory (os error 2)"]
+        );
+        // A mistyped key is named; a value in the table never shows in the error.
+        let bad: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"type": "client-secret", "secrett": "hunter2-value"}"#)
+                .unwrap();
+        let e = CredentialConfig::for_service(&bad, "[entra] graph_credential").unwrap_err();
+        assert!(e.starts_with("[entra] graph_credential: "), "{e}");
+        assert!(!e.contains("hunter2-value"), "{e}");
     }
 
     #[test]

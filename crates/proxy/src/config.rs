@@ -205,6 +205,13 @@ impl Config {
         if let Some(audit) = self.audit.as_mut() {
             audit.resolve_paths(base);
         }
+        if let Some(g) = self
+            .entra
+            .as_mut()
+            .and_then(|e| e.graph_credential.as_mut())
+        {
+            pgward_upstream::CredentialConfig::resolve_table_paths(&mut g.0, base);
+        }
         for u in &mut self.upstreams {
             if let Some(p) = u.ca_file.as_mut() {
                 fix(p);

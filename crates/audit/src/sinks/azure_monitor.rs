@@ -162,6 +162,9 @@ fn endpoint_problem(endpoint: &str) -> Option<String> {
 impl AzureMonitorConfig {
     /// Makes relative paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(table) = &mut self.credential {
+            pgward_credentials::CredentialConfig::resolve_table_paths(table, base);
+        }
         for p in [&mut self.spool_dir, &mut self.token_file]
             .into_iter()
             .flatten()
