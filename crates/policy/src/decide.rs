@@ -27,6 +27,18 @@ pub struct Principal {
     pub app_roles: Vec<String>,
 }
 
+impl Principal {
+    /// The name the caller goes by on the upstream session (application_name, logs): the
+    /// UPN (or a managed identity's name), else the object id.
+    pub fn caller_name(&self) -> &str {
+        if self.upn.is_empty() {
+            &self.oid
+        } else {
+            &self.upn
+        }
+    }
+}
+
 /// The policy roles an identity holds (indices into one policy; use it only with that policy).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RoleSet {

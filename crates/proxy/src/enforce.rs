@@ -250,13 +250,8 @@ impl Gate {
         let policy = store.current();
         let roles = policy.roles_for(&principal);
         let mut session = SessionState::new(&policy);
-        // The name application_name leads with (as in the upstream startup parameters).
-        let caller = if principal.upn.is_empty() {
-            principal.oid.clone()
-        } else {
-            principal.upn.clone()
-        };
-        session.set_caller(&caller);
+        // The name application_name must lead with (as in the upstream startup parameters).
+        session.set_caller(principal.caller_name());
         Self {
             store,
             policy,
@@ -271,12 +266,7 @@ impl Gate {
     /// A client's plain `SET application_name = 'x'` as pgward runs it:
     /// `SET application_name = '<caller> (x)'` (pgjdbc sends one on every connect).
     pub fn rewrite(&self, sql: &str) -> Option<String> {
-        let caller = if self.principal.upn.is_empty() {
-            &self.principal.oid
-        } else {
-            &self.principal.upn
-        };
-        pgward_policy::rewrite_set_application_name(sql, caller)
+        pgward_policy::rewrite_set_application_name(sql, self.principal.caller_name())
     }
 
     /// Counts this session's decisions in `metrics`.

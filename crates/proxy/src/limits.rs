@@ -91,24 +91,23 @@ impl LimitsConfig {
             .iter()
             .filter(|r| roles.contains(&r.role))
             .collect();
-        let most = |f: &dyn Fn(&RoleLimits) -> Option<f64>, global: Option<f64>| {
-            held.iter()
-                .filter_map(|r| f(r))
-                .fold(None, |acc: Option<f64>, v| {
-                    Some(acc.map_or(v, |a| a.max(v)))
-                })
-                .or(global)
-        };
+        // The most generous value among the held roles' overrides, else the global one.
+        fn most<T: PartialOrd>(values: impl Iterator<Item = T>, global: Option<T>) -> Option<T> {
+            values.reduce(|a, b| if b > a { b } else { a }).or(global)
+        }
         let connections = most(
-            &|r| r.connections_per_identity.map(f64::from),
-            self.connections_per_identity.map(f64::from),
-        )
-        .map(|v| v as u32);
-        let rate = most(&|r| r.statements_per_second, self.statements_per_second);
-        let burst = most(
-            &|r| r.statement_burst.map(f64::from),
-            self.statement_burst.map(f64::from),
+            held.iter().filter_map(|r| r.connections_per_identity),
+            self.connections_per_identity,
         );
+        let rate = most(
+            held.iter().filter_map(|r| r.statements_per_second),
+            self.statements_per_second,
+        );
+        let burst = most(
+            held.iter().filter_map(|r| r.statement_burst),
+            self.statement_burst,
+        )
+        .map(f64::from);
         IdentityLimits {
             connections,
             rate: rate.map(|r| (r, burst.unwrap_or(r.ceil()).max(1.0))),

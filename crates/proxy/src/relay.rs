@@ -576,17 +576,14 @@ fn decide(
     Ok(match tag {
         b'Q' => {
             let sql = frontend::query_text(body)?;
-            if let Some(d) = over_rate(conv) {
+            // Refused before the policy: over the rate, or nothing could record it.
+            let early =
+                over_rate(conv).or_else(|| audit_down(conv).then(Denial::audit_unavailable));
+            if let Some(d) = early {
                 if let Some(t) = conv.trail.as_mut() {
                     t.on_query(sql, None, Some(Audited::refused(&d.rule)));
                 }
                 return Ok(conv.denials.replace_query(d));
-            }
-            if audit_down(conv) {
-                if let Some(t) = conv.trail.as_mut() {
-                    t.on_query(sql, None, Some(refused()));
-                }
-                return Ok(conv.denials.replace_query(Denial::audit_unavailable()));
             }
             let rewritten = gate.as_deref().and_then(|g| g.rewrite(sql));
             let sql = rewritten.as_deref().unwrap_or(sql);

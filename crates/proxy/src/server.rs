@@ -309,8 +309,6 @@ impl Server {
 /// either way: sessions then get 08001 until a token arrives, and /readyz says why.
 const CREDENTIAL_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
-/// Starts every upstream credential's background refresh and waits (bounded, all at
-/// once) for their first tokens.
 /// pgward's own credential for Microsoft Graph, when `groups_overage = "graph"`: the token
 /// source refreshes in the background like the upstream ones.
 fn graph_tokens(
@@ -343,6 +341,8 @@ impl pgward_entra::GraphTokenSource for GraphTokens {
     }
 }
 
+/// Starts every upstream credential's background refresh and waits (bounded, all at
+/// once) for their first tokens.
 async fn start_credentials(
     upstreams: &HashMap<String, Arc<Upstream>>,
 ) -> Vec<(String, pgward_upstream::TokenSource)> {

@@ -118,7 +118,7 @@ async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
 /// search_path is the policy's.
 fn upstream_startup_params(
     forwarded: &[(String, String)],
-    user: &str,
+    principal: &pgward_policy::Principal,
     client_application_name: Option<&str>,
     identity: Option<&pgward_entra::Identity>,
     proxy_roles: &[String],
@@ -136,22 +136,14 @@ fn upstream_startup_params(
         })
         .cloned()
         .collect();
-    let caller = match identity {
-        Some(id) => id
-            .upn
-            .as_deref()
-            .or(id.mi_name.as_deref())
-            .unwrap_or(id.oid.as_str()),
-        None => user,
-    };
     // PostgreSQL keeps 63 bytes of application_name; the caller goes first so it survives.
-    let app = pgward_policy::caller_application_name(caller, client_application_name);
+    let app =
+        pgward_policy::caller_application_name(principal.caller_name(), client_application_name);
     params.push(("application_name".to_owned(), clean(&app)));
     if let Some(id) = identity {
-        let upn = id.upn.as_deref().or(id.mi_name.as_deref()).unwrap_or("");
         params.push(("pgward.oid".to_owned(), clean(&id.oid)));
         params.push(("pgward.tid".to_owned(), clean(&id.tid)));
-        params.push(("pgward.upn".to_owned(), clean(upn)));
+        params.push(("pgward.upn".to_owned(), clean(&principal.upn)));
         params.push(("pgward.roles".to_owned(), clean(&proxy_roles.join(","))));
         params.push((
             "pgward.appid".to_owned(),
@@ -277,28 +269,28 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         tracing::Span::current().record("oid", id.oid.as_str());
     }
 
+    // Without sign-in (development mode) the user name stands in for the identity.
+    let principal = match &identity {
+        Some(id) => pgward_policy::Principal {
+            oid: id.oid.clone(),
+            // A managed identity has no UPN; its name (what it signs in as) stands in.
+            upn: id
+                .upn
+                .clone()
+                .or_else(|| id.mi_name.clone())
+                .unwrap_or_default(),
+            groups: id.groups.clone(),
+            app_roles: id.roles.clone(),
+        },
+        None => pgward_policy::Principal {
+            oid: user.clone(),
+            upn: user.clone(),
+            groups: Vec::new(),
+            app_roles: Vec::new(),
+        },
+    };
     let mut gate = shared.policy.as_ref().map(|store| {
-        // Without sign-in (development mode) the user name stands in for the identity.
-        let principal = match &identity {
-            Some(id) => pgward_policy::Principal {
-                oid: id.oid.clone(),
-                // A managed identity has no UPN; its name (what it signs in as) stands in.
-                upn: id
-                    .upn
-                    .clone()
-                    .or_else(|| id.mi_name.clone())
-                    .unwrap_or_default(),
-                groups: id.groups.clone(),
-                app_roles: id.roles.clone(),
-            },
-            None => pgward_policy::Principal {
-                oid: user.clone(),
-                upn: user.clone(),
-                groups: Vec::new(),
-                app_roles: Vec::new(),
-            },
-        };
-        Gate::new(store.clone(), principal).with_metrics(shared.metrics.clone())
+        Gate::new(store.clone(), principal.clone()).with_metrics(shared.metrics.clone())
     });
     if let Some(g) = gate.as_mut() {
         // Startup parameters are settings too: the policy decides them like SET.
@@ -330,8 +322,6 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
             .map(|g| g.role_names().to_vec())
             .unwrap_or_default(),
     });
-    // The role's upstream_role becomes the upstream session's default role (a startup
-    // parameter), so even an allowed RESET ALL or DISCARD ALL returns to it.
     // Per-identity and per-role limits, before anything is opened upstream.
     let limit_key = identity
         .as_ref()
@@ -352,7 +342,7 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
     let upstream_role = gate.as_ref().and_then(Gate::upstream_role);
     let upstream_params = upstream_startup_params(
         &forwarded,
-        &user,
+        &principal,
         application_name.as_deref(),
         identity.as_ref(),
         gate.as_ref().map(Gate::role_names).unwrap_or_default(),
