@@ -45,6 +45,16 @@ fn label(k: &str, v: &str) -> Labels {
     vec![(k.to_owned(), v.to_owned())]
 }
 
+/// Brings a counter up to a total counted elsewhere (credentials, sinks count on their own;
+/// they are copied in at each scrape).
+fn catch_up(family: &Family<Labels, Counter>, labels: &Labels, total: u64) {
+    let c = family.get_or_create(labels);
+    let seen = c.get();
+    if total > seen {
+        c.inc_by(total - seen);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -189,11 +199,7 @@ impl Metrics {
                     ("sink".to_owned(), st.name.clone()),
                     ("result".to_owned(), result.to_owned()),
                 ];
-                let c = self.audit_sink_records.get_or_create(&labels);
-                let seen = c.get();
-                if total > seen {
-                    c.inc_by(total - seen);
-                }
+                catch_up(&self.audit_sink_records, &labels, total);
             }
             let sink = label("sink", &st.name);
             self.audit_sink_backlog
@@ -223,11 +229,7 @@ impl Metrics {
                     ("upstream".to_owned(), name.clone()),
                     ("result".to_owned(), result.to_owned()),
                 ];
-                let c = self.token_refreshes.get_or_create(&labels);
-                let seen = c.get();
-                if total > seen {
-                    c.inc_by(total - seen);
-                }
+                catch_up(&self.token_refreshes, &labels, total);
             }
             if let Some(secs) = h.seconds_until_expiry() {
                 self.token_expiry
