@@ -854,22 +854,7 @@ impl Policy {
     ) -> QueryDecision {
         let analysis = match analyze(sql) {
             Ok(a) => a,
-            Err(e) => {
-                let rule = match e {
-                    AnalysisError::Parse(_) => "builtin.parse_error",
-                    AnalysisError::TooLong(_) | AnalysisError::TooComplex => {
-                        "builtin.not_understood"
-                    }
-                };
-                let mut decision = Decision::deny(rule, e.to_string());
-                decision.enforced = self.mode == Mode::Enforce;
-                return QueryDecision {
-                    statements: Vec::new(),
-                    decision,
-                    error: Some(e),
-                    cacheable: true,
-                };
-            }
+            Err(e) => return self.not_analysed(e, true),
         };
         let mut local: Option<SessionState> = None;
         let mut statements = Vec::with_capacity(analysis.statements.len());
@@ -889,48 +874,71 @@ impl Policy {
                 decision,
             });
         }
-        let decision = match statements
-            .iter()
-            .find(|s| s.decision.verdict == Verdict::Deny)
-        {
-            Some(s) => {
-                let mut d = s.decision.clone();
-                if statements.len() > 1 {
-                    d.reason = format!(
-                        "{} (one denied statement denies the whole query string)",
-                        d.reason
-                    );
-                }
-                d
-            }
-            None => {
-                let mut rules: Vec<&str> = Vec::new();
-                for s in &statements {
-                    // Name the rules that mattered; the baseline only when nothing else did.
-                    if s.decision.rule != "baseline" && !rules.contains(&s.decision.rule.as_str()) {
-                        rules.push(&s.decision.rule);
-                    }
-                }
-                if statements.is_empty() {
-                    Decision::allow("baseline", "empty query")
-                } else if statements.len() == 1 {
-                    statements[0].decision.clone()
-                } else if rules.is_empty() {
-                    Decision::allow(
-                        "baseline",
-                        "every statement is allowed by the built-in baseline",
-                    )
-                } else {
-                    Decision::allow(rules.join(","), "every statement is allowed")
-                }
-            }
-        };
+        let decision = overall_decision(&statements, "query string", "empty query");
         QueryDecision {
             statements,
             decision,
             error: None,
             cacheable,
         }
+    }
+}
+
+impl Policy {
+    /// The denial of a string pgward could not analyse (parse failure, too long, too
+    /// complex): fail closed, or only reported in observe mode.
+    pub(crate) fn not_analysed(&self, e: AnalysisError, cacheable: bool) -> QueryDecision {
+        let rule = match e {
+            AnalysisError::Parse(_) => "builtin.parse_error",
+            AnalysisError::TooLong(_) | AnalysisError::TooComplex => "builtin.not_understood",
+        };
+        let mut decision = Decision::deny(rule, e.to_string());
+        decision.enforced = self.mode == Mode::Enforce;
+        QueryDecision {
+            statements: Vec::new(),
+            decision,
+            error: Some(e),
+            cacheable,
+        }
+    }
+}
+
+/// The decision of a whole `unit` (query string, T-SQL batch) from its statements': the
+/// first denial denies it all; otherwise an allow naming the rules that mattered. `empty`
+/// is the reason when there is no statement at all.
+pub(crate) fn overall_decision(
+    statements: &[StatementDecision],
+    unit: &str,
+    empty: &str,
+) -> Decision {
+    if let Some(s) = statements
+        .iter()
+        .find(|s| s.decision.verdict == Verdict::Deny)
+    {
+        let mut d = s.decision.clone();
+        if statements.len() > 1 {
+            d.reason = format!(
+                "{} (one denied statement denies the whole {unit})",
+                d.reason
+            );
+        }
+        return d;
+    }
+    let mut rules: Vec<&str> = Vec::new();
+    for s in statements {
+        // Name the rules that mattered; the baseline only when nothing else did.
+        if s.decision.rule != "baseline" && !rules.contains(&s.decision.rule.as_str()) {
+            rules.push(&s.decision.rule);
+        }
+    }
+    match statements {
+        [] => Decision::allow("baseline", empty),
+        [one] => one.decision.clone(),
+        _ if rules.is_empty() => Decision::allow(
+            "baseline",
+            "every statement is allowed by the built-in baseline",
+        ),
+        _ => Decision::allow(rules.join(","), "every statement is allowed"),
     }
 }
 

@@ -33,8 +33,8 @@ use crate::analyze::{
     Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef, SettingChange,
     StatementAnalysis,
 };
-use crate::decide::{Decision, QueryDecision, RoleSet, SessionState, StatementDecision, Verdict};
-use crate::policy::{Mode, Policy};
+use crate::decide::{QueryDecision, RoleSet, SessionState, StatementDecision};
+use crate::policy::Policy;
 
 /// Statements longer than this are refused without parsing (same limit as PostgreSQL SQL).
 const MAX_TSQL_LEN: usize = 1 << 20;
@@ -216,25 +216,7 @@ impl Policy {
     ) -> QueryDecision {
         let analysis = match analyze_tsql(sql, database) {
             Ok(a) => a,
-            Err(e) => {
-                let rule = match e {
-                    AnalysisError::Parse(_) => "builtin.parse_error",
-                    _ => "builtin.not_understood",
-                };
-                let mut decision = Decision {
-                    verdict: Verdict::Deny,
-                    rule: rule.to_owned(),
-                    reason: e.to_string(),
-                    enforced: true,
-                };
-                decision.enforced = self.mode() == Mode::Enforce;
-                return QueryDecision {
-                    statements: Vec::new(),
-                    decision,
-                    error: Some(e),
-                    cacheable: false,
-                };
-            }
+            Err(e) => return self.not_analysed(e, false),
         };
         let mut statements = Vec::with_capacity(analysis.statements.len());
         for st in analysis.statements {
@@ -244,49 +226,7 @@ impl Policy {
                 decision,
             });
         }
-        let decision = match statements
-            .iter()
-            .find(|s| s.decision.verdict == Verdict::Deny)
-        {
-            Some(s) => {
-                let mut d = s.decision.clone();
-                if statements.len() > 1 {
-                    d.reason =
-                        format!("{} (one denied statement denies the whole batch)", d.reason);
-                }
-                d
-            }
-            None => match statements.as_slice() {
-                [] => Decision {
-                    verdict: Verdict::Allow,
-                    rule: "baseline".into(),
-                    reason: "empty batch".into(),
-                    enforced: true,
-                },
-                [one] => one.decision.clone(),
-                many => {
-                    let mut rules: Vec<&str> = Vec::new();
-                    for s in many {
-                        if s.decision.rule != "baseline"
-                            && !rules.contains(&s.decision.rule.as_str())
-                        {
-                            rules.push(&s.decision.rule);
-                        }
-                    }
-                    let rule = if rules.is_empty() {
-                        "baseline".to_owned()
-                    } else {
-                        rules.join(",")
-                    };
-                    Decision {
-                        verdict: Verdict::Allow,
-                        rule,
-                        reason: "every statement is allowed".into(),
-                        enforced: true,
-                    }
-                }
-            },
-        };
+        let decision = crate::decide::overall_decision(&statements, "batch", "empty batch");
         QueryDecision {
             statements,
             decision,
