@@ -647,6 +647,14 @@ pub fn start_issuer(
     (rt, issuer)
 }
 
+/// An `[entra]` section trusting `issuer` for `tenant`.
+pub fn entra_section(tenant: &str, issuer: &pgward_entra::dev::DevIssuer) -> String {
+    format!(
+        "[entra]\ntenant_id = \"{tenant}\"\nauthority = \"{}\"\n",
+        issuer.authority()
+    )
+}
+
 pub mod pgtls {
     use std::path::Path;
     use std::sync::Arc;

@@ -290,10 +290,7 @@ upstream_database = "appdb"
     let pgward = Pgward::start(
         &db,
         PgwardOptions {
-            entra: Some(format!(
-                "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\n",
-                issuer.authority()
-            )),
+            entra: Some(pgward_proto_tests::entra_section(TENANT, &issuer)),
             policy: Some(policy),
             extra_toml: extra,
             ..PgwardOptions::default()

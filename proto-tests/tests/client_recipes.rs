@@ -77,10 +77,7 @@ impl Env {
         let pgward = Pgward::start(
             &db,
             PgwardOptions {
-                entra: Some(format!(
-                    "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\n",
-                    issuer.authority()
-                )),
+                entra: Some(entra_section(TENANT, &issuer)),
                 policy: Some(policy),
                 log_level: "info",
                 ..Default::default()

@@ -22,8 +22,8 @@ struct Env {
 fn env(opts: PgwardOptions, entra_extra: &str) -> Env {
     let (rt, issuer) = start_issuer(TENANT, 1);
     let entra = format!(
-        "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\nunknown_kid_min_interval_secs = 1\n{entra_extra}",
-        issuer.authority()
+        "{}unknown_kid_min_interval_secs = 1\n{entra_extra}",
+        entra_section(TENANT, &issuer)
     );
     let db = Database::start();
     let pgward = Pgward::start(

@@ -67,10 +67,7 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
-    let entra = format!(
-        "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\n",
-        issuer.authority()
-    );
+    let entra = entra_section(TENANT, &issuer);
     let pgward = Pgward::start(
         &db,
         PgwardOptions {

@@ -50,10 +50,7 @@ fn env() -> Env {
     let pgward = Pgward::start(
         &db,
         PgwardOptions {
-            entra: Some(format!(
-                "[entra]\ntenant_id = \"{TENANT}\"\nauthority = \"{}\"\n",
-                issuer.authority()
-            )),
+            entra: Some(entra_section(TENANT, &issuer)),
             policy: Some(policy),
             extra_toml: LIMITS.to_owned(),
             ..PgwardOptions::default()
