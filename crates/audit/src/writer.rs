@@ -504,9 +504,12 @@ pub struct Append {
 }
 
 impl Append {
-    fn finish(&self, r: Result<Receipt, AuditError>) -> Result<Receipt, AuditError> {
+    fn finish(
+        failure_mode: FailureMode,
+        r: Result<Receipt, AuditError>,
+    ) -> Result<Receipt, AuditError> {
         match r {
-            Err(e) if self.failure_mode == FailureMode::Log => {
+            Err(e) if failure_mode == FailureMode::Log => {
                 tracing::warn!(error = %e, "audit record not written (failure_mode = log)");
                 Ok(Receipt {
                     seq: 0,
@@ -522,13 +525,9 @@ impl Append {
     pub fn wait(self) -> Result<Receipt, AuditError> {
         let r = match self.state {
             State::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(AuditError::Closed)),
-            State::Done(ref r) => r.clone().unwrap_or(Err(AuditError::Closed)),
+            State::Done(r) => r.unwrap_or(Err(AuditError::Closed)),
         };
-        let a = Append {
-            state: State::Done(None),
-            failure_mode: self.failure_mode,
-        };
-        a.finish(r)
+        Self::finish(self.failure_mode, r)
     }
 }
 
@@ -543,7 +542,7 @@ impl Future for Append {
             },
             State::Done(r) => r.take().unwrap_or(Err(AuditError::Closed)),
         };
-        Poll::Ready(self.finish(r))
+        Poll::Ready(Self::finish(self.failure_mode, r))
     }
 }
 
@@ -589,6 +588,32 @@ struct Writer {
     rotate_not_before: Option<Instant>,
     /// `audit_stop` is written: every later append fails with [`AuditError::Closed`].
     closed: bool,
+}
+
+/// Where the hash is in a sealed record ending at `end` (before its `"}`).
+fn hash_hex(end: usize) -> std::ops::Range<usize> {
+    end - 2 - 64..end - 2
+}
+
+/// Hands sealed records to every sink; an authoritative sink's failure is the result.
+fn feed_sinks(
+    sinks: &mut [(Box<dyn Sink>, bool)],
+    batch: &[SealedRecord<'_>],
+) -> Result<(), AuditError> {
+    let mut result = Ok(());
+    for (sink, authoritative) in sinks {
+        if let Err(e) = sink.write_batch(batch) {
+            if *authoritative {
+                result = Err(AuditError::Sink {
+                    sink: sink.name().to_string(),
+                    message: e.to_string(),
+                });
+            } else {
+                tracing::warn!(sink = sink.name(), error = %e, "audit sink failed (best effort)");
+            }
+        }
+    }
+    result
 }
 
 #[derive(Deserialize)]
@@ -731,11 +756,8 @@ impl Writer {
             redaction: (h.kind == EventKind::AuditStart).then_some(self.redaction),
         };
         let body = event::body(h.kind, "\"session\":null", &detail);
-        self.buf.clear();
-        self.marks.clear();
-        let prev = self.last_hash.clone();
-        let (seq, hash) = self.seal(&body, self.seq + 1, &prev);
-        let res = self.commit(seq, hash);
+        let seq = self.seq + 1;
+        let res = self.write_one(&body).map(drop);
         // Written to the file even if an extra sink then failed: do not write it twice.
         if self.seq == seq {
             self.header = None;
@@ -743,8 +765,18 @@ impl Writer {
         res
     }
 
-    /// Appends one framed, chained record to `buf`; returns its seq and hash.
-    fn seal(&mut self, body: &[u8], seq: u64, prev: &str) -> (u64, String) {
+    /// Seals and commits one record on its own; returns its seq.
+    fn write_one(&mut self, body: &[u8]) -> Result<u64, AuditError> {
+        self.buf.clear();
+        self.marks.clear();
+        let seq = self.seq + 1;
+        self.seal(body, seq);
+        self.commit(seq).map(|()| seq)
+    }
+
+    /// Appends one framed record to `buf`, chained to the last record in `buf` (or, for
+    /// the first, to the chain's last record).
+    fn seal(&mut self, body: &[u8], seq: u64) {
         let now = Timestamp::now();
         // Keep ts non-decreasing along the chain even if the clock steps back.
         let ts = if now < self.last_ts {
@@ -765,33 +797,30 @@ impl Writer {
         b.push(b',');
         b.extend_from_slice(body);
         b.extend_from_slice(b",\"prev_hash\":\"");
-        b.extend_from_slice(prev.as_bytes());
+        match self.marks.last() {
+            // The previous record's hash, as it was just written.
+            Some(&(_, _, end)) => b.extend_from_within(hash_hex(end)),
+            None => b.extend_from_slice(self.last_hash.as_bytes()),
+        }
         b.push(b'"');
         let digest = self.hasher.hash(&b[start..]);
-        let mut hash = String::with_capacity(64);
-        chain::push_hex(&mut hash, &digest);
         b.extend_from_slice(b",\"hash\":\"");
         chain::push_hex_bytes(b, &digest);
         b.extend_from_slice(b"\"}");
         let end = b.len();
         b.push(b'\n');
         self.marks.push((seq, start, end));
-        (seq, hash)
     }
 
-    /// Writes `buf` (records ending at chain point `seq`/`hash`), syncs per mode, feeds
-    /// the sinks, and advances the chain. On a file failure nothing advances and the
-    /// file is cut back to where it was, so no partial line stays behind.
-    fn commit(&mut self, seq: u64, hash: String) -> Result<(), AuditError> {
+    /// Writes `buf` (records ending at chain point `seq`), syncs per mode, feeds the
+    /// sinks, and advances the chain. On a file failure nothing advances and the file is
+    /// cut back to where it was, so no partial line stays behind.
+    fn commit(&mut self, seq: u64) -> Result<(), AuditError> {
         let n = self.marks.len() as u64;
         if let Some(f) = self.file.as_mut() {
             let before = f.len;
             if let Err(e) = f.file.write_all(&self.buf) {
-                let err = AuditError::Io {
-                    path: self.path_str(),
-                    kind: e.kind(),
-                    message: format!("write: {e}"),
-                };
+                let err = self.io_err("write", &e);
                 let cut = self
                     .file
                     .as_mut()
@@ -816,31 +845,26 @@ impl Writer {
             f.records += n;
         }
         self.seq = seq;
-        self.last_hash = hash;
-        let mut result = Ok(());
-        if !self.sinks.is_empty() {
-            let batch: Vec<SealedRecord<'_>> = self
-                .marks
-                .iter()
-                .map(|&(seq, s, e)| SealedRecord {
-                    seq,
-                    line: &self.buf[s..e],
-                })
-                .collect();
-            for (sink, authoritative) in &mut self.sinks {
-                if let Err(e) = sink.write_batch(&batch) {
-                    if *authoritative {
-                        result = Err(AuditError::Sink {
-                            sink: sink.name().to_string(),
-                            message: e.to_string(),
-                        });
-                    } else {
-                        tracing::warn!(sink = sink.name(), error = %e, "audit sink failed (best effort)");
-                    }
-                }
-            }
+        if let Some(&(_, _, end)) = self.marks.last() {
+            self.last_hash.clear();
+            self.last_hash
+                .extend(self.buf[hash_hex(end)].iter().map(|&c| char::from(c)));
         }
-        result
+        if self.sinks.is_empty() {
+            return Ok(());
+        }
+        let record = |&(seq, s, e): &(u64, usize, usize)| SealedRecord {
+            seq,
+            line: &self.buf[s..e],
+        };
+        // A single record (every inline append) needs no Vec.
+        match self.marks[..] {
+            [one] => feed_sinks(&mut self.sinks, &[record(&one)]),
+            _ => feed_sinks(
+                &mut self.sinks,
+                &self.marks.iter().map(record).collect::<Vec<_>>(),
+            ),
+        }
     }
 
     fn time_until_rotation(&self) -> Option<Duration> {
@@ -928,7 +952,6 @@ impl Writer {
             self.buf.clear();
             self.marks.clear();
             let mut seq = self.seq;
-            let mut prev = self.last_hash.clone();
             let base = self.file.as_ref().map_or(0, |f| f.len);
             while let Some((b, r)) = pending.next_if(|(b, _)| {
                 taken.is_empty()
@@ -936,12 +959,11 @@ impl Writer {
                         base + (self.buf.len() + b.as_ref().len()) as u64 + FRAME_OVERHEAD <= max
                     })
             }) {
-                let (s, h) = self.seal(b.as_ref(), seq + 1, &prev);
-                seq = s;
-                prev = h;
+                seq += 1;
+                self.seal(b.as_ref(), seq);
                 taken.push(r);
             }
-            match self.commit(seq, prev) {
+            match self.commit(seq) {
                 Ok(()) => {
                     if self.failing.failing.load(Ordering::Relaxed) {
                         self.failing.set(None);
@@ -973,11 +995,7 @@ impl Writer {
                 ..LogEvent::default()
             };
             let body = event::body(EventKind::AuditStop, "\"session\":null", &detail);
-            self.buf.clear();
-            self.marks.clear();
-            let prev = self.last_hash.clone();
-            let (seq, hash) = self.seal(&body, self.seq + 1, &prev);
-            self.commit(seq, hash)?;
+            let seq = self.write_one(&body)?;
             if let Some(f) = &self.file {
                 // A clean stop is always made durable, whatever the mode.
                 f.file.sync_all().map_err(|e| self.io_err("fsync", &e))?;

@@ -22,7 +22,6 @@ pub const API_VERSION: &str = "2023-01-01";
 pub const DEFAULT_SCOPE: &str = "https://monitor.azure.com/.default";
 /// The API's limit on one call's body.
 const API_MAX_BYTES: usize = 1_000_000;
-const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Bearer tokens for the Logs Ingestion API.
 ///
@@ -165,14 +164,12 @@ impl AzureMonitorConfig {
         if let Some(table) = &mut self.credential {
             pgward_credentials::CredentialConfig::resolve_table_paths(table, base);
         }
-        for p in [&mut self.spool_dir, &mut self.token_file]
-            .into_iter()
-            .flatten()
-        {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        super::resolve_relative(
+            base,
+            [&mut self.spool_dir, &mut self.token_file]
+                .into_iter()
+                .flatten(),
+        );
     }
 
     /// Every problem with the section, for `pgward check`.
@@ -238,10 +235,7 @@ pub(crate) fn start(
     audit_file: &Path,
     tokens: Option<Arc<dyn AccessTokens>>,
 ) -> Result<ShippingSink, AuditError> {
-    let problems = cfg.problems();
-    if !problems.is_empty() {
-        return Err(AuditError::Config(problems.join("; ")));
-    }
+    super::check(cfg.problems())?;
     let tokens = match (&cfg.token_file, cfg.credential_config(), tokens) {
         (Some(f), _, _) => Tokens::Given(Arc::new(TokenFile(f.clone()))),
         (None, Some(c), _) => {
@@ -276,17 +270,14 @@ pub(crate) fn start(
         tokens,
         batch_records: cfg.batch_records,
     };
-    let opts = ShipOptions {
-        name: "azure-monitor",
-        spool_dir: cfg
-            .spool_dir
-            .clone()
-            .unwrap_or_else(|| super::default_spool_dir(audit_file, "azure-monitor")),
-        spool_max_bytes: cfg.spool_max_bytes,
-        segment_bytes: SEGMENT_BYTES,
-        batch_interval: Duration::from_millis(cfg.batch_interval_ms),
-        authoritative: cfg.authoritative,
-    };
+    let opts = ShipOptions::new(
+        "azure-monitor",
+        cfg.spool_dir.as_ref(),
+        audit_file,
+        cfg.spool_max_bytes,
+        cfg.batch_interval_ms,
+        cfg.authoritative,
+    );
     ShippingSink::start(opts, dest)
 }
 
@@ -366,16 +357,7 @@ impl Destination for AzureDestination {
                 .map_err(|e| e.to_string()),
         }
         .map_err(|e| Failure::retry(format!("azure monitor: no access token: {e}")))?;
-        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
-        body.push(b'[');
-        for (i, l) in lines.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(l);
-        }
-        body.push(b']');
-        rt.block_on(self.post(body, &token))?;
+        rt.block_on(self.post(super::json_array(lines), &token))?;
         Ok(Delivered {
             handled: lines.len(),
             rejected: 0,

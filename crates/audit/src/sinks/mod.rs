@@ -152,6 +152,65 @@ pub(crate) struct ShipOptions {
     pub authoritative: bool,
 }
 
+/// Spool segment size: small enough that shipped data is freed soon.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+impl ShipOptions {
+    /// The options of sink `name`; without a configured `spool_dir`, the spool is
+    /// beside the audit file ([`default_spool_dir`]).
+    pub(crate) fn new(
+        name: &'static str,
+        spool_dir: Option<&PathBuf>,
+        audit_file: &Path,
+        spool_max_bytes: u64,
+        batch_interval_ms: u64,
+        authoritative: bool,
+    ) -> Self {
+        ShipOptions {
+            name,
+            spool_dir: spool_dir
+                .cloned()
+                .unwrap_or_else(|| default_spool_dir(audit_file, name)),
+            spool_max_bytes,
+            segment_bytes: SEGMENT_BYTES,
+            batch_interval: Duration::from_millis(batch_interval_ms),
+            authoritative,
+        }
+    }
+}
+
+/// A sink section's problems as one start-up error.
+pub(crate) fn check(problems: Vec<String>) -> Result<(), crate::AuditError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::AuditError::Config(problems.join("; ")))
+    }
+}
+
+/// Makes each relative path relative to `base`.
+pub(crate) fn resolve_relative<'a>(base: &Path, paths: impl IntoIterator<Item = &'a mut PathBuf>) {
+    for p in paths {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+/// The records as one JSON array (`[line,line,...]`).
+pub(crate) fn json_array(lines: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(l);
+    }
+    body.push(b']');
+    body
+}
+
 struct Shared {
     closing: AtomicBool,
     /// Set by the thread when it stops after `closing`: whether it shipped everything.

@@ -130,8 +130,6 @@ fn default_connect_timeout() -> u64 {
     10
 }
 
-/// Spool segment size: small enough that shipped data is freed soon.
-const SEGMENT_BYTES: u64 = 8 << 20;
 /// Largest batch in bytes (one bind parameter).
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
@@ -146,18 +144,16 @@ fn is_identifier(s: &str) -> bool {
 impl PostgresSinkConfig {
     /// Makes relative paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
-        for p in [
-            &mut self.password_file,
-            &mut self.ca_file,
-            &mut self.spool_dir,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        super::resolve_relative(
+            base,
+            [
+                &mut self.password_file,
+                &mut self.ca_file,
+                &mut self.spool_dir,
+            ]
+            .into_iter()
+            .flatten(),
+        );
     }
 
     /// Every problem with the section, for `pgward check`.
@@ -288,10 +284,7 @@ pub(crate) fn start(
     cfg: &PostgresSinkConfig,
     audit_file: &Path,
 ) -> Result<ShippingSink, AuditError> {
-    let problems = cfg.problems();
-    if !problems.is_empty() {
-        return Err(AuditError::Config(problems.join("; ")));
-    }
+    super::check(cfg.problems())?;
     let tls = match cfg.tls {
         PgTls::Disable => None,
         PgTls::VerifyFull => Some(tls_config(cfg.ca_file.as_deref()).map_err(AuditError::Config)?),
@@ -302,17 +295,14 @@ pub(crate) fn start(
         client: None,
         insert: cfg.insert_sql(),
     };
-    let opts = ShipOptions {
-        name: "postgres",
-        spool_dir: cfg
-            .spool_dir
-            .clone()
-            .unwrap_or_else(|| super::default_spool_dir(audit_file, "postgres")),
-        spool_max_bytes: cfg.spool_max_bytes,
-        segment_bytes: SEGMENT_BYTES,
-        batch_interval: Duration::from_millis(cfg.batch_interval_ms),
-        authoritative: cfg.authoritative,
-    };
+    let opts = ShipOptions::new(
+        "postgres",
+        cfg.spool_dir.as_ref(),
+        audit_file,
+        cfg.spool_max_bytes,
+        cfg.batch_interval_ms,
+        cfg.authoritative,
+    );
     ShippingSink::start(opts, dest)
 }
 
@@ -335,6 +325,22 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Connects and drives the connection in the background.
+async fn open<T>(
+    c: &tokio_postgres::Config,
+    tls: T,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = c.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 impl PgDestination {
     async fn connect(&mut self) -> Result<(), String> {
         let c = self.cfg.pg_config()?;
@@ -345,27 +351,10 @@ impl PgDestination {
             c.get_dbname().unwrap_or("")
         );
         let client = match &self.tls {
-            Some(tls) => {
-                let (client, conn) = c
-                    .connect(tls.clone())
-                    .await
-                    .map_err(|e| format!("{target}: connect: {}", describe(&e)))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                client
-            }
-            None => {
-                let (client, conn) = c
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("{target}: connect: {}", describe(&e)))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                client
-            }
-        };
+            Some(tls) => open(&c, tls.clone()).await,
+            None => open(&c, tokio_postgres::NoTls).await,
+        }
+        .map_err(|e| format!("{target}: connect: {}", describe(&e)))?;
         client
             .batch_execute(&self.cfg.create_sql())
             .await
@@ -437,17 +426,10 @@ pub(crate) fn record_id(line: &[u8]) -> String {
         .unwrap_or_else(|_| "an unreadable record".to_string())
 }
 
+/// The records as one JSON array, as text (the parameter is bound as `text`).
 fn json_array(lines: &[&[u8]]) -> String {
-    let mut s = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
-    s.push('[');
-    for (i, l) in lines.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&String::from_utf8_lossy(l));
-    }
-    s.push(']');
-    s
+    String::from_utf8(super::json_array(lines))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 impl Destination for PgDestination {

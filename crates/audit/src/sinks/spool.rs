@@ -32,7 +32,12 @@ struct WriteState {
     bytes: u64,
     /// Of those, bytes already shipped (the reader's offset in its current segment).
     consumed: u64,
+    /// Where an append joins its lines: reused, so no allocation per batch.
+    buf: Vec<u8>,
 }
+
+/// An append buffer larger than this is not kept (one huge batch must not pin it).
+const BUF_KEEP: usize = 64 * 1024;
 
 struct Inner {
     dir: PathBuf,
@@ -189,6 +194,7 @@ pub(crate) fn open(
             next_no,
             bytes: segs.iter().map(|(_, len)| len).sum(),
             consumed: offset,
+            buf: Vec::new(),
         }),
         appended: Condvar::new(),
     });
@@ -215,7 +221,8 @@ impl Spool {
         let size: u64 = lines.clone().map(|l| l.len() as u64 + 1).sum();
         let inner = &*self.inner;
         let dir = inner.dir.as_path();
-        let mut st = inner.lock();
+        let mut guard = inner.lock();
+        let st = &mut *guard;
         if st.bytes + size > inner.max_bytes {
             return Err(SpoolError::Full {
                 dir: dir.display().to_string(),
@@ -237,7 +244,8 @@ impl Spool {
             st.next_no += 1;
             st.active = Some(Active { no, file, len: 0 });
         }
-        let mut buf = Vec::with_capacity(size as usize);
+        let buf = &mut st.buf;
+        buf.clear();
         for l in lines {
             buf.extend_from_slice(l);
             buf.push(b'\n');
@@ -245,7 +253,11 @@ impl Spool {
         let Some(a) = st.active.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = a.file.write_all(&buf) {
+        let written = a.file.write_all(buf);
+        if buf.capacity() > BUF_KEEP {
+            *buf = Vec::new();
+        }
+        if let Err(e) = written {
             // Cut a partial write back; if even that fails, leave the segment (the reader
             // skips a torn last line) and start a new one.
             if a.file.set_len(a.len).is_err() {
@@ -259,7 +271,7 @@ impl Spool {
         }
         a.len += size;
         st.bytes += size;
-        drop(st);
+        drop(guard);
         inner.appended.notify_all();
         Ok(())
     }
