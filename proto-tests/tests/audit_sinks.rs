@@ -36,6 +36,18 @@ fn file_lines(path: &Path) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// pgward in front of `db` with `extra` in its config, logging at info.
+fn start_pgward(db: &Database, extra: String) -> Pgward {
+    Pgward::start(
+        db,
+        PgwardOptions {
+            extra_toml: extra,
+            log_level: "info",
+            ..Default::default()
+        },
+    )
+}
+
 fn pgbench(conn: &str, args: &[&str]) {
     let out = Command::new("pgbench")
         .args(args)
@@ -149,14 +161,7 @@ batch_interval_ms = 20
         pw = pw.display(),
         ca = audit_pg.ca_file().unwrap().display(),
     );
-    let mut pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            extra_toml: extra,
-            log_level: "info",
-            ..Default::default()
-        },
-    );
+    let mut pgward = start_pgward(&db, extra);
     let conn = pgward.conn("app", "require");
     pgbench(&conn, &["-i", "-s", "1", "-q"]);
     workload(&pgward, "pg-before");
@@ -275,14 +280,7 @@ batch_interval_ms = 20
         endpoint = ingest.endpoint(),
         token_file = token_file.display(),
     );
-    let mut pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            extra_toml: extra,
-            log_level: "info",
-            ..Default::default()
-        },
-    );
+    let mut pgward = start_pgward(&db, extra);
     pgbench(&pgward.conn("app", "require"), &["-i", "-s", "1", "-q"]);
     workload(&pgward, "az-before");
     let written = file_lines(&file).len();
@@ -425,6 +423,14 @@ fn tampered(
         .collect()
 }
 
+/// Verifies `files` and expects exactly one problem (exit 1); returns it.
+fn only_problem(files: &[PathBuf]) -> String {
+    let (code, findings) = verify(files);
+    let p = problems(&findings);
+    assert_eq!((code, p.len()), (1, 1), "{findings:?}");
+    p[0].clone()
+}
+
 fn seq_of(line: &str) -> u64 {
     serde_json::from_str::<Value>(line).unwrap()["seq"]
         .as_u64()
@@ -447,14 +453,7 @@ fn verify_names_each_tampering_of_a_real_rotated_log() {
         "[audit]\nfile = \"{}\"\nrotate_bytes = 8192\n",
         audit_dir.join("pgward.jsonl").display()
     );
-    let mut pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            extra_toml: extra,
-            log_level: "info",
-            ..Default::default()
-        },
-    );
+    let mut pgward = start_pgward(&db, extra);
     let conn = pgward.conn("app", "require");
     let script: String = (0..80)
         .map(|i| format!("SELECT id FROM orders WHERE id = {i} /* tamper-{i} */;\n"))
@@ -496,13 +495,9 @@ fn verify_names_each_tampering_of_a_real_rotated_log() {
         assert!(l[k].contains("tamper-"), "{}", l[k]);
         l[k] = l[k].replacen("tamper-", "harmless-", 1);
     });
-    let (code, findings) = verify(&f);
-    let p = problems(&findings);
-    assert_eq!(code, 1);
-    assert_eq!(p.len(), 1, "{findings:?}");
+    let p = only_problem(&f);
     assert!(
-        p[0].starts_with("CHANGED: ")
-            && p[0].contains(&format!("{}:{} (seq {seq_k})", name(mid), k + 1)),
+        p.starts_with("CHANGED: ") && p.contains(&format!("{}:{} (seq {seq_k})", name(mid), k + 1)),
         "{p:?}"
     );
 
@@ -510,13 +505,11 @@ fn verify_names_each_tampering_of_a_real_rotated_log() {
     let f = tampered(&files, &dir.path().join("removed"), mid, |l| {
         l.remove(k);
     });
-    let (code, findings) = verify(&f);
-    let p = problems(&findings);
-    assert_eq!((code, p.len()), (1, 1), "{findings:?}");
+    let p = only_problem(&f);
     assert!(
-        p[0].starts_with("MISSING: ")
-            && p[0].contains(&format!("{}:{} (seq {})", name(mid), k + 1, seq_k + 1))
-            && p[0].contains(&format!("record seq {seq_k} is missing")),
+        p.starts_with("MISSING: ")
+            && p.contains(&format!("{}:{} (seq {})", name(mid), k + 1, seq_k + 1))
+            && p.contains(&format!("record seq {seq_k} is missing")),
         "{p:?}"
     );
 
@@ -524,13 +517,11 @@ fn verify_names_each_tampering_of_a_real_rotated_log() {
     let f = tampered(&files, &dir.path().join("reordered"), mid, |l| {
         l.swap(k, k + 1);
     });
-    let (code, findings) = verify(&f);
-    let p = problems(&findings);
-    assert_eq!((code, p.len()), (1, 1), "{findings:?}");
+    let p = only_problem(&f);
     assert!(
-        p[0].starts_with("REORDERED: ")
-            && p[0].contains(&format!("{}:{} (seq {seq_k})", name(mid), k + 2))
-            && p[0].contains(&format!("appears after seq {}", seq_k + 1)),
+        p.starts_with("REORDERED: ")
+            && p.contains(&format!("{}:{} (seq {seq_k})", name(mid), k + 2))
+            && p.contains(&format!("appears after seq {}", seq_k + 1)),
         "{p:?}"
     );
 
@@ -540,14 +531,12 @@ fn verify_names_each_tampering_of_a_real_rotated_log() {
     let f = tampered(&files, &dir.path().join("truncated"), mid, |l| {
         l.truncate(keep);
     });
-    let (code, findings) = verify(&f);
-    let p = problems(&findings);
-    assert_eq!((code, p.len()), (1, 1), "{findings:?}");
+    let p = only_problem(&f);
     let kept_last = seq_of(&mid_lines[keep - 1]);
     assert!(
-        p[0].starts_with("TRUNCATED: ")
-            && p[0].contains(&format!("{}:{keep} (seq {kept_last})", name(mid)))
-            && p[0].contains(&format!(
+        p.starts_with("TRUNCATED: ")
+            && p.contains(&format!("{}:{keep} (seq {kept_last})", name(mid)))
+            && p.contains(&format!(
                 "records {}..={last_seq} were cut off",
                 kept_last + 1
             )),
@@ -624,14 +613,7 @@ credential = {{ type = "client-secret", tenant_id = "{tenant}", client_id = "{cl
         authority = entra.authority(),
         secret_file = secret_file.display(),
     );
-    let mut pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            extra_toml: extra,
-            log_level: "info",
-            ..Default::default()
-        },
-    );
+    let mut pgward = start_pgward(&db, extra);
     psql_ok(
         &pgward.conn("app", "require"),
         &["-c", "SELECT 1 /* az-credential */"],

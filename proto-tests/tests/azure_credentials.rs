@@ -132,14 +132,7 @@ fn scenario(kind: Kind) {
     let db = database(&first);
     let dir = tempfile::tempdir().unwrap();
     let (cred, env) = credential(kind, &standin, dir.path());
-    let pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            credential: Some(cred),
-            env: env.clone(),
-            ..Default::default()
-        },
-    );
+    let pgward = start_pgward(&db, cred, env.clone(), true);
     let pid = pgward.pid();
 
     // Sign-in with the identity's token.
@@ -244,6 +237,45 @@ fn scenario(kind: Kind) {
     drop(env);
 }
 
+/// pgward with `credential` as its upstream credential and `env` in its environment;
+/// `wait_ready: false` waits for /healthz only.
+fn start_pgward(
+    db: &Database,
+    credential: String,
+    env: Vec<(String, String)>,
+    wait_ready: bool,
+) -> Pgward {
+    Pgward::start(
+        db,
+        PgwardOptions {
+            credential: Some(credential),
+            env,
+            wait_ready,
+            ..Default::default()
+        },
+    )
+}
+
+/// Starts a session as alice and expects it refused with 08001: how long that took (to
+/// ReadyForQuery) and the ErrorResponse's body.
+fn refused_startup(pgward: &Pgward) -> (Duration, Vec<u8>) {
+    let t = Instant::now();
+    let mut s = raw::connect(pgward.port);
+    s.write_all(&raw::startup_packet(
+        0,
+        &[("user", "alice"), ("database", "app")],
+    ))
+    .unwrap();
+    let msgs = raw::read_until_ready(&mut s);
+    let elapsed = t.elapsed();
+    let (_, err) = msgs
+        .into_iter()
+        .find(|m| m.0 == b'E')
+        .expect("an ErrorResponse");
+    assert_eq!(raw::sqlstate(&err), "08001");
+    (elapsed, err)
+}
+
 fn metric_with(p: &Pgward, name: &str, label: &str) -> f64 {
     let (_, body) = p.admin_get("/metrics").expect("metrics");
     body.lines()
@@ -282,15 +314,7 @@ fn no_valid_token_is_08001_quickly() {
     let db = database(&good);
     let dir = tempfile::tempdir().unwrap();
     let (cred, env) = credential(Kind::Imds, &standin, dir.path());
-    let pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            credential: Some(cred),
-            env,
-            wait_ready: false,
-            ..Default::default()
-        },
-    );
+    let pgward = start_pgward(&db, cred, env, false);
     let (status, body) = pgward.admin_get("/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -300,19 +324,9 @@ fn no_valid_token_is_08001_quickly() {
 
     let mut worst = Duration::ZERO;
     for _ in 0..3 {
-        let t = Instant::now();
-        let mut s = raw::connect(pgward.port);
-        s.write_all(&raw::startup_packet(
-            0,
-            &[("user", "alice"), ("database", "app")],
-        ))
-        .unwrap();
-        let msgs = raw::read_until_ready(&mut s);
-        let elapsed = t.elapsed();
+        let (elapsed, err) = refused_startup(&pgward);
         worst = worst.max(elapsed);
-        let err = msgs.iter().find(|m| m.0 == b'E').expect("an ErrorResponse");
-        assert_eq!(raw::sqlstate(&err.1), "08001");
-        let text = String::from_utf8_lossy(&err.1);
+        let text = String::from_utf8_lossy(&err);
         assert!(
             text.contains("pgward could not obtain its credential for upstream \"main\""),
             "{text}"
@@ -379,13 +393,11 @@ fn azure_cli_signs_in_through_pgward() {
         dir.path().display(),
         std::env::var("PATH").unwrap()
     );
-    let pgward = Pgward::start(
+    let pgward = start_pgward(
         &db,
-        PgwardOptions {
-            credential: Some(format!("type = \"azure-cli\"\nuser = \"{ROLE}\"")),
-            env: vec![("PATH".into(), path)],
-            ..Default::default()
-        },
+        format!("type = \"azure-cli\"\nuser = \"{ROLE}\""),
+        vec![("PATH".into(), path)],
+        true,
     );
     assert_eq!(select(&pgward).unwrap(), format!("{ROLE}|100"));
     let args = std::fs::read_to_string(&calls).unwrap();
@@ -405,15 +417,7 @@ fn failed_fetch_without_token_is_08001_at_once() {
     let db = database("not-a-token");
     let dir = tempfile::tempdir().unwrap();
     let (cred, env) = credential(Kind::ClientSecret, &standin, dir.path());
-    let pgward = Pgward::start(
-        &db,
-        PgwardOptions {
-            credential: Some(cred),
-            env,
-            wait_ready: false,
-            ..Default::default()
-        },
-    );
+    let pgward = start_pgward(&db, cred, env, false);
     assert!(wait_until(Duration::from_secs(20), || {
         metric_with(
             &pgward,
@@ -426,17 +430,7 @@ fn failed_fetch_without_token_is_08001_at_once() {
     assert!(body.contains("no valid client-secret token"), "{body}");
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
-        let t = Instant::now();
-        let mut s = raw::connect(pgward.port);
-        s.write_all(&raw::startup_packet(
-            0,
-            &[("user", "alice"), ("database", "app")],
-        ))
-        .unwrap();
-        let msgs = raw::read_until_ready(&mut s);
-        worst = worst.max(t.elapsed());
-        let err = msgs.iter().find(|m| m.0 == b'E').expect("an ErrorResponse");
-        assert_eq!(raw::sqlstate(&err.1), "08001");
+        worst = worst.max(refused_startup(&pgward).0);
     }
     eprintln!("08001 after a failed fetch: at most {worst:?}");
     assert!(worst < Duration::from_secs(2), "{worst:?}");

@@ -981,6 +981,20 @@ async fn tokio_postgres_under_a_one_table_role() {
 // Transactions.
 // ---------------------------------------------------------------------------------------
 
+/// Sends a pipelined BEGIN; ok; denied; ok; COMMIT batch and checks its five replies: the
+/// denial aborts the transaction, the next statement fails with 25P02 and COMMIT rolls back.
+fn assert_pipelined_tx_rolled_back(w: &mut Wire, batch: &[u8]) {
+    w.send(batch);
+    let replies: Vec<Reply> = (0..5).map(|_| w.read_reply()).collect();
+    assert!(replies[0].ok() && replies[1].ok(), "{replies:?}");
+    assert!(replies[2].denial().is_some(), "{replies:?}");
+    assert_eq!(
+        replies[3].errors.first().map(|e| e.code.as_str()),
+        Some("25P02")
+    );
+    assert_eq!(replies[4].tags, ["ROLLBACK"], "{replies:?}");
+}
+
 #[test]
 fn denial_aborts_the_transaction() {
     let db = database();
@@ -1110,15 +1124,7 @@ fn denial_aborts_the_transaction() {
         "INSERT INTO orders (item, qty) VALUES ('tx-probe-8', 1)",
     ));
     batch.extend(raw::query("COMMIT"));
-    w.send(&batch);
-    let replies: Vec<Reply> = (0..5).map(|_| w.read_reply()).collect();
-    assert!(replies[0].ok() && replies[1].ok(), "{replies:?}");
-    assert!(replies[2].denial().is_some(), "{replies:?}");
-    assert_eq!(
-        replies[3].errors.first().map(|e| e.code.as_str()),
-        Some("25P02")
-    );
-    assert_eq!(replies[4].tags, ["ROLLBACK"], "{replies:?}");
+    assert_pipelined_tx_rolled_back(&mut w, &batch);
     let mut batch = raw::query("BEGIN");
     for sql in [
         "INSERT INTO orders (item, qty) VALUES ('tx-probe-9', 1)",
@@ -1131,15 +1137,7 @@ fn denial_aborts_the_transaction() {
         batch.extend(raw::message(b'S', &[]));
     }
     batch.extend(raw::query("COMMIT"));
-    w.send(&batch);
-    let replies: Vec<Reply> = (0..5).map(|_| w.read_reply()).collect();
-    assert!(replies[0].ok() && replies[1].ok(), "{replies:?}");
-    assert!(replies[2].denial().is_some(), "{replies:?}");
-    assert_eq!(
-        replies[3].errors.first().map(|e| e.code.as_str()),
-        Some("25P02")
-    );
-    assert_eq!(replies[4].tags, ["ROLLBACK"], "{replies:?}");
+    assert_pipelined_tx_rolled_back(&mut w, &batch);
     assert_eq!(
         db.sql(
             "app",
@@ -1517,6 +1515,18 @@ fn upstream_role_is_applied() {
 // FunctionCall.
 // ---------------------------------------------------------------------------------------
 
+/// Sends a FunctionCall message with `body` and expects it refused (42501).
+fn function_call_refused(w: &mut Wire, body: &[u8]) -> Reply {
+    w.send(&raw::message(b'F', body));
+    let r = w.read_reply();
+    assert_eq!(
+        r.errors.first().map(|e| e.code.as_str()),
+        Some("42501"),
+        "{r:?}"
+    );
+    r
+}
+
 #[test]
 fn function_call_is_refused() {
     let db = database();
@@ -1557,13 +1567,7 @@ fn function_call_is_refused() {
     body.extend(6i32.to_be_bytes());
     body.extend(b"131072");
     body.extend(0u16.to_be_bytes()); // result format
-    w.send(&raw::message(b'F', &body));
-    let r = w.read_reply();
-    assert_eq!(
-        r.errors.first().map(|e| e.code.as_str()),
-        Some("42501"),
-        "{r:?}"
-    );
+    let r = function_call_refused(&mut w, &body);
     assert_eq!(r.status, b'I');
     assert_eq!(w.query("SELECT 'usable'").single(), Some("usable"));
     // A harmless function by oid is refused as well: the message itself is not allowed.
@@ -1575,23 +1579,11 @@ fn function_call_is_refused() {
     body.extend(0u16.to_be_bytes());
     body.extend(0u16.to_be_bytes());
     body.extend(0u16.to_be_bytes());
-    w.send(&raw::message(b'F', &body));
-    let r = w.read_reply();
-    assert_eq!(
-        r.errors.first().map(|e| e.code.as_str()),
-        Some("42501"),
-        "{r:?}"
-    );
+    function_call_refused(&mut w, &body);
     assert_eq!(w.query("SELECT 'usable'").single(), Some("usable"));
     // Inside a transaction block the refusal aborts it, like any error.
     assert!(w.query("BEGIN").ok());
-    w.send(&raw::message(b'F', &body));
-    let r = w.read_reply();
-    assert_eq!(
-        r.errors.first().map(|e| e.code.as_str()),
-        Some("42501"),
-        "{r:?}"
-    );
+    let r = function_call_refused(&mut w, &body);
     assert_eq!(r.status, b'E', "{r:?}");
     assert_eq!(w.query("COMMIT").tags, ["ROLLBACK"]);
     assert_eq!(
@@ -1726,6 +1718,44 @@ fn client_encoding_cannot_smuggle_statements() {
 // A policy change while a session holds prepared statements.
 // ---------------------------------------------------------------------------------------
 
+/// Connects as the one-table user and prepares a count of orders, checking it reads all 100.
+async fn connect_and_prepare_orders_count(
+    pgward: &Pgward,
+) -> (tokio_postgres::Client, tokio_postgres::Statement) {
+    let client = tokio_connect(&conn_as(pgward, ONE_TABLE_USER)).await;
+    let stmt = client
+        .prepare("SELECT count(*) FROM orders /* reload-bind */")
+        .await
+        .unwrap();
+    assert_eq!(
+        client.query_one(&stmt, &[]).await.unwrap().get::<_, i64>(0),
+        100
+    );
+    (client, stmt)
+}
+
+/// Rewrites the policy file to move the role from orders to customers, and waits (15s at
+/// most) until `client`'s session reads customers under the new policy.
+async fn move_policy_to_customers(policy: &Path, client: &tokio_postgres::Client) {
+    std::fs::write(
+        policy,
+        ONE_TABLE_POLICY.replace("public.orders", "public.customers"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while client
+        .query("SELECT count(*) FROM customers", &[])
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new policy was not picked up in 15s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// After the policy file changes (pgward watches it), a statement the new policy denies
 /// must not run any more in an existing session: neither anew nor by SQL EXECUTE of an
 /// earlier PREPARE.
@@ -1736,41 +1766,14 @@ async fn policy_reload_applies_to_existing_sessions() {
     let policy = dir.path().join("reload.toml");
     std::fs::write(&policy, ONE_TABLE_POLICY).unwrap();
     let pgward = pgward(&db, &policy);
-    let client = tokio_connect(&conn_as(&pgward, ONE_TABLE_USER)).await;
-    let stmt = client
-        .prepare("SELECT count(*) FROM orders /* reload-bind */")
-        .await
-        .unwrap();
-    assert_eq!(
-        client.query_one(&stmt, &[]).await.unwrap().get::<_, i64>(0),
-        100
-    );
+    let (client, _stmt) = connect_and_prepare_orders_count(&pgward).await;
     client
         .batch_execute("PREPARE sqlq AS SELECT count(*) FROM orders /* reload-execute */")
         .await
         .unwrap();
 
     // The new policy moves the role from orders to customers.
-    std::fs::write(
-        &policy,
-        ONE_TABLE_POLICY.replace("public.orders", "public.customers"),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if client
-            .query("SELECT count(*) FROM customers", &[])
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new policy was not picked up in 15s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    move_policy_to_customers(&policy, &client).await;
     assert_tokio_denied(
         client.query("SELECT count(*) FROM orders", &[]).await,
         "a new statement on orders after the reload",
@@ -1790,32 +1793,8 @@ async fn policy_reload_applies_to_statements_parsed_before() {
     let policy = dir.path().join("reload.toml");
     std::fs::write(&policy, ONE_TABLE_POLICY).unwrap();
     let pgward = pgward(&db, &policy);
-    let client = tokio_connect(&conn_as(&pgward, ONE_TABLE_USER)).await;
-    let stmt = client
-        .prepare("SELECT count(*) FROM orders /* reload-bind */")
-        .await
-        .unwrap();
-    assert_eq!(
-        client.query_one(&stmt, &[]).await.unwrap().get::<_, i64>(0),
-        100
-    );
-    std::fs::write(
-        &policy,
-        ONE_TABLE_POLICY.replace("public.orders", "public.customers"),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while client
-        .query("SELECT count(*) FROM customers", &[])
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the new policy was not picked up in 15s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (client, stmt) = connect_and_prepare_orders_count(&pgward).await;
+    move_policy_to_customers(&policy, &client).await;
     assert_tokio_denied(
         client.query_one(&stmt, &[]).await,
         "Bind/Execute of a statement parsed before the reload",

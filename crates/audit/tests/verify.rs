@@ -21,6 +21,29 @@ fn only_problem(files: &[PathBuf], key: Option<&[u8]>) -> Finding {
     problems[0].clone()
 }
 
+/// Writes a log of `n` statements and rewrites its lines with `edit`.
+async fn edited_log(dir: &Path, n: usize, edit: impl FnOnce(&mut Vec<String>)) -> PathBuf {
+    let path = small_log(dir, n, None).await;
+    let mut l = lines(&path);
+    edit(&mut l);
+    write_lines(&path, &l);
+    path
+}
+
+/// `run_verify` on one file; returns the report and what it printed.
+fn run_verify_on(path: PathBuf, key_file: Option<PathBuf>) -> (VerifyReport, String) {
+    let mut out = Vec::new();
+    let report = run_verify(
+        &VerifyArgs {
+            files: vec![path],
+            key_file,
+        },
+        &mut out,
+    )
+    .unwrap();
+    (report, String::from_utf8(out).unwrap())
+}
+
 /// Line of the statement `select {i}` (seq i + 2: audit_start is seq 1).
 fn line_of(i: usize) -> usize {
     i + 1
@@ -30,18 +53,9 @@ fn line_of(i: usize) -> usize {
 async fn an_intact_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = small_log(dir.path(), 10, None).await;
-    let mut out = Vec::new();
-    let report = run_verify(
-        &VerifyArgs {
-            files: vec![path],
-            key_file: None,
-        },
-        &mut out,
-    )
-    .unwrap();
+    let (report, text) = run_verify_on(path, None);
     assert!(report.is_ok());
     assert_eq!(report.records, 12);
-    let text = String::from_utf8(out).unwrap();
     assert!(
         text.starts_with("OK: 12 records in 1 files, seq 1..=12"),
         "{text}"
@@ -51,24 +65,15 @@ async fn an_intact_log_verifies() {
 #[tokio::test]
 async fn an_edited_record_is_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_log(dir.path(), 10, None).await;
-    let mut l = lines(&path);
-    l[line_of(4)] = l[line_of(4)].replace("select 4", "select 5");
-    write_lines(&path, &l);
+    let path = edited_log(dir.path(), 10, |l| {
+        l[line_of(4)] = l[line_of(4)].replace("select 4", "select 5");
+    })
+    .await;
     let f = only_problem(std::slice::from_ref(&path), None);
     assert_eq!(f.kind, FindingKind::Changed);
     assert_eq!((f.line, f.seq), (Some(6), Some(6)));
-    let mut out = Vec::new();
-    let report = run_verify(
-        &VerifyArgs {
-            files: vec![path],
-            key_file: None,
-        },
-        &mut out,
-    )
-    .unwrap();
+    let (report, text) = run_verify_on(path, None);
     assert!(!report.is_ok());
-    let text = String::from_utf8(out).unwrap();
     assert!(
         text.contains("CHANGED:")
             && text.contains(":6 (seq 6)")
@@ -80,10 +85,10 @@ async fn an_edited_record_is_changed() {
 #[tokio::test]
 async fn an_edited_and_rehashed_record_is_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_log(dir.path(), 10, None).await;
-    let mut l = lines(&path);
-    l[line_of(4)] = rehash(&l[line_of(4)].replace("select 4", "select 5"), None);
-    write_lines(&path, &l);
+    let path = edited_log(dir.path(), 10, |l| {
+        l[line_of(4)] = rehash(&l[line_of(4)].replace("select 4", "select 5"), None);
+    })
+    .await;
     let f = only_problem(&[path], None);
     assert_eq!(f.kind, FindingKind::Changed);
     assert_eq!(f.seq, Some(6), "{f}");
@@ -93,10 +98,10 @@ async fn an_edited_and_rehashed_record_is_changed() {
 #[tokio::test]
 async fn a_removed_record_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_log(dir.path(), 10, None).await;
-    let mut l = lines(&path);
-    l.remove(line_of(4));
-    write_lines(&path, &l);
+    let path = edited_log(dir.path(), 10, |l| {
+        l.remove(line_of(4));
+    })
+    .await;
     let f = only_problem(&[path], None);
     assert_eq!(f.kind, FindingKind::Missing);
     assert_eq!(f.seq, Some(7));
@@ -106,10 +111,10 @@ async fn a_removed_record_is_missing() {
 #[tokio::test]
 async fn swapped_records_are_reordered() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_log(dir.path(), 10, None).await;
-    let mut l = lines(&path);
-    l.swap(line_of(3), line_of(4));
-    write_lines(&path, &l);
+    let path = edited_log(dir.path(), 10, |l| {
+        l.swap(line_of(3), line_of(4));
+    })
+    .await;
     let f = only_problem(&[path], None);
     assert_eq!(f.kind, FindingKind::Reordered);
     assert_eq!(f.seq, Some(5));
@@ -119,11 +124,11 @@ async fn swapped_records_are_reordered() {
 #[tokio::test]
 async fn a_duplicated_record_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_log(dir.path(), 5, None).await;
-    let mut l = lines(&path);
-    let dup = l[line_of(2)].clone();
-    l.insert(line_of(2) + 1, dup);
-    write_lines(&path, &l);
+    let path = edited_log(dir.path(), 5, |l| {
+        let dup = l[line_of(2)].clone();
+        l.insert(line_of(2) + 1, dup);
+    })
+    .await;
     let report = verify(&[path], None).unwrap();
     assert!(
         report.of_kind(FindingKind::Duplicate).count() == 1,
@@ -211,10 +216,10 @@ async fn files_given_out_of_order_are_reordered() {
 #[tokio::test]
 async fn a_garbage_line_is_malformed() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_log(dir.path(), 3, None).await;
-    let mut l = lines(&path);
-    l.insert(2, "not json".to_string());
-    write_lines(&path, &l);
+    let path = edited_log(dir.path(), 3, |l| {
+        l.insert(2, "not json".to_string());
+    })
+    .await;
     let f = only_problem(&[path], None);
     assert_eq!((f.kind, f.line), (FindingKind::Malformed, Some(3)));
 }
@@ -277,14 +282,6 @@ async fn verify_reads_the_key_file() {
     let path = small_log(dir.path(), 2, Some(key.clone())).await;
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, [key.as_slice(), b"\n"].concat()).unwrap();
-    let mut out = Vec::new();
-    let r = run_verify(
-        &VerifyArgs {
-            files: vec![path],
-            key_file: Some(key_file),
-        },
-        &mut out,
-    )
-    .unwrap();
-    assert!(r.is_ok(), "{}", String::from_utf8_lossy(&out));
+    let (r, text) = run_verify_on(path, Some(key_file));
+    assert!(r.is_ok(), "{text}");
 }

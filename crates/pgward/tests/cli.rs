@@ -35,19 +35,50 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// Checks the exit code (showing both streams if it is wrong) and returns stdout.
+fn stdout_of(o: &Output, code: i32) -> String {
+    let out = stdout(o);
+    assert_eq!(o.status.code(), Some(code), "{out}{}", stderr(o));
+    out
+}
+
+/// `pgward policy explain --policy POLICY REST...`.
+fn explain(policy: &Path, rest: &[&str]) -> Output {
+    let mut args = vec!["policy", "explain", "--policy", p(policy)];
+    args.extend_from_slice(rest);
+    pgward(&args)
+}
+
+/// Writes `text` as the policy, explains `SELECT 1` for user `a` against it and expects a
+/// load error (exit 2); returns stderr.
+fn explain_load_error(policy: &Path, text: &str) -> String {
+    std::fs::write(policy, text).expect("write policy");
+    let o = explain(policy, &["--user", "a", "SELECT 1"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    err
+}
+
+/// Closes an audit log on a throwaway runtime.
+fn close_log(log: &AuditLog) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(log.close("test done"))
+        .expect("close");
+}
+
 #[test]
 fn explain_allows_with_the_deciding_rule() {
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&corpus_policy()),
-        "--user",
-        "alice@contoso.com",
-        "SELECT o.id FROM orders o WHERE o.customer_id IN (SELECT id FROM customers)",
-    ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let o = explain(
+        &corpus_policy(),
+        &[
+            "--user",
+            "alice@contoso.com",
+            "SELECT o.id FROM orders o WHERE o.customer_id IN (SELECT id FROM customers)",
+        ],
+    );
+    let out = stdout_of(&o, 0);
     assert!(out.contains("roles: reader"), "{out}");
     assert!(out.contains("select    orders"), "{out}");
     assert!(out.contains("select    customers"), "{out}");
@@ -61,63 +92,46 @@ fn explain_allows_with_the_deciding_rule() {
 fn explain_denies_and_names_the_rule() {
     let policy = corpus_policy();
     // A deny-list role's explicit deny.
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&policy),
-        "--user",
-        "bob@contoso.com",
-        "SELECT * FROM SALARIES",
-    ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let o = explain(
+        &policy,
+        &["--user", "bob@contoso.com", "SELECT * FROM SALARIES"],
+    );
+    let out = stdout_of(&o, 1);
     assert!(out.contains("decision: deny (rule no_salaries)"), "{out}");
 
     // Roles given by name; an allow-list role falls through to the default deny.
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&policy),
-        "--role",
-        "reader",
-        "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
-    ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let o = explain(
+        &policy,
+        &[
+            "--role",
+            "reader",
+            "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
+        ],
+    );
+    let out = stdout_of(&o, 1);
     assert!(out.contains("delete    orders"), "{out}");
     assert!(out.contains("decision: deny (rule default_deny)"), "{out}");
 
     // Roles from a group claim, and a search path that moves an unqualified name.
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&policy),
-        "--user",
-        "someone@contoso.com",
-        "--group",
-        "11111111-1111-1111-1111-111111111111",
-        "--search-path",
-        "sales",
-        "SELECT * FROM orders",
-    ]);
+    let o = explain(
+        &policy,
+        &[
+            "--user",
+            "someone@contoso.com",
+            "--group",
+            "11111111-1111-1111-1111-111111111111",
+            "--search-path",
+            "sales",
+            "SELECT * FROM orders",
+        ],
+    );
     let out = stdout(&o);
     assert!(out.contains("roles: reader"), "{out}");
     assert!(out.contains("search_path: sales"), "{out}");
     assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
 
     // An unknown role name is a usage error, not a deny.
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&policy),
-        "--role",
-        "nobody",
-        "SELECT 1",
-    ]);
+    let o = explain(&policy, &["--role", "nobody", "SELECT 1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nobody"), "{}", stderr(&o));
 }
@@ -149,41 +163,17 @@ fn explain_finds_the_policy_through_the_config() {
 fn explain_reports_every_policy_problem_with_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
+    let err = explain_load_error(
         &policy,
         "[[roles]]\nname = \"r\"\nmembers = { users = [\"a\"] }\nallow = [ { actions = [\"select\"], objects = [\"x\" } ]\n",
-    )
-    .expect("write policy");
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&policy),
-        "--user",
-        "a",
-        "SELECT 1",
-    ]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    );
     assert!(err.contains("policy.toml: line 4:"), "{err}");
 
     // Semantic problems: each one reported, each with its own line.
-    std::fs::write(
+    let err = explain_load_error(
         &policy,
         "[[roles]]\nname = \"r\"\nmembers = { users = [\"a\"] }\nallow = [ { actions = [\"slect\"], objects = [\"x.y\"] } ]\n\n[[roles]]\nname = \"s\"\nmembers = { users = [\"b\"] }\nallow = [ { actions = [\"frobnicate\"], objects = [\"x.y\"] } ]\n",
-    )
-    .expect("write policy");
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&policy),
-        "--user",
-        "a",
-        "SELECT 1",
-    ]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    );
     assert!(err.contains("line 4:") && err.contains("slect"), "{err}");
     assert!(
         err.contains("line 9:") && err.contains("frobnicate"),
@@ -191,13 +181,7 @@ fn explain_reports_every_policy_problem_with_its_line() {
     );
 
     // A missing file and a config without [policy] are load errors too.
-    let o = pgward(&[
-        "policy",
-        "explain",
-        "--policy",
-        p(&dir.path().join("none.toml")),
-        "SELECT 1",
-    ]);
+    let o = explain(&dir.path().join("none.toml"), &["SELECT 1"]);
     assert_eq!(o.status.code(), Some(2));
     let cfg = dir.path().join("pgward.toml");
     std::fs::write(
@@ -288,11 +272,7 @@ fn write_log(dir: &Path) -> PathBuf {
     bob.statement(&ok("SELECT count(*) FROM orders"))
         .wait()
         .expect("stmt");
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(log.close("test done"))
-        .expect("close");
+    close_log(&log);
     cfg.file
 }
 
@@ -302,8 +282,7 @@ fn verify_passes_then_names_the_edited_record() {
     let active = write_log(dir.path());
 
     let o = pgward(&["audit", "verify", p(&active)]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let out = stdout_of(&o, 0);
     assert!(
         out.contains("OK:") && out.contains("chain is intact"),
         "{out}"
@@ -329,8 +308,7 @@ fn verify_passes_then_names_the_edited_record() {
     let edited = text.replace("SELECT id FROM orders", "SELECT 1 FROM orders");
     std::fs::write(&active, edited).expect("write log");
     let o = pgward(&["audit", "verify", "--file", p(&active)]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let out = stdout_of(&o, 1);
     let expected = format!("CHANGED: {}:{}", active.display(), line_no + 1);
     assert!(out.contains(&expected), "want {expected:?} in:\n{out}");
     assert!(out.contains("FAILED:"), "{out}");
@@ -363,8 +341,7 @@ fn search_filters_in_json_and_csv() {
         "--format",
         "json",
     ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let out = stdout_of(&o, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     let stored = std::fs::read_to_string(&active).expect("read log");
@@ -385,8 +362,7 @@ fn search_filters_in_json_and_csv() {
         "--format",
         "csv",
     ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let out = stdout_of(&o, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("seq,ts,instance,event,"), "{out}");
@@ -452,8 +428,7 @@ fn tail_prints_the_last_records_and_follows_until_ctrl_c() {
         "--format",
         "json",
     ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let out = stdout_of(&o, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
@@ -523,9 +498,5 @@ fn tail_prints_the_last_records_and_follows_until_ctrl_c() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(log.close("test done"))
-        .expect("close");
+    close_log(&log);
 }

@@ -26,10 +26,20 @@ deny = [ { name = "no_pg_sleep", functions = ["pg_sleep"] } ]
 "#;
 
 fn setup() -> (Policy, RoleSet, RoleSet) {
-    let p = Policy::from_toml(POLICY).unwrap();
+    policy_with(POLICY)
+}
+
+/// A policy from `toml` (which defines the `reader` and `admin` roles) and those two roles.
+fn policy_with(toml: &str) -> (Policy, RoleSet, RoleSet) {
+    let p = Policy::from_toml(toml).unwrap();
     let reader = p.roles_named(&["reader"]).unwrap();
     let admin = p.roles_named(&["admin"]).unwrap();
     (p, reader, admin)
+}
+
+/// Remembers `sql`, as if prepared over the extended protocol, under `name`.
+fn remember_prepared(s: &mut SessionState, name: &str, sql: &str) {
+    s.remember_prepared(name, analyze(sql).unwrap().statements.remove(0));
 }
 
 fn verdict(p: &Policy, roles: &RoleSet, session: &SessionState, sql: &str) -> (Verdict, String) {
@@ -61,11 +71,7 @@ fn prepare_then_execute_across_calls() {
         "builtin.unknown_prepared"
     );
     // A statement prepared over the extended protocol, then run with SQL EXECUTE.
-    let a = analyze("SELECT * FROM salaries")
-        .unwrap()
-        .statements
-        .remove(0);
-    s.remember_prepared("stmt1", a);
+    remember_prepared(&mut s, "stmt1", "SELECT * FROM salaries");
     assert_eq!(verdict(&p, &reader, &s, "EXECUTE stmt1").1, "default_deny");
     s.forget_prepared("stmt1");
     assert_eq!(
@@ -73,11 +79,7 @@ fn prepare_then_execute_across_calls() {
         "builtin.unknown_prepared"
     );
     // Parameters of EXECUTE are decided too.
-    let a = analyze("SELECT * FROM orders WHERE id = $1")
-        .unwrap()
-        .statements
-        .remove(0);
-    s.remember_prepared("ok", a);
+    remember_prepared(&mut s, "ok", "SELECT * FROM orders WHERE id = $1");
     assert_eq!(verdict(&p, &reader, &s, "EXECUTE ok(1)").0, Verdict::Allow);
     assert_eq!(
         verdict(
@@ -196,8 +198,7 @@ fn startup_parameters_are_decided() {
 
 #[test]
 fn observe_mode_reports_but_does_not_block() {
-    let p = Policy::from_toml(&format!("mode = \"observe\"\n{POLICY}")).unwrap();
-    let reader = p.roles_named(&["reader"]).unwrap();
+    let (p, reader, _) = policy_with(&format!("mode = \"observe\"\n{POLICY}"));
     let s = SessionState::new(&p);
     let q = p.decide_query(&reader, "DELETE FROM orders", &s);
     assert_eq!(q.decision.verdict, Verdict::Deny);
@@ -212,8 +213,7 @@ fn baseline_can_be_narrowed() {
     let narrowed = format!(
         "[baseline]\ncatalog_reads = false\nsettings = [\"timezone\"]\nreset_all = true\n{POLICY}"
     );
-    let p = Policy::from_toml(&narrowed).unwrap();
-    let reader = p.roles_named(&["reader"]).unwrap();
+    let (p, reader, _) = policy_with(&narrowed);
     let s = SessionState::new(&p);
     assert_eq!(
         verdict(&p, &reader, &s, "SELECT * FROM pg_catalog.pg_class").1,
@@ -262,8 +262,7 @@ fn cache_key_covers_roles_path_and_policy() {
         Verdict::Deny
     );
     // Same text and roles, another policy: a new decision.
-    let p2 = Policy::from_toml(&POLICY.replace("public.orders", "public.customers")).unwrap();
-    let reader2 = p2.roles_named(&["reader"]).unwrap();
+    let (p2, reader2, _) = policy_with(&POLICY.replace("public.orders", "public.customers"));
     let s2 = SessionState::new(&p2);
     assert_eq!(
         cache.decide(&p2, &reader2, &s2, sql).decision.verdict,
