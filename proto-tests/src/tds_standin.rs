@@ -239,18 +239,27 @@ fn error_token(out: &mut Vec<u8>, number: i32, message: &str) {
     b_varchar(&mut body, "standin");
     b_varchar(&mut body, "");
     body.extend_from_slice(&1i32.to_le_bytes());
-    out.push(0xAA);
+    length_token(out, 0xAA, &body);
+}
+
+/// ERROR, then the DONE-family `token` that ends with it.
+fn error_done(out: &mut Vec<u8>, token: u8, number: i32, message: &str) {
+    error_token(out, number, message);
+    done(out, token, DONE_ERROR, 0);
+}
+
+/// A token whose body follows a u16 length.
+fn length_token(out: &mut Vec<u8>, token: u8, body: &[u8]) {
+    out.push(token);
     out.extend_from_slice(&(body.len() as u16).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
 }
 
 fn env_change(out: &mut Vec<u8>, ty: u8, new: &str, old: &str) {
     let mut body = vec![ty];
     b_varchar(&mut body, new);
     b_varchar(&mut body, old);
-    out.push(0xE3);
-    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
-    out.extend_from_slice(&body);
+    length_token(out, 0xE3, &body);
 }
 
 fn serve(
@@ -292,12 +301,12 @@ fn serve(
     };
     let mut out = Vec::new();
     if !accepted {
-        error_token(
+        error_done(
             &mut out,
+            0xFD,
             18456,
             "Login failed for user '<token-identified principal>'.",
         );
-        done(&mut out, 0xFD, DONE_ERROR, 0);
         write_message(&mut s, PKT_REPLY, &out)?;
         return Ok(());
     }
@@ -308,9 +317,7 @@ fn serve(
     ack.extend_from_slice(&0x7400_0004u32.to_be_bytes());
     b_varchar(&mut ack, "pgward TDS stand-in");
     ack.extend_from_slice(&[16, 0, 0, 0]);
-    out.push(0xAD);
-    out.extend_from_slice(&(ack.len() as u16).to_le_bytes());
-    out.extend_from_slice(&ack);
+    length_token(&mut out, 0xAD, &ack);
     done(&mut out, 0xFD, 0, 0);
     write_message(&mut s, PKT_REPLY, &out)?;
 
@@ -533,12 +540,12 @@ impl Session {
             }
             "commit transaction" => {
                 if self.snapshot.take().is_none() {
-                    error_token(
+                    error_done(
                         &mut out,
+                        0xFD,
                         3902,
                         "The COMMIT TRANSACTION request has no corresponding BEGIN TRANSACTION.",
                     );
-                    done(&mut out, 0xFD, DONE_ERROR, 0);
                     return out;
                 }
             }
@@ -548,8 +555,12 @@ impl Session {
                 }
             }
             _ => {
-                error_token(&mut out, 102, &format!("Incorrect syntax near '{text}'."));
-                done(&mut out, 0xFD, DONE_ERROR, 0);
+                error_done(
+                    &mut out,
+                    0xFD,
+                    102,
+                    &format!("Incorrect syntax near '{text}'."),
+                );
                 return out;
             }
         }
@@ -586,8 +597,7 @@ impl Session {
                     ro,
                 ));
                 if self.context.iter().any(|(k, _, r)| *k == key && *r) {
-                    error_token(&mut out, 15664, &format!("Cannot set key '{key}' in the session context. The key has been set as read_only for this session."));
-                    done(&mut out, 0xFE, DONE_ERROR, 0);
+                    error_done(&mut out, 0xFE, 15664, &format!("Cannot set key '{key}' in the session context. The key has been set as read_only for this session."));
                 } else {
                     self.context.retain(|(k, _, _)| *k != key);
                     self.context.push((key, value, ro));
@@ -613,8 +623,7 @@ impl Session {
                         Flow::Next => {}
                         Flow::Attention => return Ok(None),
                         Flow::Error(n, m) => {
-                            error_token(&mut out, n, &m);
-                            done(&mut out, 0xFF, DONE_ERROR, 0);
+                            error_done(&mut out, 0xFF, n, &m);
                             failed = true;
                             break;
                         }
@@ -625,12 +634,12 @@ impl Session {
                 done(&mut out, 0xFE, if failed { DONE_ERROR } else { 0 }, 0);
             }
             other => {
-                error_token(
+                error_done(
                     &mut out,
+                    0xFE,
                     2812,
                     &format!("Could not find stored procedure '{other}'."),
                 );
-                done(&mut out, 0xFE, DONE_ERROR, 0);
             }
         }
         Ok(Some(out))
@@ -742,15 +751,14 @@ impl Session {
                     }
                 }
                 other => {
-                    return Ok(Flow::Error(208, format!("Invalid object name '{other}'.")));
+                    return Ok(invalid_object(other));
                 }
             }
             return Ok(Flow::Next);
         }
         if let Some(rest) = n.strip_prefix("insert into ") {
-            let table = table_of(rest);
-            if table != "orders" {
-                return Ok(Flow::Error(208, format!("Invalid object name '{table}'.")));
+            if let Some(unknown) = not_orders(&table_of(rest)) {
+                return Ok(unknown);
             }
             let Some(values) = rest.split_once(" values ").map(|(_, v)| v) else {
                 return Ok(Flow::Error(102, "Incorrect syntax near 'INSERT'.".into()));
@@ -775,9 +783,8 @@ impl Session {
             return Ok(Flow::Next);
         }
         if let Some(rest) = n.strip_prefix("update ") {
-            let table = table_of(rest);
-            if table != "orders" {
-                return Ok(Flow::Error(208, format!("Invalid object name '{table}'.")));
+            if let Some(unknown) = not_orders(&table_of(rest)) {
+                return Ok(unknown);
             }
             let qty: i32 = rest
                 .split_once("set qty = ")
@@ -799,9 +806,8 @@ impl Session {
             return Ok(Flow::Next);
         }
         if let Some(rest) = n.strip_prefix("delete from ") {
-            let table = table_of(rest);
-            if table != "orders" {
-                return Ok(Flow::Error(208, format!("Invalid object name '{table}'.")));
+            if let Some(unknown) = not_orders(&table_of(rest)) {
+                return Ok(unknown);
             }
             let filter = id_filter(rest);
             let mut g = shared.lock().unwrap();
@@ -818,6 +824,16 @@ impl Session {
         let word = n.split_whitespace().next().unwrap_or("").to_owned();
         Ok(Flow::Error(102, format!("Incorrect syntax near '{word}'.")))
     }
+}
+
+/// Error 208: no such table.
+fn invalid_object(table: &str) -> Flow {
+    Flow::Error(208, format!("Invalid object name '{table}'."))
+}
+
+/// Error 208 for any table but `orders` (the only one that takes changes).
+fn not_orders(table: &str) -> Option<Flow> {
+    (table != "orders").then(|| invalid_object(table))
 }
 
 /// Lower case, whitespace collapsed, trailing `;` dropped (quoted text kept as written).
@@ -931,22 +947,35 @@ fn nbc_null_row(out: &mut Vec<u8>, columns: usize) {
 
 const COLLATION: [u8; 5] = [0x09, 0x04, 0xD0, 0x00, 0x34];
 
-fn nvarchar_ti(max_bytes: u16) -> Vec<u8> {
-    let mut v = vec![0xE7];
-    v.extend_from_slice(&max_bytes.to_le_bytes());
+/// TYPE_INFO of a binary type: type, max length.
+fn bin_ti(ty: u8, max: u16) -> Vec<u8> {
+    let mut v = vec![ty];
+    v.extend_from_slice(&max.to_le_bytes());
+    v
+}
+
+/// TYPE_INFO of a character type: type, max length, collation.
+fn varchar_ti(ty: u8, max: u16) -> Vec<u8> {
+    let mut v = bin_ti(ty, max);
     v.extend_from_slice(&COLLATION);
+    v
+}
+
+fn nvarchar_ti(max_bytes: u16) -> Vec<u8> {
+    varchar_ti(0xE7, max_bytes)
+}
+
+/// A value with a u16 length (USHORTLEN types).
+fn short(b: &[u8]) -> Vec<u8> {
+    let mut v = (b.len() as u16).to_le_bytes().to_vec();
+    v.extend_from_slice(b);
     v
 }
 
 fn nvarchar(s: Option<&str>) -> Vec<u8> {
     match s {
         None => 0xFFFFu16.to_le_bytes().to_vec(),
-        Some(s) => {
-            let u = utf16(s);
-            let mut v = (u.len() as u16).to_le_bytes().to_vec();
-            v.extend_from_slice(&u);
-            v
-        }
+        Some(s) => short(&utf16(s)),
     }
 }
 
@@ -974,22 +1003,6 @@ fn time5(increments: u64) -> Vec<u8> {
 /// The `dbo.types` table: columns, the row of values, and the column count (for the NULL
 /// row). The expected PostgreSQL text of each value is in the test.
 fn types_table() -> (Vec<Col>, Vec<Vec<u8>>, usize) {
-    let varchar_ti = |ty: u8, max: u16| {
-        let mut v = vec![ty];
-        v.extend_from_slice(&max.to_le_bytes());
-        v.extend_from_slice(&COLLATION);
-        v
-    };
-    let bin_ti = |ty: u8, max: u16| {
-        let mut v = vec![ty];
-        v.extend_from_slice(&max.to_le_bytes());
-        v
-    };
-    let short = |b: &[u8]| {
-        let mut v = (b.len() as u16).to_le_bytes().to_vec();
-        v.extend_from_slice(b);
-        v
-    };
     let with_len = |b: Vec<u8>| {
         let mut v = vec![b.len() as u8];
         v.extend(b);

@@ -226,10 +226,7 @@ impl CredentialConfig {
                         }
                     }
                 }
-                let host = authority_host
-                    .clone()
-                    .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok());
-                if let Some(a) = host {
+                if let Some(a) = authority_host_or_env(authority_host.as_deref()) {
                     if let Err(e) = AuthorityHost::parse(&a) {
                         p.push(e);
                     }
@@ -280,6 +277,13 @@ impl CredentialConfig {
         }
         p
     }
+}
+
+/// A workload identity's authority host: as configured, else $AZURE_AUTHORITY_HOST.
+pub(crate) fn authority_host_or_env(configured: Option<&str>) -> Option<String> {
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok())
 }
 
 /// Resolves a secret given inline, in a file or in an environment variable (exactly

@@ -17,7 +17,9 @@ use azure_identity::{
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::config::{load_secret, parse_endpoint, AuthorityHost, CredentialConfig};
+use crate::config::{
+    authority_host_or_env, load_secret, parse_endpoint, AuthorityHost, CredentialConfig,
+};
 use crate::secret::Secret;
 use crate::transport::{Route, Transport};
 
@@ -458,6 +460,15 @@ fn authority(
     Ok((Some(Arc::new(cloud)), route))
 }
 
+/// Client options for an Entra credential that signs in at `host` (the public cloud's
+/// authority when `None`).
+fn authority_options(host: Option<&str>) -> Result<ClientOptions, String> {
+    let (cloud, route) = authority(host)?;
+    let mut options = client_options(route)?;
+    options.cloud = cloud;
+    Ok(options)
+}
+
 fn azure_credential(cfg: &CredentialConfig) -> Result<Arc<dyn TokenCredential>, String> {
     let sdk = |e: azure_core::Error| error_chain(&e);
     Ok(match cfg {
@@ -507,12 +518,8 @@ fn azure_credential(cfg: &CredentialConfig) -> Result<Arc<dyn TokenCredential>, 
             authority_host,
             ..
         } => {
-            let host = authority_host
-                .clone()
-                .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok());
-            let (cloud, route) = authority(host.as_deref())?;
-            let mut client_options = client_options(route)?;
-            client_options.cloud = cloud;
+            let host = authority_host_or_env(authority_host.as_deref());
+            let client_options = authority_options(host.as_deref())?;
             WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                 credential_options: ClientAssertionCredentialOptions { client_options },
                 client_id: client_id.clone(),
@@ -536,9 +543,7 @@ fn azure_credential(cfg: &CredentialConfig) -> Result<Arc<dyn TokenCredential>, 
                 secret_file.as_deref(),
                 secret_env.as_deref(),
             )?;
-            let (cloud, route) = authority(authority_host.as_deref())?;
-            let mut client_options = client_options(route)?;
-            client_options.cloud = cloud;
+            let client_options = authority_options(authority_host.as_deref())?;
             ClientSecretCredential::new(
                 tenant_id,
                 client_id.clone(),

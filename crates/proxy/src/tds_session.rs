@@ -112,10 +112,7 @@ pub fn forward_cancel(pid: u32, secret: &[u8]) -> bool {
 }
 
 async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
-    let mut out = BytesMut::new();
-    build::error_response(&mut out, Severity::Fatal, code, message);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
+    fatal(stream, code, message).await;
     let _ = stream.shutdown().await;
 }
 
@@ -491,13 +488,7 @@ impl Relay {
         info!(rule, code, "azure-sql statement refused");
         if let Some(t) = self.trail.as_mut() {
             t.on_query(sql, None, Some(Audited::refused(rule)));
-            let mut appends = Vec::new();
-            appends.extend(t.on_result(None, Some((code, message))));
-            appends.extend(t.on_ready());
-            for a in appends {
-                a.await
-                    .map_err(|e| format!("audit record could not be written: {e}"))?;
-            }
+            record_results(t, [(None, Some((code, message)))]).await?;
         }
         build::error_response(out, Severity::Error, code, message);
         Ok(())
@@ -581,13 +572,7 @@ impl Relay {
             let denial = denial_of(qd);
             if let Some(t) = self.trail.as_mut() {
                 t.on_query(sql, Some(qd), None);
-                let mut appends = Vec::new();
-                appends.extend(t.on_result(None, Some((denial.code, &denial.message()))));
-                appends.extend(t.on_ready());
-                for a in appends {
-                    a.await
-                        .map_err(|e| format!("audit record could not be written: {e}"))?;
-                }
+                record_results(t, [(None, Some((denial.code, denial.message().as_str())))]).await?;
             }
             self.fail_transaction().await;
             build::error_response(out, Severity::Error, denial.code, &denial.message());
@@ -629,16 +614,11 @@ impl Relay {
             .map_err(|e| format!("client gone: {e}"))?;
         self.bytes_out += outcome.bytes_out;
         if let Some(t) = self.trail.as_mut() {
-            let mut appends = Vec::new();
-            for s in &outcome.statements {
+            let results = outcome.statements.iter().map(|s| {
                 let err = s.error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
-                appends.extend(t.on_result(s.tag.as_deref(), err));
-            }
-            appends.extend(t.on_ready());
-            for a in appends {
-                a.await
-                    .map_err(|e| format!("audit record could not be written: {e}"))?;
-            }
+                (s.tag.as_deref(), err)
+            });
+            record_results(t, results).await?;
         }
         if outcome.failed {
             self.fail_transaction().await;
@@ -712,18 +692,11 @@ impl Relay {
                 objects: Vec::new(),
             };
             trail.on_query(sql, None, Some(audited));
-            let mut appends = Vec::new();
-            match &result {
-                Ok(()) => appends.extend(trail.on_result(Some(tag), None)),
-                Err((c, m)) => {
-                    appends.extend(trail.on_result(None, Some((c.as_str(), m.as_str()))))
-                }
-            }
-            appends.extend(trail.on_ready());
-            for a in appends {
-                a.await
-                    .map_err(|e| format!("audit record could not be written: {e}"))?;
-            }
+            let outcome = match &result {
+                Ok(()) => (Some(tag), None),
+                Err((c, m)) => (None, Some((c.as_str(), m.as_str()))),
+            };
+            record_results(trail, [outcome]).await?;
         }
         match result {
             Ok(()) => {
@@ -739,6 +712,24 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Records the results of what was just run and the ready point, then waits until every
+/// record is written. `Err` is the reason the session ends.
+async fn record_results<'a>(
+    t: &mut Trail,
+    results: impl IntoIterator<Item = (Option<&'a str>, Option<(&'a str, &'a str)>)>,
+) -> Result<(), String> {
+    let mut appends = Vec::new();
+    for (tag, error) in results {
+        appends.extend(t.on_result(tag, error));
+    }
+    appends.extend(t.on_ready());
+    for a in appends {
+        a.await
+            .map_err(|e| format!("audit record could not be written: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn fatal(stream: &mut ClientStream, code: &str, message: &str) {

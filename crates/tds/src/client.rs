@@ -246,7 +246,7 @@ impl TdsSession {
                 Err(tiberius::error::Error::Server(t)) => {
                     return Err(TdsConnectError::SignIn {
                         upstream,
-                        message: format!("{} (SQL Server error {})", t.message(), t.code()),
+                        message: errors::server_message(&t),
                     })
                 }
                 Err(tiberius::error::Error::Tls(detail)) => {
@@ -270,13 +270,7 @@ impl TdsSession {
     }
 
     async fn prepare(&mut self, identity: &SessionIdentity) -> Result<(), (String, String)> {
-        self.client
-            .simple_query("SET XACT_ABORT ON")
-            .await
-            .map_err(|e| errors::from_tiberius(&e))?
-            .into_results()
-            .await
-            .map_err(|e| errors::from_tiberius(&e))?;
+        self.control("SET XACT_ABORT ON").await?;
         let roles = identity.roles.join(",");
         for (key, value) in [
             ("oid", identity.oid.as_str()),
@@ -350,16 +344,16 @@ impl TdsSession {
                         Ok(Some(CommandItem::Metadata(meta))) => {
                             flush_tag(&mut pending, &mut buf, &mut result);
                             if let Some(rows) = open.take() {
-                                pg::command_complete(&mut buf, &format!("SELECT {rows}"));
+                                pg::command_complete(&mut buf, &Expect::Rows.tag(rows));
                             }
                             pg::row_description(&mut buf, &types::columns(meta.columns()));
                             open = Some(0);
                         }
                         Ok(Some(CommandItem::Row(row))) => {
                             flush_tag(&mut pending, &mut buf, &mut result);
-                            let values: Vec<Option<String>> =
-                                row.cells().map(|(_, v)| types::text(v)).collect();
-                            pg::data_row(&mut buf, &values);
+                            pg::data_row(&mut buf, row.cells(), |b, (_, v)| {
+                                types::write_text(b, v)
+                            });
                             if let Some(n) = open.as_mut() {
                                 *n += 1;
                             }
@@ -367,7 +361,7 @@ impl TdsSession {
                         Ok(Some(CommandItem::RowsAffected(n))) => {
                             flush_tag(&mut pending, &mut buf, &mut result);
                             let tag = match open.take() {
-                                Some(rows) => Some(format!("SELECT {rows}")),
+                                Some(rows) => Some(Expect::Rows.tag(rows)),
                                 None => expect.get(idx).map(|e| e.tag(n)),
                             };
                             if let Some(tag) = tag {
@@ -409,22 +403,12 @@ impl TdsSession {
             None => {
                 flush_tag(&mut pending, &mut buf, &mut result);
                 if let Some(rows) = open.take() {
-                    let tag = format!("SELECT {rows}");
-                    pg::command_complete(&mut buf, &tag);
-                    result.statements.push(StatementOutcome {
-                        tag: Some(tag),
-                        error: None,
-                    });
+                    complete(Expect::Rows.tag(rows), &mut buf, &mut result);
                     idx += 1;
                 }
                 // Statements the server reported no count for (none expected, or NOCOUNT).
                 for e in expect.iter().skip(idx) {
-                    let tag = e.tag(0);
-                    pg::command_complete(&mut buf, &tag);
-                    result.statements.push(StatementOutcome {
-                        tag: Some(tag),
-                        error: None,
-                    });
+                    complete(e.tag(0), &mut buf, &mut result);
                 }
                 if expect.is_empty() && result.statements.is_empty() {
                     pg::empty_query(&mut buf);
@@ -457,12 +441,17 @@ impl TdsSession {
 
 fn flush_tag(pending: &mut Option<String>, buf: &mut BytesMut, result: &mut BatchOutcome) {
     if let Some(tag) = pending.take() {
-        pg::command_complete(buf, &tag);
-        result.statements.push(StatementOutcome {
-            tag: Some(tag),
-            error: None,
-        });
+        complete(tag, buf, result);
     }
+}
+
+/// CommandComplete for a statement that succeeded, and its outcome.
+fn complete(tag: String, buf: &mut BytesMut, result: &mut BatchOutcome) {
+    pg::command_complete(buf, &tag);
+    result.statements.push(StatementOutcome {
+        tag: Some(tag),
+        error: None,
+    });
 }
 
 fn config_for(opts: &TdsOptions, host: &str, port: u16, token: &AccessToken) -> Config {

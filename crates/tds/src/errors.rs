@@ -56,13 +56,15 @@ pub fn sqlstate(number: u32) -> &'static str {
         .unwrap_or("XX000")
 }
 
+/// A SQL Server error as the client reads it: its message and number.
+pub fn server_message(t: &tiberius::error::TokenError) -> String {
+    format!("{} (SQL Server error {})", t.message(), t.code())
+}
+
 /// (SQLSTATE, message) for any tiberius error met while running a batch.
 pub fn from_tiberius(e: &tiberius::error::Error) -> (String, String) {
     match e {
-        tiberius::error::Error::Server(t) => (
-            sqlstate(t.code()).to_owned(),
-            format!("{} (SQL Server error {})", t.message(), t.code()),
-        ),
+        tiberius::error::Error::Server(t) => (sqlstate(t.code()).to_owned(), server_message(t)),
         tiberius::error::Error::Io { .. } => (
             "08006".to_owned(),
             "connection to the azure-sql upstream was lost".to_owned(),

@@ -45,19 +45,29 @@ pub fn row_description(buf: &mut BytesMut, cols: &[PgColumn]) {
     finish(buf, at);
 }
 
-/// DataRow (`D`); `None` is SQL NULL.
-pub fn data_row(buf: &mut BytesMut, values: &[Option<String>]) {
+/// DataRow (`D`) whose values `write` puts straight into `buf`, so no value needs a buffer
+/// of its own; `write` returns `None` (having written nothing) for SQL NULL.
+pub fn data_row<T>(
+    buf: &mut BytesMut,
+    cells: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut BytesMut, T) -> Option<()>,
+) {
     let at = begin(buf, b'D');
-    buf.put_u16(u16::try_from(values.len()).unwrap_or(u16::MAX));
-    for v in values {
-        match v {
-            None => buf.put_i32(-1),
-            Some(s) => {
-                buf.put_i32(i32::try_from(s.len()).unwrap_or(i32::MAX));
-                buf.extend_from_slice(s.as_bytes());
-            }
-        }
+    let count_at = buf.len();
+    buf.put_u16(0);
+    let mut count: usize = 0;
+    for cell in cells {
+        count += 1;
+        let len_at = buf.len();
+        buf.put_i32(0);
+        let len = match write(buf, cell) {
+            None => -1,
+            Some(()) => i32::try_from(buf.len() - len_at - 4).unwrap_or(i32::MAX),
+        };
+        buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
     }
+    let count = u16::try_from(count).unwrap_or(u16::MAX);
+    buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
     finish(buf, at);
 }
 

@@ -18,7 +18,7 @@
 //! | uniqueidentifier | uuid |
 //! | binary, varbinary, image | bytea (hex text, `\x...`) |
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 
 use tiberius::numeric::Numeric;
 use tiberius::time::{Date, DateTime2, Time};
@@ -87,49 +87,58 @@ pub fn columns(cols: &[tiberius::Column]) -> Vec<PgColumn> {
 
 /// A value in PostgreSQL's text format; `None` is NULL.
 pub fn text(v: &ColumnData<'_>) -> Option<String> {
-    Some(match v {
-        ColumnData::U8(x) => (*x)?.to_string(),
-        ColumnData::I16(x) => (*x)?.to_string(),
-        ColumnData::I32(x) => (*x)?.to_string(),
-        ColumnData::I64(x) => (*x)?.to_string(),
-        ColumnData::F32(x) => float(f64::from((*x)?), true),
-        ColumnData::F64(x) => float((*x)?, false),
-        ColumnData::Bit(x) => if (*x)? { "t" } else { "f" }.to_owned(),
-        ColumnData::String(x) => x.as_deref()?.to_owned(),
-        ColumnData::Guid(x) => x.as_ref()?.to_string(),
+    let mut s = String::new();
+    write_text(&mut s, v)?;
+    Some(s)
+}
+
+/// Writes a value in PostgreSQL's text format to `out` (a DataRow being built, so the
+/// common types need no String of their own); `None` is NULL, and then nothing is written.
+pub fn write_text(out: &mut impl Write, v: &ColumnData<'_>) -> Option<()> {
+    // Writing to a String or BytesMut cannot fail.
+    let _ = match v {
+        ColumnData::U8(x) => write!(out, "{}", (*x)?),
+        ColumnData::I16(x) => write!(out, "{}", (*x)?),
+        ColumnData::I32(x) => write!(out, "{}", (*x)?),
+        ColumnData::I64(x) => write!(out, "{}", (*x)?),
+        ColumnData::F32(x) => write_float(out, f64::from((*x)?), true),
+        ColumnData::F64(x) => write_float(out, (*x)?, false),
+        ColumnData::Bit(x) => out.write_str(if (*x)? { "t" } else { "f" }),
+        ColumnData::String(x) => out.write_str(x.as_deref()?),
+        ColumnData::Guid(x) => write!(out, "{}", x.as_ref()?),
         ColumnData::Binary(x) => {
             let b = x.as_deref()?;
-            let mut s = String::with_capacity(2 + 2 * b.len());
-            s.push_str("\\x");
+            let _ = out.write_str("\\x");
             for byte in b {
-                let _ = write!(s, "{byte:02x}");
+                let _ = write!(out, "{byte:02x}");
             }
-            s
+            Ok(())
         }
-        ColumnData::Numeric(x) => numeric((*x)?),
-        ColumnData::Xml(x) => x.as_ref()?.to_string(),
+        ColumnData::Numeric(x) => out.write_str(&numeric((*x)?)),
+        ColumnData::Xml(x) => write!(out, "{}", x.as_ref()?),
         ColumnData::DateTime(x) => {
             let d = (*x)?;
             // Days since 1900-01-01; 1/300 s ticks since midnight.
             let days = i64::from(d.days()) + DAYS_0001_TO_1900;
             let nanos = u64::from(d.seconds_fragments()) * 1_000_000_000 / 300;
-            format!("{} {}", ymd(days), hms(nanos, 3))
+            write!(out, "{} {}", ymd(days), hms(nanos, 3))
         }
         ColumnData::SmallDateTime(x) => {
             let d = (*x)?;
             let days = i64::from(d.days()) + DAYS_0001_TO_1900;
             let nanos = u64::from(d.seconds_fragments()) * 60 * 1_000_000_000;
-            format!("{} {}", ymd(days), hms(nanos, 0))
+            write!(out, "{} {}", ymd(days), hms(nanos, 0))
         }
-        ColumnData::Date(x) => ymd(date_days((*x)?)),
-        ColumnData::Time(x) => time((*x)?),
-        ColumnData::DateTime2(x) => datetime2((*x)?),
+        ColumnData::Date(x) => out.write_str(&ymd(date_days((*x)?))),
+        ColumnData::Time(x) => out.write_str(&time((*x)?)),
+        ColumnData::DateTime2(x) => out.write_str(&datetime2((*x)?)),
         ColumnData::DateTimeOffset(x) => {
             // The wire value is UTC; the offset only says where it was written.
             let d = (*x)?;
-            format!("{}+00", datetime2(d.datetime2()))
+            write!(out, "{}+00", datetime2(d.datetime2()))
         }
-    })
+    };
+    Some(())
 }
 
 /// Days from 0001-01-01 to 1900-01-01.
@@ -207,19 +216,19 @@ fn numeric(n: Numeric) -> String {
 }
 
 /// Floats as PostgreSQL prints them (shortest round-trip form; Infinity/NaN spelled its way).
-fn float(f: f64, single: bool) -> String {
+fn write_float(out: &mut impl Write, f: f64, single: bool) -> std::fmt::Result {
     if f.is_nan() {
-        return "NaN".into();
+        return out.write_str("NaN");
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+        return out.write_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
     }
     if single {
         #[allow(clippy::cast_possible_truncation)]
         let s = f as f32;
-        format!("{s}")
+        write!(out, "{s}")
     } else {
-        format!("{f}")
+        write!(out, "{f}")
     }
 }
 

@@ -14,7 +14,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -183,10 +183,7 @@ impl Upstream {
     ) -> Result<UpstreamSession, ConnectError> {
         tokio::time::timeout(self.timeout(), self.connect_inner(database, params))
             .await
-            .map_err(|_| ConnectError::Timeout {
-                upstream: self.cfg.name.clone(),
-                secs: self.cfg.connect_timeout_secs,
-            })?
+            .map_err(|_| self.timeout_err())?
     }
 
     async fn open_stream(&self) -> Result<UpstreamStream, ConnectError> {
@@ -219,6 +216,13 @@ impl Upstream {
             .await
             .map_err(|e| self.tls_err(e))?;
         Ok(UpstreamStream::Tls(Box::new(tls)))
+    }
+
+    fn timeout_err(&self) -> ConnectError {
+        ConnectError::Timeout {
+            upstream: self.cfg.name.clone(),
+            secs: self.cfg.connect_timeout_secs,
+        }
     }
 
     fn tls_err(&self, e: impl std::fmt::Display) -> ConnectError {
@@ -287,11 +291,7 @@ impl Upstream {
                 b'E' => {
                     let fields = backend::error_fields(&body);
                     if fields.code.starts_with("28") {
-                        return Err(ConnectError::AuthRejected {
-                            upstream: self.cfg.name.clone(),
-                            user: user.to_owned(),
-                            message: fields.message,
-                        });
+                        return Err(self.rejected(fields.message));
                     }
                     return Err(ConnectError::Server {
                         upstream: self.cfg.name.clone(),
@@ -376,10 +376,14 @@ impl Upstream {
     }
 
     fn auth_err(&self, e: impl std::fmt::Display) -> ConnectError {
+        self.rejected(format!("SCRAM exchange failed: {e}"))
+    }
+
+    fn rejected(&self, message: String) -> ConnectError {
         ConnectError::AuthRejected {
             upstream: self.cfg.name.clone(),
             user: self.credential.user().to_owned(),
-            message: format!("SCRAM exchange failed: {e}"),
+            message,
         }
     }
 
@@ -425,15 +429,12 @@ impl Upstream {
             Ok(())
         })
         .await
-        .map_err(|_| ConnectError::Timeout {
-            upstream: self.cfg.name.clone(),
-            secs: self.cfg.connect_timeout_secs,
-        })?
+        .map_err(|_| self.timeout_err())?
     }
 }
 
 /// Reads one whole backend message, bounded by `max`.
-pub(crate) async fn read_backend_message<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn read_backend_message<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
