@@ -22,6 +22,67 @@ fn put_cstr(buf: &mut BytesMut, s: &str) {
     buf.put_u8(0);
 }
 
+/// One column of a RowDescription for rows pgward builds itself (text format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextColumn {
+    pub name: String,
+    pub type_oid: u32,
+    /// pg_type.typlen (-1 for variable length).
+    pub type_len: i16,
+}
+
+/// RowDescription (`T`), every column in text format.
+pub fn row_description(buf: &mut BytesMut, cols: &[TextColumn]) {
+    framed(buf, b'T', |b| {
+        b.put_u16(u16::try_from(cols.len()).unwrap_or(u16::MAX));
+        for c in cols {
+            put_cstr(b, &c.name);
+            b.put_u32(0); // table oid
+            b.put_u16(0); // column number
+            b.put_u32(c.type_oid);
+            b.put_i16(c.type_len);
+            b.put_i32(-1); // type modifier
+            b.put_u16(0); // text format
+        }
+    });
+}
+
+/// DataRow (`D`) whose values `write` puts straight into `buf`, so no value needs a buffer
+/// of its own; `write` returns `None` (having written nothing) for SQL NULL.
+pub fn data_row<T>(
+    buf: &mut BytesMut,
+    cells: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut BytesMut, T) -> Option<()>,
+) {
+    framed(buf, b'D', |b| {
+        let count_at = b.len();
+        b.put_u16(0);
+        let mut count: usize = 0;
+        for cell in cells {
+            count += 1;
+            let len_at = b.len();
+            b.put_i32(0);
+            let len = match write(b, cell) {
+                None => -1,
+                Some(()) => i32::try_from(b.len() - len_at - 4).unwrap_or(i32::MAX),
+            };
+            b[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        let count = u16::try_from(count).unwrap_or(u16::MAX);
+        b[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+    });
+}
+
+/// CommandComplete (`C`).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    framed(buf, b'C', |b| put_cstr(b, tag));
+}
+
+/// EmptyQueryResponse (`I`).
+pub fn empty_query(buf: &mut BytesMut) {
+    framed(buf, b'I', |_| {});
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     Error,
