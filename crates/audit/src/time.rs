@@ -37,10 +37,41 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Appends the RFC 3339 form (27 bytes) to `out`. Digits are written by hand: this is
+    /// on every record's path, and `core::fmt` cost several times the rest of the frame.
+    pub(crate) fn push_rfc3339(self, out: &mut Vec<u8>) {
+        let (y, mo, d, h, mi, s, us) = self.parts();
+        // Years outside 0..=9999 cannot be written in four digits; RFC 3339 has no form
+        // for them, so clamp rather than write a malformed record.
+        let y = y.clamp(0, 9999) as u32;
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        put_digits(&mut b[0..4], y);
+        put_digits(&mut b[5..7], mo);
+        put_digits(&mut b[8..10], d);
+        put_digits(&mut b[11..13], h);
+        put_digits(&mut b[14..16], mi);
+        put_digits(&mut b[17..19], s);
+        put_digits(&mut b[20..26], us);
+        out.extend_from_slice(&b);
+    }
+}
+
+/// Writes `n` as decimal digits right-aligned into `slot`, zero-padded (`slot` is
+/// pre-filled with `0`; digits beyond its width are dropped).
+fn put_digits(slot: &mut [u8], mut n: u32) {
+    for c in slot.iter_mut().rev() {
+        *c = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (y, mo, d, h, mi, s, us) = self.parts();
-        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z")
+        let mut b = Vec::with_capacity(27);
+        self.push_rfc3339(&mut b);
+        // Only ASCII digits and separators were written.
+        f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -181,6 +212,14 @@ mod tests {
     fn formats_and_parses() {
         let t: Timestamp = "2026-11-22T17:45:41.123456Z".parse().unwrap();
         assert_eq!(t.to_string(), "2026-11-22T17:45:41.123456Z");
+        for text in [
+            "1970-01-01T00:00:00.000000Z",
+            "2000-02-29T23:59:59.999999Z",
+            "9999-12-31T23:59:59.000001Z",
+        ] {
+            let t: Timestamp = text.parse().unwrap();
+            assert_eq!(t.to_string(), text);
+        }
         assert_eq!(t.compact(), "20261122T174541.123456Z");
         let t2: Timestamp = "2026-11-22T18:45:41.123456789+01:00".parse().unwrap();
         assert_eq!(t, t2);

@@ -469,13 +469,9 @@ impl SessionLog {
         outcome: Outcome<'_>,
         duration_us: u64,
     ) -> Append {
-        let tail = event::StatementTail {
-            outcome,
-            duration_us,
-        };
         self.log.append_with(|v| {
             v.extend_from_slice(&head.0);
-            event::members_into(v, &tail);
+            event::statement_tail_into(v, &outcome, duration_us);
         })
     }
 
@@ -588,6 +584,21 @@ struct Writer {
     rotate_not_before: Option<Instant>,
     /// `audit_stop` is written: every later append fails with [`AuditError::Closed`].
     closed: bool,
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Where the hash is in a sealed record ending at `end` (before its `"}`).
@@ -787,12 +798,14 @@ impl Writer {
         self.last_ts = ts;
         let start = self.buf.len();
         let b = &mut self.buf;
-        // Writing to a Vec cannot fail; formatting in place avoids three allocations.
-        let _ = write!(
-            b,
-            "{{\"v\":{},\"seq\":{seq},\"ts\":\"{ts}\",\"instance\":",
-            event::SCHEMA_VERSION
-        );
+        // Written by hand rather than with `write!`: core::fmt was most of the frame's cost.
+        b.extend_from_slice(b"{\"v\":");
+        push_decimal(b, u64::from(event::SCHEMA_VERSION));
+        b.extend_from_slice(b",\"seq\":");
+        push_decimal(b, seq);
+        b.extend_from_slice(b",\"ts\":\"");
+        ts.push_rfc3339(b);
+        b.extend_from_slice(b"\",\"instance\":");
         b.extend_from_slice(self.instance_json.as_bytes());
         b.push(b',');
         b.extend_from_slice(body);
@@ -846,9 +859,11 @@ impl Writer {
         }
         self.seq = seq;
         if let Some(&(_, _, end)) = self.marks.last() {
-            self.last_hash.clear();
-            self.last_hash
-                .extend(self.buf[hash_hex(end)].iter().map(|&c| char::from(c)));
+            // The hex digits the seal just wrote: always ASCII.
+            if let Ok(hex) = std::str::from_utf8(&self.buf[hash_hex(end)]) {
+                self.last_hash.clear();
+                self.last_hash.push_str(hex);
+            }
         }
         if self.sinks.is_empty() {
             return Ok(());

@@ -26,7 +26,7 @@ use pgward_audit::{
 use pgward_policy::{QueryDecision, Verdict};
 
 /// What the policy said about one statement, as the audit records it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Audited {
     pub decision: Decision,
     pub rule: Option<String>,
@@ -186,11 +186,22 @@ impl Trail {
             }
             (None, None) => Audited::default(),
         };
-        let prepared = Arc::new(Prepared {
-            sql: Arc::from(sql),
-            param_types,
-            audited: Arc::new(audited),
-        });
+        // The same text parsed again under the same name with the same decision (drivers
+        // re-parse the unnamed statement for every query) keeps the prepared statement,
+        // so its portals' serialised heads stay valid and are reused.
+        let same = self
+            .statements
+            .get(name)
+            .filter(|p| *p.sql == *sql && p.param_types == param_types && *p.audited == audited);
+        let kept = same.is_some();
+        let prepared = match same {
+            Some(p) => p.clone(),
+            None => Arc::new(Prepared {
+                sql: Arc::from(sql),
+                param_types,
+                audited: Arc::new(audited),
+            }),
+        };
         if denied && !self.open.failed {
             self.open.failed = true;
             let u = self.unit(
@@ -202,7 +213,9 @@ impl Trail {
             );
             self.open.units.push_back(u);
         }
-        self.statements.insert(name.to_owned(), prepared);
+        if !kept {
+            self.statements.insert(name.to_owned(), prepared);
+        }
     }
 
     pub fn on_bind(&mut self, portal: &str, statement: &str, params: &[(Option<&[u8]>, bool)]) {
@@ -237,20 +250,26 @@ impl Trail {
         );
         // The same statement bound again with the same recorded parameters (a prepared
         // statement run in a loop; with redaction "types" the values are not recorded)
-        // reuses the head already serialised.
-        let reuse = self.portals.get(portal).and_then(|old| {
-            (Arc::ptr_eq(&old.prepared, &prepared) && old.params == captured)
-                .then(|| old.head.clone())
-        });
-        let head = match reuse {
-            Some(h) => h,
-            None => self.head(
-                &prepared.sql,
-                Protocol::Extended,
-                &prepared.audited,
-                captured.as_ref(),
-            ),
-        };
+        // keeps the portal and the head already serialised.
+        if let Some(old) = self.portals.get(portal) {
+            if Arc::ptr_eq(&old.prepared, &prepared) && old.params == captured {
+                return;
+            }
+        }
+        let head = self.head(
+            &prepared.sql,
+            Protocol::Extended,
+            &prepared.audited,
+            captured.as_ref(),
+        );
+        if let Some(old) = self.portals.get_mut(portal) {
+            *old = Portal {
+                prepared,
+                params: captured,
+                head,
+            };
+            return;
+        }
         self.portals.insert(
             portal.to_owned(),
             Portal {
