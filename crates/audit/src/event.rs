@@ -319,14 +319,13 @@ pub struct AuthFailed<'a> {
 }
 
 /// Fields of a `statement` event. Fill it after the upstream's reply (for the outcome) and
-/// await the append before relaying that reply to the client.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// await the append before relaying that reply to the client. Written as
+/// [`StatementHead`] then [`statement_tail_into`].
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Statement<'a> {
     /// SQL text (from Query, or from Parse for the extended protocol).
-    #[serde(serialize_with = "scrub::ser_str")]
     pub sql: &'a str,
     /// Parameters, from [`Params::capture`]; `None` for the simple protocol or redaction none.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<&'a Params>,
     /// Simple or extended.
     pub protocol: Protocol,
@@ -342,8 +341,8 @@ pub struct Statement<'a> {
     pub duration_us: u64,
 }
 
-/// The members of a `statement` record known before the statement runs, in the order
-/// [`Statement`] writes them (everything but `outcome` and `duration_us`).
+/// The members of a `statement` record known before the statement runs (everything but
+/// `outcome` and `duration_us`, which [`statement_tail_into`] writes after them).
 #[derive(Serialize)]
 pub(crate) struct StatementHead<'a> {
     #[serde(serialize_with = "scrub::ser_str")]
@@ -354,6 +353,19 @@ pub(crate) struct StatementHead<'a> {
     pub objects: &'a [ObjectAction<'a>],
     pub decision: Decision,
     pub rule: Option<&'a str>,
+}
+
+impl<'a> StatementHead<'a> {
+    pub(crate) fn of(s: &Statement<'a>) -> Self {
+        StatementHead {
+            sql: s.sql,
+            params: s.params,
+            protocol: s.protocol,
+            objects: s.objects,
+            decision: s.decision,
+            rule: s.rule,
+        }
+    }
 }
 
 /// The members of a `statement` record known once it has run (written by

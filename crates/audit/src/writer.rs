@@ -439,7 +439,12 @@ impl SessionLog {
     /// Records a statement. Await the result before relaying the statement's result to
     /// the client; on `Err`, answer SQLSTATE 58030 instead.
     pub fn statement(&self, s: &event::Statement<'_>) -> Append {
-        self.log.append(EventKind::Statement, &self.ctx, s)
+        // The same two writers as `statement_head` + `statement_done`, in one pass.
+        let head = event::StatementHead::of(s);
+        self.log.append_with(|v| {
+            event::body_into(v, EventKind::Statement, &self.ctx, &head);
+            event::statement_tail_into(v, &s.outcome, s.duration_us);
+        })
     }
 
     /// Serialises the members of a statement's record that are known before it runs
@@ -449,16 +454,13 @@ impl SessionLog {
     /// [`SessionLog::statement_done`] supplies them. The record is byte for byte what
     /// [`SessionLog::statement`] writes.
     pub fn statement_head(&self, s: &event::Statement<'_>) -> StatementHead {
-        let head = event::StatementHead {
-            sql: s.sql,
-            params: s.params,
-            protocol: s.protocol,
-            objects: s.objects,
-            decision: s.decision,
-            rule: s.rule,
-        };
         let mut v = Vec::with_capacity(512 + self.ctx.len());
-        event::body_into(&mut v, EventKind::Statement, &self.ctx, &head);
+        event::body_into(
+            &mut v,
+            EventKind::Statement,
+            &self.ctx,
+            &event::StatementHead::of(s),
+        );
         StatementHead(Arc::from(v))
     }
 
