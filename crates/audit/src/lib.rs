@@ -48,6 +48,6 @@ pub use sinks::{
 pub use time::{TimeParseError, Timestamp};
 pub use verify::{run_verify, verify, Finding, FindingKind, VerifyArgs, VerifyReport};
 pub use writer::{
-    archived_files, log_files, Append, AuditLog, AuditLogBuilder, Receipt, SessionLog,
+    archived_files, log_files, Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog,
     StatementHead,
 };

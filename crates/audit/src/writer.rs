@@ -4,9 +4,14 @@
 //!
 //! - inline (`fsync = "none"`, every extra sink [`Sink::inline_ok`]): the appending task
 //!   locks the writer, frames the record with `v, seq, ts, instance`, chains it and
-//!   write(2)s it itself, and the append is complete when the call returns. No thread
-//!   hop, no wake-up, no channel: a hand-off to a thread cost two futex wake-ups and a
-//!   reschedule per record, more than the write itself (docs/performance.md).
+//!   write(2)s it itself. No thread hop, no wake-up, no channel: a hand-off to a thread
+//!   cost two futex wake-ups and a reschedule per record, more than the write itself
+//!   (docs/performance.md). Statement records ([`SessionLog::statement_done`]) are
+//!   group-committed on the runtime thread: the record is sealed (numbered, timestamped,
+//!   chained, hashed) at once, the task yields once so the other sessions that runtime
+//!   thread has ready seal theirs, and the first of them to resume writes every sealed
+//!   record with one write(2). Each append still resolves only after its record's write
+//!   returned; other appends write at once, after anything sealed before them.
 //! - writer thread (`fsync = "batch"`, or a sink that may block): the thread takes
 //!   everything queued (a batch), writes it with one write(2), fdatasyncs once (group
 //!   commit) and only then completes the callers' futures. While one batch is being
@@ -16,12 +21,13 @@
 //! does time rotation of an idle log and the final `audit_stop`.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -189,6 +195,8 @@ impl AuditLogBuilder {
             marks: Vec::new(),
             rotate_not_before: None,
             closed: false,
+            deferred: Deferred::default(),
+            progress: Arc::default(),
         };
         w.recover()?;
         // The first audit_start must be on disk before the proxy accepts clients: an
@@ -202,6 +210,7 @@ impl AuditLogBuilder {
             r => r?,
         }
         let inline = w.fsync == Fsync::None && w.sinks.iter().all(|(s, _)| s.inline_ok());
+        let progress = w.progress.clone();
         let writer = Arc::new(Mutex::new(w));
         let (tx, rx) = mpsc::channel();
         let shared = writer.clone();
@@ -214,6 +223,8 @@ impl AuditLogBuilder {
                 tx,
                 writer,
                 inline,
+                progress,
+                in_flight: AtomicUsize::new(0),
                 monitors: self.monitors,
                 failing,
                 redaction: self.redaction,
@@ -246,6 +257,10 @@ struct Inner {
     writer: Arc<Mutex<Writer>>,
     /// Appends write on the caller's thread (see the module docs).
     inline: bool,
+    /// What became of deferred appends, readable without the lock.
+    progress: Arc<Progress>,
+    /// Statements sent upstream and not yet recorded, over all sessions ([`InFlight`]).
+    in_flight: AtomicUsize,
     monitors: Vec<crate::sinks::SinkMonitor>,
     failing: Arc<Health>,
     redaction: Redaction,
@@ -340,23 +355,59 @@ impl AuditLog {
         if !self.inner.inline {
             return self.submit(fresh());
         }
-        let res = SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                fill(&mut buf);
-                let res = self.write_inline(&buf);
-                if buf.capacity() > SCRATCH_KEEP {
-                    *buf = Vec::new();
-                }
-                res
-            }
-            // Only if serialising re-entered an append; never in practice.
-            Err(_) => self.write_inline(&fresh()),
-        });
+        let res = with_scratch(fill, |body| self.write_inline(body));
         Append {
             state: State::Done(Some(res)),
             failure_mode: self.inner.failure_mode,
         }
+    }
+
+    /// Seals a statement record now; it is written by the first of the appends sealed
+    /// meanwhile to be polled again (see the module docs).
+    fn append_deferred(&self, fill: impl Fn(&mut Vec<u8>)) -> Append {
+        let sealed = with_scratch(fill, |body| self.seal_deferred(body));
+        let state = match sealed {
+            Ok((ticket, seq)) => State::Sealed {
+                log: self.clone(),
+                ticket,
+                seq,
+                yielded: false,
+            },
+            Err(e) => State::Done(Some(Err(e))),
+        };
+        Append {
+            state,
+            failure_mode: self.inner.failure_mode,
+        }
+    }
+
+    fn seal_deferred(&self, body: &[u8]) -> Result<(u64, u64), AuditError> {
+        let mut w = lock_writer(&self.inner.writer);
+        if w.closed {
+            return Err(AuditError::Closed);
+        }
+        w.seal_deferred(body)
+    }
+
+    /// Makes sure the record sealed as `ticket` is written; its result.
+    fn flush_through(&self, ticket: u64, seq: u64) -> Result<Receipt, AuditError> {
+        let receipt = Receipt {
+            seq,
+            recorded: true,
+        };
+        // Written by someone else already, and no failed write is unaccounted for: no lock.
+        // (A failure is registered before `written_ticket` passes its tickets.)
+        if self.inner.progress.written.load(Ordering::Acquire) >= ticket
+            && self.inner.progress.unclaimed.load(Ordering::Acquire) == 0
+        {
+            return Ok(receipt);
+        }
+        let mut w = lock_writer(&self.inner.writer);
+        if w.deferred.written < ticket {
+            w.flush_pending();
+        }
+        let w = &mut *w;
+        w.deferred.claim(ticket, &w.progress).map(|()| receipt)
     }
 
     fn write_inline(&self, body: &[u8]) -> Result<Receipt, AuditError> {
@@ -401,6 +452,27 @@ impl AuditLog {
         }
         res
     }
+}
+
+/// Serialises a body with `fill` into this thread's scratch buffer and hands it to `then`.
+fn with_scratch<R>(fill: impl Fn(&mut Vec<u8>), then: impl FnOnce(&[u8]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            fill(&mut buf);
+            let res = then(&buf);
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            res
+        }
+        // Only if serialising re-entered an append; never in practice.
+        Err(_) => {
+            let mut v = Vec::with_capacity(1024);
+            fill(&mut v);
+            then(&v)
+        }
+    })
 }
 
 /// A statement's record up to its outcome, from [`SessionLog::statement_head`]. Cheap to
@@ -471,10 +543,27 @@ impl SessionLog {
         outcome: Outcome<'_>,
         duration_us: u64,
     ) -> Append {
+        // Group commit only pays when other statements may complete meanwhile: a lone
+        // session writes at once (a yield would wake an idle runtime thread for nothing).
+        // The caller's own statement is still counted here.
+        if self.log.inner.inline && self.log.inner.in_flight.load(Ordering::Relaxed) > 1 {
+            return self.log.append_deferred(|v| {
+                v.extend_from_slice(&head.0);
+                event::statement_tail_into(v, &outcome, duration_us);
+            });
+        }
         self.log.append_with(|v| {
             v.extend_from_slice(&head.0);
             event::statement_tail_into(v, &outcome, duration_us);
         })
+    }
+
+    /// Counts a statement as running until the returned guard is dropped: drop it after
+    /// [`SessionLog::statement_done`] for it. Statement records are group-committed only
+    /// while several statements are running.
+    pub fn in_flight(&self) -> InFlight {
+        self.log.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.log.clone())
     }
 
     /// Records the end of the session.
@@ -488,7 +577,28 @@ impl SessionLog {
     }
 }
 
+/// A statement sent upstream and not yet recorded (see [`SessionLog::in_flight`]).
+pub struct InFlight(AuditLog);
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 enum State {
+    Sealed {
+        log: AuditLog,
+        ticket: u64,
+        seq: u64,
+        yielded: bool,
+    },
     Waiting(oneshot::Receiver<Result<Receipt, AuditError>>),
     Done(Option<Result<Receipt, AuditError>>),
 }
@@ -520,10 +630,13 @@ impl Append {
 
     /// Blocks the current thread until written (for synchronous callers; never call it
     /// from inside an async task).
-    pub fn wait(self) -> Result<Receipt, AuditError> {
-        let r = match self.state {
+    pub fn wait(mut self) -> Result<Receipt, AuditError> {
+        let r = match std::mem::replace(&mut self.state, State::Done(None)) {
             State::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(AuditError::Closed)),
             State::Done(r) => r.unwrap_or(Err(AuditError::Closed)),
+            State::Sealed {
+                log, ticket, seq, ..
+            } => log.flush_through(ticket, seq),
         };
         Self::finish(self.failure_mode, r)
     }
@@ -539,8 +652,38 @@ impl Future for Append {
                 Poll::Ready(r) => r.unwrap_or(Err(AuditError::Closed)),
             },
             State::Done(r) => r.take().unwrap_or(Err(AuditError::Closed)),
+            State::Sealed {
+                log,
+                ticket,
+                seq,
+                yielded,
+            } => {
+                if !*yielded && log.inner.progress.written.load(Ordering::Acquire) < *ticket {
+                    // Go to the back of this runtime thread's queue once: the sessions
+                    // ahead seal their records meanwhile, and one write covers them all.
+                    *yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let r = log.flush_through(*ticket, *seq);
+                self.state = State::Done(None);
+                r
+            }
         };
         Poll::Ready(Self::finish(self.failure_mode, r))
+    }
+}
+
+impl Drop for Append {
+    /// An append dropped unpolled (its session ended) still gets its record written now
+    /// rather than whenever the next one is, and its result claimed.
+    fn drop(&mut self) {
+        if let State::Sealed {
+            log, ticket, seq, ..
+        } = &self.state
+        {
+            let _ = log.flush_through(*ticket, *seq);
+        }
     }
 }
 
@@ -586,6 +729,56 @@ struct Writer {
     rotate_not_before: Option<Instant>,
     /// `audit_stop` is written: every later append fails with [`AuditError::Closed`].
     closed: bool,
+    /// Statement records sealed and not yet written (they are in `buf`), and failed
+    /// group writes not yet reported to all their appends.
+    deferred: Deferred,
+    progress: Arc<Progress>,
+}
+
+/// Mirrors of [`Deferred`] for the lock-free check of an append that was written by
+/// another task.
+#[derive(Default)]
+struct Progress {
+    /// Every ticket up to this one was written or failed.
+    written: AtomicU64,
+    /// Tickets of failed group writes not yet claimed by their appends.
+    unclaimed: AtomicU64,
+}
+
+/// Deferred (group-committed) appends, numbered by ticket in sealing order. A ticket is
+/// not a `seq`: after a failed write the chain continues from the last written record,
+/// so a `seq` can be sealed twice, while a ticket is never reused.
+#[derive(Default)]
+struct Deferred {
+    /// The last ticket sealed.
+    sealed: u64,
+    /// Every ticket up to this one was written or failed.
+    written: u64,
+    /// Failed group writes: (first ticket, last ticket, tickets not yet claimed, error).
+    /// Each append claims its result exactly once (when polled, waited for or dropped),
+    /// so an entry lives only until every append of that write has seen the error.
+    failed: VecDeque<(u64, u64, u64, AuditError)>,
+}
+
+impl Deferred {
+    /// The result of the append sealed as `ticket` (at most once per ticket).
+    fn claim(&mut self, ticket: u64, progress: &Progress) -> Result<(), AuditError> {
+        let Some(i) = self
+            .failed
+            .iter()
+            .position(|&(first, last, _, _)| first <= ticket && ticket <= last)
+        else {
+            return Ok(());
+        };
+        let entry = &mut self.failed[i];
+        entry.2 -= 1;
+        let e = entry.3.clone();
+        if entry.2 == 0 {
+            self.failed.remove(i);
+        }
+        progress.unclaimed.fetch_sub(1, Ordering::AcqRel);
+        Err(e)
+    }
 }
 
 /// Appends `n` in decimal.
@@ -778,8 +971,75 @@ impl Writer {
         res
     }
 
+    /// Seals `body` after any records sealed and not yet written, to be written by
+    /// [`Writer::flush_pending`]; returns (ticket, seq). A due header or rotation first
+    /// writes what is pending, so records never cross a file boundary out of order.
+    fn seal_deferred(&mut self, body: &[u8]) -> Result<(u64, u64), AuditError> {
+        let pending = if self.deferred.sealed > self.deferred.written {
+            self.buf.len() as u64
+        } else {
+            0
+        };
+        let rotation_due = self.file.as_ref().is_some_and(|f| {
+            self.rotate_bytes
+                .is_some_and(|max| f.len + pending + body.len() as u64 + FRAME_OVERHEAD > max)
+        }) || self.time_until_rotation() == Some(Duration::ZERO);
+        if self.header.is_some() || self.stopped.is_some() || rotation_due {
+            let prepared = self
+                .ensure_header()
+                .and_then(|()| self.rotate_if_due(body.len() as u64));
+            if let Err(e) = prepared {
+                self.failing.set(Some(&e));
+                return Err(e);
+            }
+        }
+        if self.deferred.sealed == self.deferred.written {
+            // `buf` holds an earlier, committed batch (or nothing): start afresh.
+            self.buf.clear();
+            self.marks.clear();
+        }
+        let seq = self.marks.last().map_or(self.seq, |m| m.0) + 1;
+        self.seal(body, seq);
+        self.deferred.sealed += 1;
+        Ok((self.deferred.sealed, seq))
+    }
+
+    /// Writes every sealed record not yet written, with one write. On failure nothing
+    /// of them stays in the file or the chain (see `commit`), and each of their appends
+    /// gets the error.
+    fn flush_pending(&mut self) {
+        let Some(&(last, _, _)) = self.marks.last() else {
+            return;
+        };
+        let d = &mut self.deferred;
+        if d.sealed > d.written {
+            // Otherwise `buf` holds a batch of `process`, already committed.
+            match self.commit(last) {
+                Ok(()) => {
+                    if self.failing.failing.load(Ordering::Relaxed) {
+                        self.failing.set(None);
+                    }
+                }
+                Err(e) => {
+                    self.failing.set(Some(&e));
+                    let d = &mut self.deferred;
+                    let n = d.sealed - d.written;
+                    d.failed.push_back((d.written + 1, d.sealed, n, e));
+                    self.progress.unclaimed.fetch_add(n, Ordering::AcqRel);
+                }
+            }
+            self.deferred.written = self.deferred.sealed;
+            self.progress
+                .written
+                .store(self.deferred.written, Ordering::Release);
+        }
+        self.buf.clear();
+        self.marks.clear();
+    }
+
     /// Seals and commits one record on its own; returns its seq.
     fn write_one(&mut self, body: &[u8]) -> Result<u64, AuditError> {
+        self.flush_pending();
         self.buf.clear();
         self.marks.clear();
         let seq = self.seq + 1;
@@ -898,6 +1158,7 @@ impl Writer {
     /// file is old enough. A file holding only its header is not rotated (an idle proxy
     /// would otherwise make one empty file per interval).
     fn rotate_if_due(&mut self, next_len: u64) -> Result<(), AuditError> {
+        self.flush_pending();
         let Some(f) = &self.file else {
             return Ok(());
         };
@@ -951,6 +1212,7 @@ impl Writer {
         items: impl IntoIterator<Item = (B, R)>,
         mut done: impl FnMut(R, Result<Receipt, AuditError>),
     ) {
+        self.flush_pending();
         let mut pending = items.into_iter().peekable();
         // Zero-sized for inline appends, so no allocation there.
         let mut taken: Vec<R> = Vec::new();

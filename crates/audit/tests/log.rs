@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use common::*;
@@ -270,6 +271,34 @@ async fn redaction_modes_and_secret_scrubbing() {
     assert!(verify(&[path], None).unwrap().is_ok());
 }
 
+/// How a test appends its statement records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `SessionLog::statement`: written at once.
+    Statement,
+    /// `statement_head` + `statement_done`, as the proxy does: group-committed in inline
+    /// mode while several statements are running.
+    HeadAndDone,
+}
+
+/// Appends one statement record `via` the given path.
+async fn append(s: &SessionLog, sql: &str, via: Via) -> Result<Receipt, AuditError> {
+    match via {
+        Via::Statement => s.statement(&stmt(sql)).await,
+        Via::HeadAndDone => {
+            let st = stmt(sql);
+            let head = s.statement_head(&st);
+            // As in the proxy: the statement counts as running from before it is sent
+            // upstream (here: a yield stands in for the round trip) until it is recorded.
+            let running = s.in_flight();
+            tokio::task::yield_now().await;
+            let r = s.statement_done(&head, st.outcome, st.duration_us).await;
+            drop(running);
+            r
+        }
+    }
+}
+
 /// Many writers, size rotation every few records: every record exactly once, seq
 /// continuous across files, each file naming its predecessor, and verify clean.
 async fn concurrent_rotation(
@@ -278,6 +307,7 @@ async fn concurrent_rotation(
     tasks: usize,
     per: usize,
     pause: Option<Duration>,
+    via: Via,
 ) {
     let log = builder.open().unwrap();
     let mut handles = Vec::new();
@@ -287,7 +317,7 @@ async fn concurrent_rotation(
             let mut seqs = Vec::new();
             for i in 0..per {
                 let sql = format!("select 'task {t} stmt {i}'");
-                let r = s.statement(&stmt(&sql)).await.unwrap();
+                let r = append(&s, &sql, via).await.unwrap();
                 seqs.push(r.seq);
                 if let Some(p) = pause {
                     tokio::time::sleep(p).await;
@@ -336,12 +366,12 @@ async fn concurrent_rotation(
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn size_rotation_with_concurrent_writers_loses_nothing() {
+/// Size rotation every few records under 16 concurrent writers.
+async fn size_rotation(via: Via) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgward.jsonl");
     let b = AuditLogBuilder::new("t").file(&path).rotate_bytes(8192);
-    concurrent_rotation(b, path.clone(), 16, 200, None).await;
+    concurrent_rotation(b, path.clone(), 16, 200, None, via).await;
     // Files never grow much past the limit (one record at most).
     for f in log_files(&path).unwrap() {
         let len = std::fs::metadata(&f).unwrap().len();
@@ -350,13 +380,139 @@ async fn size_rotation_with_concurrent_writers_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_rotation_with_concurrent_writers_loses_nothing() {
+async fn size_rotation_with_concurrent_writers_loses_nothing() {
+    size_rotation(Via::Statement).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_committed_statements_rotate_by_size_and_lose_nothing() {
+    size_rotation(Via::HeadAndDone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_committed_statements_rotate_by_time_and_lose_nothing() {
+    time_rotation(8, Duration::from_millis(5), Via::HeadAndDone).await;
+}
+
+/// Sessions on one runtime thread that have their replies at the same time share a
+/// write: the records of all of them are written once the first resumes, every append
+/// resolves with its own seq, and a mix with immediate appends keeps the chain in order.
+#[tokio::test(flavor = "current_thread")]
+async fn statements_sealed_together_are_written_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.jsonl");
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let log = AuditLogBuilder::new("t")
+        .file(&path)
+        .sink(
+            Box::new(BatchSizes {
+                sizes: batches.clone(),
+            }),
+            false,
+        )
+        .open()
+        .unwrap();
+    let mut hs = Vec::new();
+    for t in 0..8u32 {
+        let s = log.session(&session_info(t));
+        hs.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                let via = if i % 7 == 3 {
+                    Via::Statement
+                } else {
+                    Via::HeadAndDone
+                };
+                seqs.push(
+                    append(&s, &format!("select {t}, {i}"), via)
+                        .await
+                        .unwrap()
+                        .seq,
+                );
+            }
+            seqs
+        }));
+    }
+    let mut acked = HashSet::new();
+    for h in hs {
+        for seq in h.await.unwrap() {
+            assert!(acked.insert(seq), "seq {seq} acknowledged twice");
+        }
+    }
+    // A sealed append that is dropped unpolled is still written.
+    let s = log.session(&session_info(99));
+    let st = stmt("select 'dropped'");
+    let head = s.statement_head(&st);
+    let (a, b) = (s.in_flight(), s.in_flight());
+    drop(s.statement_done(&head, st.outcome, st.duration_us));
+    drop((a, b));
+    log.close("done").await.unwrap();
+    let files = log_files(&path).unwrap();
+    let recs = records(&files);
+    let statements: Vec<_> = recs.iter().filter(|r| r.event == "statement").collect();
+    assert_eq!(statements.len(), 8 * 50 + 1);
+    for r in &statements[..statements.len() - 1] {
+        assert!(
+            acked.contains(&r.seq),
+            "seq {} written but never acknowledged",
+            r.seq
+        );
+    }
+    assert_eq!(
+        statements.last().unwrap().sql.as_deref(),
+        Some("select 'dropped'")
+    );
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+    }
+    assert!(verify(&files, None).unwrap().findings.is_empty());
+    // Each commit hands the sinks what it wrote with its one write(2).
+    let sizes = batches.lock().unwrap();
+    let most = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        most >= 4,
+        "no group commit: largest write {most} records ({sizes:?})"
+    );
+    assert!(
+        sizes.len() < 8 * 50 / 2,
+        "{} writes for {} records",
+        sizes.len(),
+        8 * 50 + 1
+    );
+}
+
+/// An extra sink that notes how many records each commit hands it.
+struct BatchSizes {
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Sink for BatchSizes {
+    fn name(&self) -> &str {
+        "batch-sizes"
+    }
+    fn inline_ok(&self) -> bool {
+        true
+    }
+    fn write_batch(&mut self, batch: &[SealedRecord<'_>]) -> Result<(), SinkError> {
+        self.sizes.lock().unwrap().push(batch.len());
+        Ok(())
+    }
+}
+
+/// Time rotation every 100 ms under `tasks` concurrent writers pausing `pause` between
+/// statements.
+async fn time_rotation(tasks: usize, pause: Duration, via: Via) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgward.jsonl");
     let b = AuditLogBuilder::new("t")
         .file(&path)
         .rotate_after(Duration::from_millis(100));
-    concurrent_rotation(b, path, 4, 60, Some(Duration::from_millis(10))).await;
+    concurrent_rotation(b, path, tasks, 60, Some(pause), via).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_rotation_with_concurrent_writers_loses_nothing() {
+    time_rotation(4, Duration::from_millis(10), Via::Statement).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +524,7 @@ async fn group_commit_with_fsync_and_both_rotations() {
         .fsync(Fsync::Batch)
         .rotate_bytes(16384)
         .rotate_after(Duration::from_millis(150));
-    concurrent_rotation(b, path, 32, 40, None).await;
+    concurrent_rotation(b, path, 32, 40, None, Via::Statement).await;
 }
 
 #[tokio::test]
@@ -623,6 +779,8 @@ fn unwritable_location_fails_at_open() {
 }
 
 const CHILD_ENV: &str = "PGWARD_AUDIT_FSIZE_CHILD";
+/// "deferred" makes the child append through `statement_done` from concurrent tasks.
+const CHILD_VIA_ENV: &str = "PGWARD_AUDIT_FSIZE_VIA";
 const LIMIT: u64 = 16 * 1024;
 
 /// Runs only inside the child process started by `full_disk_refuses_instead_of_hanging`,
@@ -650,6 +808,10 @@ fn fsize_limited_child() {
     rt.block_on(async {
         let path = std::path::Path::new(&dir).join("pgward.jsonl");
         let log = AuditLogBuilder::new("t").file(&path).open().unwrap();
+        if std::env::var(CHILD_VIA_ENV).as_deref() == Ok("deferred") {
+            group_committed_on_a_full_disk(&log, &path).await;
+            return;
+        }
         let s = log.session(&session_info(1));
         let mut ok = 0;
         let mut err = None;
@@ -688,8 +850,69 @@ fn fsize_limited_child() {
     });
 }
 
+/// In the child: 8 concurrent sessions append through `statement_done` until the limit
+/// refuses them. Every acknowledged record is in the file; the failed group writes left
+/// nothing behind; every append resolved.
+async fn group_committed_on_a_full_disk(log: &AuditLog, path: &std::path::Path) {
+    let mut hs = Vec::new();
+    for t in 0..8u32 {
+        let s = log.session(&session_info(t));
+        hs.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10_000 {
+                let sql = format!("select {t}, {i}, '{}'", "x".repeat(100));
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    append(&s, &sql, Via::HeadAndDone),
+                )
+                .await
+                .expect("append hung on a full disk");
+                match r {
+                    Ok(_) => acked.push(sql),
+                    Err(e) => return (acked, e),
+                }
+            }
+            panic!("the size limit was never hit");
+        }));
+    }
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    for h in hs {
+        let (a, e) = h.await.unwrap();
+        acked.extend(a);
+        errors.push(e);
+    }
+    for e in &errors {
+        assert!(matches!(e, AuditError::Io { .. }), "{e:?}");
+    }
+    assert!(log.ready().is_err());
+    let _ = tokio::time::timeout(Duration::from_secs(10), log.close("done"))
+        .await
+        .expect("close hung");
+    let written: HashSet<String> = records(&[path.to_path_buf()])
+        .into_iter()
+        .filter_map(|r| r.sql)
+        .collect();
+    for sql in &acked {
+        assert!(
+            written.contains(sql),
+            "acknowledged but not in the file: {sql}"
+        );
+    }
+    println!("CHILD-RESULT ok={} error={}", acked.len(), errors[0]);
+}
+
 #[test]
 fn full_disk_refuses_instead_of_hanging() {
+    full_disk_child(None);
+}
+
+#[test]
+fn full_disk_refuses_group_committed_statements() {
+    full_disk_child(Some("deferred"));
+}
+
+fn full_disk_child(via: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
@@ -699,6 +922,7 @@ fn full_disk_refuses_instead_of_hanging() {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, dir.path())
+        .env(CHILD_VIA_ENV, via.unwrap_or("statement"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -722,4 +946,42 @@ fn full_disk_refuses_instead_of_hanging() {
     let report = verify(&[path], None).unwrap();
     assert!(report.is_ok(), "{:#?}", report.findings);
     assert_eq!(report.of_kind(FindingKind::TornTail).count(), 0);
+}
+
+/// A lone running statement is written at once (its append is ready on the first poll);
+/// with others running it waits one turn for them, then writes.
+#[test]
+fn group_commit_only_while_several_statements_run() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.jsonl");
+    let log = AuditLogBuilder::new("t").file(&path).open().unwrap();
+    let s = log.session(&session_info(1));
+    let st = stmt("select 'alone'");
+    let head = s.statement_head(&st);
+    let mut cx = Context::from_waker(Waker::noop());
+
+    let running = s.in_flight();
+    let mut alone = s.statement_done(&head, st.outcome, st.duration_us);
+    assert!(Pin::new(&mut alone).poll(&mut cx).is_ready());
+    drop(running);
+
+    let (first, second) = (s.in_flight(), s.in_flight());
+    let mut a = s.statement_done(&head, st.outcome, st.duration_us);
+    let mut b = s.statement_done(&head, st.outcome, st.duration_us);
+    assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+    assert!(Pin::new(&mut b).poll(&mut cx).is_pending());
+    let Poll::Ready(ra) = Pin::new(&mut a).poll(&mut cx) else {
+        panic!("not written after its turn");
+    };
+    // `a` wrote both: `b` is ready without yielding again.
+    let Poll::Ready(rb) = Pin::new(&mut b).poll(&mut cx) else {
+        panic!("not written with the other");
+    };
+    assert_eq!(rb.unwrap().seq, ra.unwrap().seq + 1);
+    drop((first, second));
+    let lines = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(lines.matches("\"event\":\"statement\"").count(), 3);
 }

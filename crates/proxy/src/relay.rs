@@ -630,7 +630,7 @@ fn decide(
                 _ => Verdict::Forward,
             };
             if let Some(t) = conv.trail.as_mut() {
-                t.on_parse(p.statement, query, p.param_types, qd.as_deref(), None);
+                t.on_parse(p.statement, query, p.param_types, qd.as_ref(), None);
             }
             verdict
         }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pgward_audit::{
-    Append, Decision, ObjectAction, Outcome, ParamIn, Params, Protocol, Redaction, SessionLog,
-    Statement, StatementHead,
+    Append, Decision, InFlight, ObjectAction, Outcome, ParamIn, Params, Protocol, Redaction,
+    SessionLog, Statement, StatementHead,
 };
 use pgward_policy::{QueryDecision, Verdict};
 
@@ -65,6 +65,8 @@ impl Audited {
 struct Unit {
     head: StatementHead,
     started: Instant,
+    /// Counts it as running for the log's group commit.
+    _in_flight: InFlight,
 }
 
 /// A statement prepared with Parse.
@@ -72,6 +74,9 @@ struct Prepared {
     sql: Arc<str>,
     param_types: Vec<u32>,
     audited: Arc<Audited>,
+    /// The policy's (cached) decision `audited` was made from: the same decision for the
+    /// same text again means the same `audited`, without building it to compare.
+    decided_by: Option<Arc<QueryDecision>>,
 }
 
 /// A bound portal and its record's head.
@@ -170,11 +175,25 @@ impl Trail {
         name: &str,
         sql: &str,
         param_types: Vec<u32>,
-        decision: Option<&QueryDecision>,
+        decision: Option<&Arc<QueryDecision>>,
         refused: Option<Audited>,
     ) {
         let denied = refused.is_some() || decision.is_some_and(|d| d.decision.blocks());
-        let audited = match (refused, decision) {
+        // Drivers re-parse the unnamed statement for every query: the same text with the
+        // same cached decision keeps the prepared statement as it is.
+        let unchanged = refused.is_none()
+            && decision.is_some_and(|d| {
+                self.statements.get(name).is_some_and(|p| {
+                    p.decided_by.as_ref().is_some_and(|by| Arc::ptr_eq(by, d))
+                        && *p.sql == *sql
+                        && p.param_types == param_types
+                })
+            });
+        if unchanged && !denied {
+            return;
+        }
+        let decided_by = decision.filter(|_| refused.is_none()).cloned();
+        let audited = match (refused, decision.map(|d| &**d)) {
             (Some(a), _) => a,
             (None, Some(d)) => {
                 let accesses: Vec<_> = d
@@ -200,6 +219,7 @@ impl Trail {
                 sql: Arc::from(sql),
                 param_types,
                 audited: Arc::new(audited),
+                decided_by,
             }),
         };
         if denied && !self.open.failed {
@@ -225,6 +245,7 @@ impl Trail {
                 sql: Arc::from(format!("EXECUTE {statement} (protocol-level Bind)")),
                 param_types: Vec::new(),
                 audited: Arc::new(Audited::default()),
+                decided_by: None,
             });
             let head = self.head(&p.sql, Protocol::Extended, &p.audited, None);
             self.portals.insert(
@@ -288,6 +309,7 @@ impl Trail {
             self.open.units.push_back(Unit {
                 head: p.head.clone(),
                 started: Instant::now(),
+                _in_flight: self.log.in_flight(),
             });
         }
     }
@@ -378,6 +400,7 @@ impl Trail {
         Unit {
             head: self.head(sql, protocol, audited, params),
             started,
+            _in_flight: self.log.in_flight(),
         }
     }
 
