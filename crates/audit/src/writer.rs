@@ -546,16 +546,15 @@ impl SessionLog {
         // Group commit only pays when other statements may complete meanwhile: a lone
         // session writes at once (a yield would wake an idle runtime thread for nothing).
         // The caller's own statement is still counted here.
-        if self.log.inner.inline && self.log.inner.in_flight.load(Ordering::Relaxed) > 1 {
-            return self.log.append_deferred(|v| {
-                v.extend_from_slice(&head.0);
-                event::statement_tail_into(v, &outcome, duration_us);
-            });
-        }
-        self.log.append_with(|v| {
+        let fill = |v: &mut Vec<u8>| {
             v.extend_from_slice(&head.0);
             event::statement_tail_into(v, &outcome, duration_us);
-        })
+        };
+        if self.log.inner.inline && self.log.inner.in_flight.load(Ordering::Relaxed) > 1 {
+            self.log.append_deferred(fill)
+        } else {
+            self.log.append_with(fill)
+        }
     }
 
     /// Counts a statement as running until the returned guard is dropped: drop it after
@@ -975,28 +974,12 @@ impl Writer {
     /// [`Writer::flush_pending`]; returns (ticket, seq). A due header or rotation first
     /// writes what is pending, so records never cross a file boundary out of order.
     fn seal_deferred(&mut self, body: &[u8]) -> Result<(u64, u64), AuditError> {
-        let pending = if self.deferred.sealed > self.deferred.written {
-            self.buf.len() as u64
-        } else {
-            0
-        };
-        let rotation_due = self.file.as_ref().is_some_and(|f| {
-            self.rotate_bytes
-                .is_some_and(|max| f.len + pending + body.len() as u64 + FRAME_OVERHEAD > max)
-        }) || self.time_until_rotation() == Some(Duration::ZERO);
-        if self.header.is_some() || self.stopped.is_some() || rotation_due {
-            let prepared = self
-                .ensure_header()
-                .and_then(|()| self.rotate_if_due(body.len() as u64));
-            if let Err(e) = prepared {
-                self.failing.set(Some(&e));
-                return Err(e);
-            }
-        }
-        if self.deferred.sealed == self.deferred.written {
-            // `buf` holds an earlier, committed batch (or nothing): start afresh.
-            self.buf.clear();
-            self.marks.clear();
+        let prepared = self
+            .ensure_header()
+            .and_then(|()| self.rotate_if_due(body.len() as u64));
+        if let Err(e) = prepared {
+            self.failing.set(Some(&e));
+            return Err(e);
         }
         let seq = self.marks.last().map_or(self.seq, |m| m.0) + 1;
         self.seal(body, seq);
@@ -1008,31 +991,28 @@ impl Writer {
     /// of them stays in the file or the chain (see `commit`), and each of their appends
     /// gets the error.
     fn flush_pending(&mut self) {
+        // Between calls `buf` holds only records sealed here and not yet written.
         let Some(&(last, _, _)) = self.marks.last() else {
             return;
         };
-        let d = &mut self.deferred;
-        if d.sealed > d.written {
-            // Otherwise `buf` holds a batch of `process`, already committed.
-            match self.commit(last) {
-                Ok(()) => {
-                    if self.failing.failing.load(Ordering::Relaxed) {
-                        self.failing.set(None);
-                    }
-                }
-                Err(e) => {
-                    self.failing.set(Some(&e));
-                    let d = &mut self.deferred;
-                    let n = d.sealed - d.written;
-                    d.failed.push_back((d.written + 1, d.sealed, n, e));
-                    self.progress.unclaimed.fetch_add(n, Ordering::AcqRel);
+        match self.commit(last) {
+            Ok(()) => {
+                if self.failing.failing.load(Ordering::Relaxed) {
+                    self.failing.set(None);
                 }
             }
-            self.deferred.written = self.deferred.sealed;
-            self.progress
-                .written
-                .store(self.deferred.written, Ordering::Release);
+            Err(e) => {
+                self.failing.set(Some(&e));
+                let d = &mut self.deferred;
+                let n = d.sealed - d.written;
+                d.failed.push_back((d.written + 1, d.sealed, n, e));
+                self.progress.unclaimed.fetch_add(n, Ordering::AcqRel);
+            }
         }
+        self.deferred.written = self.deferred.sealed;
+        self.progress
+            .written
+            .store(self.deferred.written, Ordering::Release);
         self.buf.clear();
         self.marks.clear();
     }
@@ -1040,11 +1020,12 @@ impl Writer {
     /// Seals and commits one record on its own; returns its seq.
     fn write_one(&mut self, body: &[u8]) -> Result<u64, AuditError> {
         self.flush_pending();
-        self.buf.clear();
-        self.marks.clear();
         let seq = self.seq + 1;
         self.seal(body, seq);
-        self.commit(seq).map(|()| seq)
+        let res = self.commit(seq).map(|()| seq);
+        self.buf.clear();
+        self.marks.clear();
+        res
     }
 
     /// Appends one framed record to `buf`, chained to the last record in `buf` (or, for
@@ -1158,16 +1139,16 @@ impl Writer {
     /// file is old enough. A file holding only its header is not rotated (an idle proxy
     /// would otherwise make one empty file per interval).
     fn rotate_if_due(&mut self, next_len: u64) -> Result<(), AuditError> {
-        self.flush_pending();
         let Some(f) = &self.file else {
             return Ok(());
         };
-        if f.records <= 1 {
+        // Records sealed and not yet written belong to this file too.
+        if f.records + self.marks.len() as u64 <= 1 {
             return Ok(());
         }
         let by_size = self
             .rotate_bytes
-            .is_some_and(|max| f.len + next_len + FRAME_OVERHEAD > max);
+            .is_some_and(|max| f.len + self.buf.len() as u64 + next_len + FRAME_OVERHEAD > max);
         let by_time = self
             .rotate_after
             .is_some_and(|age| f.opened.elapsed() >= age)
@@ -1175,6 +1156,8 @@ impl Writer {
         if !by_size && !by_time {
             return Ok(());
         }
+        // They belong to this file, before its successor's header.
+        self.flush_pending();
         let res = self.rotate(if by_size { "size" } else { "time" });
         self.rotate_not_before = res.is_err().then(|| Instant::now() + ROTATE_RETRY);
         res
@@ -1228,8 +1211,6 @@ impl Writer {
                 break;
             }
             // Seal as many as fit in the current file (at least one).
-            self.buf.clear();
-            self.marks.clear();
             let mut seq = self.seq;
             let base = self.file.as_ref().map_or(0, |f| f.len);
             while let Some((b, r)) = pending.next_if(|(b, _)| {
@@ -1264,6 +1245,8 @@ impl Writer {
                     }
                 }
             }
+            self.buf.clear();
+            self.marks.clear();
         }
     }
 
