@@ -144,6 +144,10 @@ pub enum ObjectRef {
     Schema(String),
     /// The whole database (VACUUM with no table, REINDEX DATABASE, CHECKPOINT, ...).
     All,
+    /// A relation named by its OID (`nextval(16415)`, `currval('16415')`): resolved against
+    /// the server's catalog at decision time; one it does not know counts as the whole
+    /// database.
+    RelationOid(u32),
     /// An object outside schemas: `kind` is one of [`PSEUDO_KINDS`].
     Pseudo {
         /// One of [`PSEUDO_KINDS`].
@@ -172,6 +176,7 @@ impl fmt::Display for ObjectRef {
             ObjectRef::Relation { schema: None, name } => write!(f, "{}", quote(name)),
             ObjectRef::Schema(s) => write!(f, "{}.*", quote(s)),
             ObjectRef::All => f.write_str("*"),
+            ObjectRef::RelationOid(oid) => write!(f, "relation with OID {oid}"),
             ObjectRef::Pseudo { kind, name } => write!(f, "{kind}.{}", quote(name)),
         }
     }
@@ -269,6 +274,15 @@ pub struct StatementAnalysis {
     pub accesses: Vec<Access>,
     /// Every function called, sorted and without duplicates.
     pub functions: Vec<FunctionRef>,
+    /// Names used in attribute position (`(x).name`, `t.name`, `t.c.name`): PostgreSQL calls
+    /// the function `name(x)` there when `name` is not a column or field, so each is decided
+    /// as a call of any function of that name the server has (sorted, without duplicates).
+    pub attributes: Vec<String>,
+    /// Operators used, as written (`schema` when given as `OPERATOR(schema.op)`): an
+    /// operator runs its function, decided against the server's operators.
+    pub operators: Vec<FunctionRef>,
+    /// Type names values are cast to (`x::t`, `CAST(x AS t)`): a cast may run a function.
+    pub casts: Vec<String>,
     /// Settings changed.
     pub settings: Vec<SettingChange>,
     /// Why parts of the statement were not understood; non-empty means the statement is denied.
@@ -417,6 +431,12 @@ fn analyze_node(node: NodeRef<'_>, sql: String) -> StatementAnalysis {
     out.accesses.dedup();
     out.functions.sort();
     out.functions.dedup();
+    out.attributes.sort();
+    out.attributes.dedup();
+    out.operators.sort();
+    out.operators.dedup();
+    out.casts.sort();
+    out.casts.dedup();
     out
 }
 
@@ -523,6 +543,52 @@ impl Walker {
             match node {
                 NodeRef::RangeVar(rv) => self.range_var(rv),
                 NodeRef::FuncCall(fc) => self.func_call(fc),
+                NodeRef::ColumnRef(cr) => {
+                    // `a.b` and `a.b.c`: every part after the first may be a function called
+                    // with what precedes it (`t.f` is `f(t)` when t has no column f).
+                    for f in cr.fields.iter().skip(1) {
+                        self.attribute(f);
+                    }
+                }
+                NodeRef::AIndirection(ai) => {
+                    // `(x).f` is `f(x)` unless x has a field f.
+                    for f in &ai.indirection {
+                        self.attribute(f);
+                    }
+                    self.visit_children(node);
+                }
+                NodeRef::AExpr(e) => {
+                    self.operator(&e.name);
+                    self.visit_children(node);
+                }
+                NodeRef::SubLink(l) => {
+                    self.operator(&l.oper_name);
+                    self.visit_children(node);
+                }
+                NodeRef::SortBy(b) => {
+                    self.operator(&b.use_op);
+                    self.visit_children(node);
+                }
+                NodeRef::TypeCast(tc) => {
+                    if let Some(t) = &tc.type_name {
+                        if let Some(last) = name_parts(&t.names).last() {
+                            self.out.casts.push((*last).to_owned());
+                        }
+                    }
+                    self.visit_children(node);
+                }
+                NodeRef::RangeTableSample(ts) => {
+                    // The sampling method is a function (returning tsm_handler).
+                    let parts = name_parts(&ts.method);
+                    match split_parts(&parts) {
+                        Some((schema, name)) => self.out.functions.push(FunctionRef {
+                            schema: schema.map(str::to_owned),
+                            name: name.to_owned(),
+                        }),
+                        None => self.not_understood("TABLESAMPLE method without a name"),
+                    }
+                    self.visit_children(node);
+                }
                 _ => self.visit_children(node),
             }
         }
@@ -564,6 +630,13 @@ impl Walker {
             return;
         }
         self.rv_access(Action::Select, rv);
+        // Column statistics, large objects and other sessions' SQL text hold values from
+        // every table: reading them reads the whole database (any deny rule covers them).
+        if crate::catalog::DATA_CATALOGS.contains(&rv.relname.as_str())
+            && (rv.schemaname.is_empty() || rv.schemaname == "pg_catalog")
+        {
+            self.access(Action::Select, ObjectRef::All);
+        }
     }
 
     /// Walks a WITH clause and leaves its names in scope; returns how many were pushed.
@@ -602,6 +675,29 @@ impl Walker {
     fn pop_ctes(&mut self, n: usize) {
         let keep = self.ctes.len().saturating_sub(n);
         self.ctes.truncate(keep);
+    }
+
+    fn attribute(&mut self, field: &pb::Node) {
+        if let Some(name) = str_of(field) {
+            self.out.attributes.push(name.to_owned());
+        }
+    }
+
+    /// An operator name (`=`, `OPERATOR(schema.op)`); empty lists (no operator) are skipped.
+    fn operator(&mut self, name: &[pb::Node]) {
+        if name.is_empty() {
+            return;
+        }
+        let parts = name_parts(name);
+        match split_parts(&parts) {
+            Some((schema, op)) if parts.len() == name.len() => {
+                self.out.operators.push(FunctionRef {
+                    schema: schema.map(str::to_owned),
+                    name: op.to_owned(),
+                })
+            }
+            _ => self.not_understood("operator with an unreadable name"),
+        }
     }
 
     fn func_call(&mut self, fc: &pb::FuncCall) {
@@ -647,20 +743,17 @@ impl Walker {
                 });
                 self.access(Action::Notify, object);
             }
-            // Sequence functions take the sequence's name as text: nextval('salaries_id_seq').
-            "nextval" | "setval" | "currval" | "lastval" => {
-                let action = if name == "currval" || name == "lastval" {
-                    Action::Select
-                } else {
+            // Sequence functions take the sequence as regclass: a name given as text
+            // (`nextval(' hr . payroll_seq ')`) or an OID (`setval(16415, 1)`), read as
+            // regclass input reads it. Anything else could be any sequence.
+            "nextval" | "setval" | "currval" | "pg_sequence_last_value" => {
+                let action = if matches!(name, "nextval" | "setval") {
                     Action::Update
+                } else {
+                    Action::Select
                 };
-                if name == "lastval" {
-                    return;
-                }
-                match first.as_deref().map(parse_qualified) {
-                    Some(Some((s, n))) => self.access(action, ObjectRef::rel(s.as_deref(), &n)),
-                    _ => self.access(action, ObjectRef::All),
-                }
+                let object = args.first().and_then(regclass_constant);
+                self.access(action, object.unwrap_or(ObjectRef::All));
             }
             _ => {}
         }
@@ -792,7 +885,22 @@ impl Walker {
                     };
                     self.claim(rv, actions);
                 }
+                let start = self.out.accesses.len();
                 self.visit_children(node);
+                // A view over pg_settings is updatable, and an UPDATE of it runs set_config()
+                // through pg_settings' rule for whatever rows it matches: creating one is a
+                // change of settings pgward cannot name.
+                let reads_settings = self.out.accesses[start..].iter().any(|a| {
+                    matches!(&a.object, ObjectRef::Relation { schema, name }
+                        if name == "pg_settings"
+                            && schema.as_deref().is_none_or(|s| s == "pg_catalog"))
+                });
+                if reads_settings {
+                    self.out.settings.push(SettingChange::Set {
+                        name: "*".to_owned(),
+                        value: None,
+                    });
+                }
             }
             NodeRef::RuleStmt(s) => {
                 if let Some(rv) = &s.relation {
@@ -1005,11 +1113,14 @@ impl Walker {
                 if let Some(f) = &s.func {
                     self.object_name(A::Alter, pb::ObjectType::ObjectFunction as i32, &f.objname);
                 }
-                // Its actions are options (volatility, SECURITY DEFINER, SET ...), no code.
+                // Its actions are options (volatility, SECURITY DEFINER, SET ...), no code,
+                // except a planner support function.
                 for a in &s.actions {
                     if let Some(pb::node::Node::DefElem(d)) = &a.node {
-                        if d.defname == "set" {
-                            self.function_set_option(d);
+                        match d.defname.as_str() {
+                            "set" => self.function_set_option(d),
+                            "support" => self.named_function(d),
+                            _ => {}
                         }
                     }
                 }
@@ -1134,7 +1245,9 @@ impl Walker {
             }
             NodeRef::DefineStmt(s) => {
                 // CREATE AGGREGATE / TYPE / COLLATION / TEXT SEARCH ...; operators are not mapped.
-                self.object_name(A::Create, s.kind, &s.defnames);
+                if self.object_name(A::Create, s.kind, &s.defnames) {
+                    self.definition_functions(s);
+                }
                 self.visit_children(node);
             }
             NodeRef::CreateStatsStmt(s) => {
@@ -1311,6 +1424,8 @@ impl Walker {
                     }
                     "as" => body = list_strings(d.arg.as_deref()),
                     "set" => self.function_set_option(d),
+                    // A planner support function runs whenever calls are planned.
+                    "support" => self.named_function(d),
                     _ => {}
                 }
             }
@@ -1350,6 +1465,113 @@ impl Walker {
         }
     }
 
+    /// Functions a CREATE AGGREGATE or CREATE TYPE names in its definition run later,
+    /// whenever the aggregate or type is used, so each is decided as a call now. Options are
+    /// read by name: one that names a function is recorded, a known one that doesn't is
+    /// skipped, and any other option is not understood.
+    fn definition_functions(&mut self, s: &pb::DefineStmt) {
+        use pb::ObjectType as T;
+        let (calls, plain): (&[&str], &[&str]) = match T::try_from(s.kind) {
+            Ok(T::ObjectAggregate) => (
+                &[
+                    "sfunc",
+                    "sfunc1",
+                    "finalfunc",
+                    "combinefunc",
+                    "serialfunc",
+                    "deserialfunc",
+                    "msfunc",
+                    "minvfunc",
+                    "mfinalfunc",
+                ],
+                &[
+                    "basetype",
+                    "stype",
+                    "stype1",
+                    "sspace",
+                    "finalfunc_extra",
+                    "finalfunc_modify",
+                    "initcond",
+                    "initcond1",
+                    "msstype",
+                    "msspace",
+                    "mfinalfunc_extra",
+                    "mfinalfunc_modify",
+                    "minitcond",
+                    "sortop",
+                    "parallel",
+                    "hypothetical",
+                ],
+            ),
+            Ok(T::ObjectType) => (
+                &[
+                    "input",
+                    "output",
+                    "receive",
+                    "send",
+                    "typmod_in",
+                    "typmod_out",
+                    "analyze",
+                    "subscript",
+                ],
+                &[
+                    "internallength",
+                    "passedbyvalue",
+                    "alignment",
+                    "storage",
+                    "like",
+                    "category",
+                    "preferred",
+                    "default",
+                    "element",
+                    "delimiter",
+                    "collatable",
+                ],
+            ),
+            // Collations and text search dictionaries and configurations name no function
+            // (a dictionary's template, whose functions run, can only be created by a
+            // superuser and is not mapped).
+            Ok(T::ObjectCollation | T::ObjectTsdictionary | T::ObjectTsconfiguration) => return,
+            _ => {
+                if !s.definition.is_empty() {
+                    self.not_understood("definition options of this object type");
+                }
+                return;
+            }
+        };
+        for d in &s.definition {
+            let Some(pb::node::Node::DefElem(d)) = &d.node else {
+                self.not_understood("unexpected definition element");
+                continue;
+            };
+            let option = d.defname.to_ascii_lowercase();
+            if calls.contains(&option.as_str()) {
+                self.named_function(d);
+            } else if !plain.contains(&option.as_str()) {
+                self.not_understood(format!("definition option {option:?}"));
+            }
+        }
+    }
+
+    /// A function named as an option's value (`sfunc = pg_catalog.set_config`,
+    /// `SUPPORT my_support`), recorded as a call.
+    fn named_function(&mut self, d: &pb::DefElem) {
+        let parts: Vec<&str> = match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+            Some(pb::node::Node::TypeName(t)) => name_parts(&t.names),
+            Some(pb::node::Node::List(l)) => name_parts(&l.items),
+            Some(pb::node::Node::String(s)) => vec![s.sval.as_str()],
+            Some(pb::node::Node::ObjectWithArgs(o)) => name_parts(&o.objname),
+            _ => Vec::new(),
+        };
+        match split_parts(&parts) {
+            Some((schema, name)) => self.out.functions.push(FunctionRef {
+                schema: schema.map(str::to_owned),
+                name: name.to_owned(),
+            }),
+            None => self.not_understood(format!("option {} names no function", d.defname)),
+        }
+    }
+
     /// `CREATE/ALTER FUNCTION ... SET name = value` changes the setting whenever the function
     /// runs (a pgward.* or search_path change inside it would fool row-level security or name
     /// resolution), so it is decided like a SET. [`crate::SessionState::apply`] ignores it.
@@ -1364,6 +1586,9 @@ impl Walker {
     fn merge(&mut self, inner: &StatementAnalysis) {
         self.out.accesses.extend(inner.accesses.iter().cloned());
         self.out.functions.extend(inner.functions.iter().cloned());
+        self.out.attributes.extend(inner.attributes.iter().cloned());
+        self.out.operators.extend(inner.operators.iter().cloned());
+        self.out.casts.extend(inner.casts.iter().cloned());
         self.out.settings.extend(inner.settings.iter().cloned());
         self.out
             .not_understood
@@ -1578,61 +1803,113 @@ fn role_name(r: &pb::RoleSpec) -> String {
     }
 }
 
-/// Splits `s` at unquoted `sep` into identifiers, folding unquoted parts to lower case and
-/// reading `""` inside quotes as one quote, as PostgreSQL does for search_path lists and
-/// regclass input. `skip_space` drops unquoted whitespace. Returns every part (the last
-/// one too, even when empty) and whether a quote was left open.
-fn split_identifiers(s: &str, sep: char, skip_space: bool) -> (Vec<String>, bool) {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
+/// PostgreSQL's `scanner_isspace`: the only characters it skips between identifiers.
+fn scanner_isspace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+}
+
+/// An identifier as PostgreSQL stores it: unquoted ones lose ASCII upper case only
+/// (`downcase_identifier` leaves other letters alone in UTF-8), and all are cut to 63 bytes
+/// (NAMEDATALEN - 1) at a character boundary.
+fn fold_identifier(s: &str, quoted: bool) -> String {
+    let mut out = if quoted {
+        s.to_owned()
+    } else {
+        s.to_ascii_lowercase()
+    };
+    if out.len() > 63 {
+        let mut cut = 63;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+/// PostgreSQL's `SplitIdentifierString`, which reads search_path lists and regclass input
+/// (`nextval(' hr . "Seq" ')`): whitespace around each name is skipped, a quoted name keeps
+/// its case and `""` is a quote, an unquoted one ends at the separator or whitespace and is
+/// folded. `None` where PostgreSQL reports a syntax error.
+fn split_identifier_string(s: &str, sep: char) -> Option<Vec<String>> {
+    let mut it = s.chars().peekable();
+    let mut out = Vec::new();
+    while it.next_if(|c| scanner_isspace(*c)).is_some() {}
+    if it.peek().is_none() {
+        return Some(out);
+    }
+    loop {
+        if it.next_if_eq(&'"').is_some() {
+            let mut name = String::new();
+            loop {
+                match it.next()? {
+                    '"' if it.next_if_eq(&'"').is_some() => name.push('"'),
+                    '"' => break,
+                    c => name.push(c),
+                }
             }
-            '"' => {
-                quoted = !quoted;
-                was_quoted = true;
+            if name.is_empty() {
+                return None;
             }
-            c if c == sep && !quoted => {
-                parts.push(finish(&cur, was_quoted));
-                cur.clear();
-                was_quoted = false;
+            out.push(fold_identifier(&name, true));
+        } else {
+            let mut name = String::new();
+            while let Some(c) = it.next_if(|c| *c != sep && !scanner_isspace(*c)) {
+                name.push(c);
             }
-            c if skip_space && !quoted && c.is_whitespace() => {}
-            c => cur.push(c),
+            if name.is_empty() {
+                return None;
+            }
+            out.push(fold_identifier(&name, false));
+        }
+        while it.next_if(|c| scanner_isspace(*c)).is_some() {}
+        match it.next() {
+            None => return Some(out),
+            Some(c) if c == sep => while it.next_if(|c| scanner_isspace(*c)).is_some() {},
+            Some(_) => return None,
         }
     }
-    parts.push(finish(&cur, was_quoted));
-    (parts, quoted)
 }
 
 /// Splits a setting value given as one string (`'a, "B"'`) into identifiers, folding like
-/// PostgreSQL does for search_path. An empty (or all-space) value is an empty list.
+/// PostgreSQL does for search_path. An empty (or all-space) value is an empty list. A value
+/// PostgreSQL would reject is split loosely at the separators (the SET then fails upstream;
+/// pgward's model is only wider for it).
 pub(crate) fn split_list(v: &str) -> Vec<String> {
-    let (parts, _) = split_identifiers(v, ',', true);
-    if parts.len() == 1 && parts[0].is_empty() && !v.contains('"') {
-        return Vec::new();
-    }
-    parts
+    split_identifier_string(v, ',').unwrap_or_else(|| {
+        v.split(',')
+            .map(|p| fold_identifier(p.trim().trim_matches('"'), p.contains('"')))
+            .collect()
+    })
 }
 
-fn finish(s: &str, quoted: bool) -> String {
-    if quoted {
-        s.to_owned()
-    } else {
-        s.to_lowercase()
+/// What a regclass argument given as a constant names, as regclass input reads it: a string
+/// of digits (or an integer) is an OID, anything else a possibly qualified name
+/// (`[catalog.]schema.name`). `None` when PostgreSQL would not read it as one relation.
+fn regclass_constant(n: &pb::Node) -> Option<ObjectRef> {
+    match &n.node {
+        Some(pb::node::Node::AConst(c)) => match &c.val {
+            Some(pb::a_const::Val::Ival(i)) => u32::try_from(i.ival).ok().map(ObjectRef::RelationOid),
+            Some(pb::a_const::Val::Sval(s)) => regclass_text(&s.sval),
+            _ => None,
+        },
+        Some(pb::node::Node::TypeCast(tc)) => tc.arg.as_deref().and_then(regclass_constant),
+        _ => None,
     }
+}
+
+fn regclass_text(s: &str) -> Option<ObjectRef> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().map(ObjectRef::RelationOid);
+    }
+    let (schema, name) = parse_qualified(s)?;
+    Some(ObjectRef::rel(schema.as_deref(), &name))
 }
 
 /// Parses a possibly qualified name given as text (`'Public."Seq"'`), as regclass input does.
 fn parse_qualified(s: &str) -> Option<(Option<String>, String)> {
-    let (mut parts, open_quote) = split_identifiers(s.trim(), '.', false);
-    if open_quote {
+    let mut parts = split_identifier_string(s, '.')?;
+    if parts.is_empty() || parts.len() > 3 {
         return None;
     }
     let name = parts.pop()?;
@@ -1671,6 +1948,23 @@ mod tests {
         );
         assert_eq!(parse_qualified("seq"), Some((None, "seq".into())));
         assert_eq!(parse_qualified("\"unterminated"), None);
+        // As SplitIdentifierString reads them: spaces around parts, quotes only whole.
+        assert_eq!(
+            parse_qualified(" hr . payroll_seq "),
+            Some((Some("hr".into()), "payroll_seq".into()))
+        );
+        assert_eq!(parse_qualified("hr.pay roll"), None);
+        assert_eq!(parse_qualified("a.b.c.d"), None);
+        assert_eq!(parse_qualified("hr.\"\""), None);
+        assert_eq!(parse_qualified("HR.ÄSeq"), Some((Some("hr".into()), "Äseq".into())));
+        assert_eq!(parse_qualified(&"x".repeat(80)).map(|p| p.1.len()), Some(63));
+        assert_eq!(regclass_text("16415"), Some(ObjectRef::RelationOid(16415)));
+        assert_eq!(
+            regclass_text(" 16415"),
+            Some(ObjectRef::rel(None, "16415")),
+            "only a string of digits alone is an OID"
+        );
+        assert_eq!(regclass_text("99999999999"), None);
     }
 
     #[test]

@@ -126,6 +126,25 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_stat_reset*",
     "pg_stat_statements_reset",
     "pg_import_system_collations",
+    // Server state a PostgreSQL role only sees about itself, but pgward's one upstream login
+    // is everybody's: other callers' SQL text with its literals, connection details,
+    // configuration files, memory and replication state. (With the server's catalog, every
+    // built-in that initdb does not let PUBLIC execute is treated like these, per version.)
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_*",
+    "pg_stat_get_wal_receiver",
+    "pg_stat_get_wal_senders",
+    "pg_stat_get_subscription",
+    "pg_get_replication_slots",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_show_all_file_settings",
+    "pg_config",
+    "pg_current_logfile",
+    "pg_get_backend_memory_contexts",
+    "pg_get_shmem_allocations",
+    "pg_show_replication_origin_status",
+    "binary_upgrade_*",
     // Replication.
     "pg_logical_*",
     "pg_create_*_replication_slot",
@@ -161,6 +180,46 @@ pub const CATALOG_EXCLUDED: &[&str] = &[
     "pg_stat_replication",
     "pg_config",
 ];
+
+/// pg_catalog relations whose rows carry values from other tables or other sessions: column
+/// statistics (sample values, most common values), large-object contents, other callers'
+/// SQL text with its literals (pgward signs in upstream as one login for everybody). Reading
+/// one is decided as a read of the whole database as well, so any deny rule covers it.
+pub const DATA_CATALOGS: &[&str] = &[
+    "pg_largeobject",
+    "pg_stat_activity",
+    "pg_statistic",
+    "pg_statistic_ext_data",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+];
+
+/// information_schema views the baseline does not let everyone read: user mapping options
+/// hold foreign servers' passwords.
+pub const INFORMATION_SCHEMA_EXCLUDED: &[&str] =
+    &["_pg_user_mappings", "user_mapping_options", "user_mappings"];
+
+/// Functions initdb creates in information_schema (the same in PostgreSQL 11-17): built in
+/// when pgward has no catalog of the server to ask. Anything else there is not.
+pub const INFORMATION_SCHEMA_FUNCTIONS: &[&str] = &[
+    "_pg_char_max_length",
+    "_pg_char_octet_length",
+    "_pg_datetime_precision",
+    "_pg_expandarray",
+    "_pg_index_position",
+    "_pg_interval_type",
+    "_pg_keysequal",
+    "_pg_numeric_precision",
+    "_pg_numeric_precision_radix",
+    "_pg_numeric_scale",
+    "_pg_truetypid",
+    "_pg_truetypmod",
+];
+
+/// Schemas that hold the server's built-ins: nothing may be created, changed or dropped in
+/// them through pgward (an object there would pass for a built-in).
+pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_toast"];
 
 /// Relations (tables and views) in pg_catalog of PostgreSQL 13-17. An unqualified name in this
 /// list resolves to pg_catalog (which PostgreSQL searches first); any other unqualified name is

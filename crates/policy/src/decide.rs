@@ -9,9 +9,10 @@ use crate::analyze::{
     SettingChange, StatementAnalysis,
 };
 use crate::catalog::{
-    is_builtin_function, is_catalog_relation, CATALOG_EXCLUDED, PROTECTED_SETTINGS,
-    RESET_ALL_SETTINGS,
+    is_builtin_function, is_catalog_relation, CATALOG_EXCLUDED, INFORMATION_SCHEMA_EXCLUDED,
+    INFORMATION_SCHEMA_FUNCTIONS, PROTECTED_SETTINGS, RESET_ALL_SETTINGS, SYSTEM_SCHEMAS,
 };
+use crate::server_catalog::ServerCatalog;
 use crate::policy::{Mode, Part, Pattern, Policy, Rule};
 
 /// The identity a session authenticated as (from the validated token).
@@ -132,8 +133,12 @@ pub struct SessionState {
     seen_schemas: Vec<String>,
     /// Some path put pg_catalog after another schema, so catalog names may be shadowed.
     catalog_shadowable: bool,
+    /// Some path put pg_catalog first explicitly, so unqualified CREATEs may land there.
+    system_first: bool,
     /// standard_conforming_strings was turned off: pgward's parse may differ from the server's.
     unreadable: bool,
+    /// The upstream server's catalog: names resolve against it (see server_catalog.rs).
+    catalog: Option<Arc<ServerCatalog>>,
     prepared: HashMap<String, Arc<StatementAnalysis>>,
     /// The caller's name that must lead application_name (see caller_name.rs).
     caller: Option<String>,
@@ -149,7 +154,9 @@ impl SessionState {
             default_path: path.clone(),
             seen_schemas: Vec::new(),
             catalog_shadowable: false,
+            system_first: false,
             unreadable: false,
+            catalog: None,
             prepared: HashMap::new(),
             caller: None,
             key: String::new(),
@@ -164,6 +171,24 @@ impl SessionState {
     pub fn set_caller(&mut self, caller: &str) {
         self.caller = Some(caller.to_owned());
         self.rekey();
+    }
+
+    /// Resolves names against the upstream server's own catalog from now on: its version's
+    /// built-ins, the functions anyone created, its operators, casts and sequences.
+    pub fn set_catalog(&mut self, catalog: Arc<ServerCatalog>) {
+        let same = self
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.generation() == catalog.generation());
+        if !same {
+            self.catalog = Some(catalog);
+            self.rekey();
+        }
+    }
+
+    /// The catalog names resolve against, if the proxy gave one.
+    pub fn catalog(&self) -> Option<&Arc<ServerCatalog>> {
+        self.catalog.as_ref()
     }
 
     /// The search path pgward believes is in force.
@@ -245,6 +270,9 @@ impl SessionState {
         if path.iter().skip(1).any(|s| s == "pg_catalog") {
             self.catalog_shadowable = true;
         }
+        if path.first().is_some_and(|s| s == "pg_catalog") {
+            self.system_first = true;
+        }
         for s in &path {
             if s != "pg_catalog" && !self.seen_schemas.contains(s) {
                 self.seen_schemas.push(s.clone());
@@ -268,6 +296,10 @@ impl SessionState {
         }
         self.key
             .push(if self.catalog_shadowable { 'S' } else { '-' });
+        self.key.push(if self.system_first { 'P' } else { '-' });
+        if let Some(c) = &self.catalog {
+            self.key.push_str(&c.generation().to_string());
+        }
         self.key.push(if self.unreadable { 'U' } else { '-' });
         // SET application_name is decided by the caller's name.
         if let Some(c) = &self.caller {
@@ -283,7 +315,11 @@ impl SessionState {
     /// The schemas an unqualified relation name may resolve to.
     fn relation_candidates(&self, name: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        if is_catalog_relation(name) {
+        let in_catalog = match &self.catalog {
+            Some(c) => c.is_catalog_relation(name),
+            None => is_catalog_relation(name),
+        };
+        if in_catalog {
             out.push(("pg_catalog".to_owned(), name.to_owned()));
             if !self.catalog_shadowable {
                 return out;
@@ -299,14 +335,75 @@ impl SessionState {
         out
     }
 
-    /// Whether a call certainly reaches a built-in pg_catalog function.
+    /// Whether a call certainly reaches a function initdb created. With the server's
+    /// catalog: its version's built-ins, and an unqualified name only when no schema on the
+    /// path has a function of that name (PostgreSQL would pick the best match among all).
     fn is_builtin(&self, f: &FunctionRef) -> bool {
+        let Some(c) = &self.catalog else {
+            return match f.schema.as_deref() {
+                Some("pg_catalog") => is_builtin_function(&f.name),
+                Some("information_schema") => {
+                    INFORMATION_SCHEMA_FUNCTIONS.contains(&f.name.as_str())
+                }
+                Some(_) => false,
+                None => !self.catalog_shadowable && is_builtin_function(&f.name),
+            };
+        };
         match f.schema.as_deref() {
-            Some("pg_catalog") => is_builtin_function(&f.name),
-            Some("information_schema") => true,
+            Some(s @ ("pg_catalog" | "information_schema")) => c.is_builtin_function(s, &f.name),
             Some(_) => false,
-            None => !self.catalog_shadowable && is_builtin_function(&f.name),
+            None => {
+                !self.catalog_shadowable
+                    && c.is_builtin_function("pg_catalog", &f.name)
+                    && !self
+                        .seen_schemas
+                        .iter()
+                        .any(|s| c.has_function(s, &f.name))
+            }
         }
+    }
+
+    /// Whether a call may reach a built-in the server does not let PUBLIC execute.
+    fn is_privileged(&self, f: &FunctionRef) -> bool {
+        let Some(c) = &self.catalog else { return false };
+        f.schema.as_deref().is_none_or(|s| s == "pg_catalog") && c.is_privileged_function(&f.name)
+    }
+
+    /// Functions a statement runs without naming them as calls: `(x).f` attribute notation
+    /// (any function of that name the server has, or a built-in name without a catalog),
+    /// operators and casts the server maps to code created outside initdb and extensions.
+    fn implicit_functions(&self, stmt: &StatementAnalysis) -> Vec<FunctionRef> {
+        let mut out = Vec::new();
+        for name in &stmt.attributes {
+            let known = match &self.catalog {
+                Some(c) => c.any_function_named(name),
+                None => is_builtin_function(name),
+            };
+            if known {
+                out.push(FunctionRef {
+                    schema: None,
+                    name: name.clone(),
+                });
+            }
+        }
+        for op in &stmt.operators {
+            match &self.catalog {
+                Some(c) => out.extend(c.operator_functions(op.schema.as_deref(), &op.name).cloned()),
+                // Without a catalog only pg_catalog's operators are known to be built in.
+                None if op.schema.as_deref().is_some_and(|s| s != "pg_catalog") => {
+                    out.push(op.clone())
+                }
+                None => {}
+            }
+        }
+        if let Some(c) = &self.catalog {
+            for t in &stmt.casts {
+                out.extend(c.cast_functions(t).iter().cloned());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The (schema, name) pairs an unqualified function call may resolve to.
@@ -354,6 +451,12 @@ impl fmt::Display for Resolved {
 
 fn resolve(o: &ObjectRef, session: &SessionState) -> Vec<Resolved> {
     match o {
+        ObjectRef::RelationOid(oid) => {
+            match session.catalog.as_ref().and_then(|c| c.sequence(*oid)) {
+                Some((s, n)) => vec![Resolved::Rel(s.to_owned(), n.to_owned())],
+                None => vec![Resolved::All],
+            }
+        }
         ObjectRef::Relation {
             schema: Some(s),
             name,
@@ -406,14 +509,36 @@ fn function_matches(p: &Pattern, candidates: &[(String, String)]) -> bool {
         .any(|(s, n)| name.matches(n) && schema.as_ref().is_none_or(|sp| sp.matches(s)))
 }
 
-fn baseline_catalog(o: &Resolved) -> bool {
-    match o {
-        Resolved::Rel(s, n) => {
-            (s == "pg_catalog" && !CATALOG_EXCLUDED.contains(&n.as_str()))
-                || s == "information_schema"
-        }
+/// Whether the baseline's catalog reads cover an object: a relation initdb created in
+/// pg_catalog or information_schema (per the server's catalog when there is one), except the
+/// excluded ones.
+fn baseline_catalog(o: &Resolved, session: &SessionState) -> bool {
+    let Resolved::Rel(s, n) = o else { return false };
+    let listed = match s.as_str() {
+        "pg_catalog" => !CATALOG_EXCLUDED.contains(&n.as_str()),
+        "information_schema" => !INFORMATION_SCHEMA_EXCLUDED.contains(&n.as_str()),
         _ => false,
-    }
+    };
+    listed
+        && session
+            .catalog
+            .as_ref()
+            .is_none_or(|c| c.is_builtin_relation(s, n))
+}
+
+/// Whether an action changes something (rather than reading or running it).
+fn writes(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Insert
+            | Action::Update
+            | Action::Delete
+            | Action::Truncate
+            | Action::Create
+            | Action::Alter
+            | Action::Drop
+            | Action::Grant
+    )
 }
 
 /// The decision for one query string: every statement's analysis and decision.
@@ -570,11 +695,48 @@ impl Policy {
         let resolved: Vec<(Action, Vec<Resolved>)> = stmt
             .accesses
             .iter()
-            .map(|Access { action, object }| (*action, resolve(object, session)))
+            .map(|Access { action, object }| {
+                let mut cands = resolve(object, session);
+                // With pg_catalog first on the path, an unqualified CREATE lands there.
+                if writes(*action) && session.system_first {
+                    if let ObjectRef::Relation { schema: None, name } = object {
+                        cands.push(Resolved::Rel("pg_catalog".to_owned(), name.clone()));
+                    }
+                }
+                (*action, cands)
+            })
             .collect();
+        // Built-ins are whatever sits in these schemas, so nothing may change there, and a
+        // write through a view over pg_settings changes settings pgward cannot name.
+        for (action, cands) in resolved.iter().filter(|(a, _)| writes(*a)) {
+            for c in cands {
+                let system = match c {
+                    // Writing pg_settings is a change of settings, decided as such below.
+                    Resolved::Rel(s, n) if s == "pg_catalog" && n == "pg_settings" => false,
+                    Resolved::Rel(s, _) | Resolved::Schema(s) => SYSTEM_SCHEMAS.contains(&s.as_str()),
+                    _ => false,
+                };
+                if system {
+                    return Decision::deny(
+                        "builtin.system_schema",
+                        format!("{action} on {c}: objects in the server's system schemas cannot be created, changed or dropped through pgward"),
+                    );
+                }
+                if let (Resolved::Rel(s, n), Some(cat)) = (c, &session.catalog) {
+                    if cat.is_settings_view(s, n) {
+                        return Decision::deny(
+                            "builtin.protected_setting",
+                            format!("{action} on {c}, a view over pg_settings, would change settings pgward cannot name"),
+                        );
+                    }
+                }
+            }
+        }
+        let implicit = session.implicit_functions(stmt);
         let functions: Vec<(&FunctionRef, Vec<(String, String)>)> = stmt
             .functions
             .iter()
+            .chain(implicit.iter())
             .map(|f| (f, session.function_candidates(f)))
             .collect();
         let settings: Vec<(&str, bool)> = setting_names(stmt);
@@ -633,7 +795,10 @@ impl Policy {
         let mut baseline_used = false;
         for (action, cands) in &resolved {
             for c in cands {
-                if *action == Action::Select && self.baseline.catalog_reads && baseline_catalog(c) {
+                if *action == Action::Select
+                    && self.baseline.catalog_reads
+                    && baseline_catalog(c, session)
+                {
                     baseline_used = true;
                     continue;
                 }
@@ -705,7 +870,7 @@ impl Policy {
             if *name == "*" {
                 return Decision::deny(
                     "builtin.protected_setting",
-                    "set_config() with a setting name pgward cannot read",
+                    "a change of settings pgward cannot name: set_config() with a name that is not a literal, or an UPDATE of pg_settings or of a view over it",
                 );
             }
             if *reset_all && self.baseline.reset_all {
@@ -784,7 +949,7 @@ impl Policy {
         f: &FunctionRef,
         cands: &[(String, String)],
     ) -> Result<Option<&'a str>, Decision> {
-        if self.dangerous.iter().any(|p| function_matches(p, cands)) {
+        if self.dangerous.iter().any(|p| function_matches(p, cands)) || session.is_privileged(f) {
             // Only a pattern that names the function counts, not a bare `*`.
             let named = |p: &Pattern| !matches!(&p.parts, Some((_, n)) if n.is_star());
             return self

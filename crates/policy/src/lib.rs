@@ -30,6 +30,7 @@ pub mod catalog;
 mod decide;
 mod explain;
 mod policy;
+mod server_catalog;
 pub mod tsql;
 #[rustfmt::skip]
 mod walk_gen;
@@ -45,3 +46,4 @@ pub use decide::{
 };
 pub use explain::explain_decision;
 pub use policy::{Mode, Policy, PolicyError, PolicyProblem};
+pub use server_catalog::{CatalogError, ServerCatalog};

@@ -539,9 +539,17 @@ fn compile_rule(
         }
         None => default_name.to_owned(),
     };
+    // `*` (or no list) in an allow rule is every action except copy_file: reading or writing
+    // server files and running programs is allowed only where a rule names it. In a deny rule
+    // it is every action, copy_file included.
+    let every = if is_allow {
+        u16::MAX & !Action::CopyFile.bit()
+    } else {
+        u16::MAX
+    };
     let mut actions = 0u16;
     match &raw.actions {
-        None => actions = u16::MAX,
+        None => actions = every,
         Some(list) => {
             if list.is_empty() {
                 p.at(
@@ -551,7 +559,7 @@ fn compile_rule(
             }
             for a in list {
                 if a.get_ref() == "*" {
-                    actions = u16::MAX;
+                    actions |= every;
                 } else if let Some(act) = Action::parse(a.get_ref()) {
                     actions |= act.bit();
                 } else {
