@@ -283,6 +283,10 @@ pub struct StatementAnalysis {
     pub operators: Vec<FunctionRef>,
     /// Type names values are cast to (`x::t`, `CAST(x AS t)`): a cast may run a function.
     pub casts: Vec<String>,
+    /// Syntax PostgreSQL 17's grammar reads as a built-in form but an older server reads as
+    /// a plain call of a function found on the search path (`json_scalar(1)` before 16):
+    /// the name and the `server_version_num` from which it is syntax.
+    pub syntax_calls: Vec<(String, u32)>,
     /// Settings changed.
     pub settings: Vec<SettingChange>,
     /// Why parts of the statement were not understood; non-empty means the statement is denied.
@@ -437,6 +441,8 @@ fn analyze_node(node: NodeRef<'_>, sql: String) -> StatementAnalysis {
     out.operators.dedup();
     out.casts.sort();
     out.casts.dedup();
+    out.syntax_calls.sort();
+    out.syntax_calls.dedup();
     out
 }
 
@@ -577,6 +583,27 @@ impl Walker {
                     }
                     self.visit_children(node);
                 }
+                // SQL/JSON forms (16, 17) and MERGE_ACTION() (17) are plain function calls to
+                // an older server's grammar.
+                NodeRef::JsonScalarExpr(_) => self.syntax_call(node, "json_scalar", 160000),
+                NodeRef::JsonSerializeExpr(_) => self.syntax_call(node, "json_serialize", 160000),
+                NodeRef::JsonParseExpr(_) => self.syntax_call(node, "json", 160000),
+                NodeRef::JsonObjectConstructor(_) => self.syntax_call(node, "json_object", 160000),
+                NodeRef::JsonArrayConstructor(_) | NodeRef::JsonArrayQueryConstructor(_) => {
+                    self.syntax_call(node, "json_array", 160000)
+                }
+                NodeRef::JsonObjectAgg(_) => self.syntax_call(node, "json_objectagg", 160000),
+                NodeRef::JsonArrayAgg(_) => self.syntax_call(node, "json_arrayagg", 160000),
+                NodeRef::JsonFuncExpr(f) => {
+                    let name = match pb::JsonExprOp::try_from(f.op) {
+                        Ok(pb::JsonExprOp::JsonExistsOp) => "json_exists",
+                        Ok(pb::JsonExprOp::JsonQueryOp) => "json_query",
+                        _ => "json_value",
+                    };
+                    self.syntax_call(node, name, 170000)
+                }
+                NodeRef::JsonTable(_) => self.syntax_call(node, "json_table", 170000),
+                NodeRef::MergeSupportFunc(_) => self.syntax_call(node, "merge_action", 170000),
                 NodeRef::RangeTableSample(ts) => {
                     // The sampling method is a function (returning tsm_handler).
                     let parts = name_parts(&ts.method);
@@ -677,10 +704,20 @@ impl Walker {
         self.ctes.truncate(keep);
     }
 
+    fn syntax_call(&mut self, node: NodeRef<'_>, name: &str, since: u32) {
+        self.out.syntax_calls.push((name.to_owned(), since));
+        self.visit_children(node);
+    }
+
     fn attribute(&mut self, field: &pb::Node) {
-        if let Some(name) = str_of(field) {
-            self.out.attributes.push(name.to_owned());
+        let Some(name) = str_of(field) else { return };
+        // Sequence functions called as `(x).nextval` act on a sequence pgward cannot name.
+        match name {
+            "nextval" | "setval" => self.access(Action::Update, ObjectRef::All),
+            "currval" | "pg_sequence_last_value" => self.access(Action::Select, ObjectRef::All),
+            _ => {}
         }
+        self.out.attributes.push(name.to_owned());
     }
 
     /// An operator name (`=`, `OPERATOR(schema.op)`); empty lists (no operator) are skipped.
@@ -702,6 +739,12 @@ impl Walker {
 
     fn func_call(&mut self, fc: &pb::FuncCall) {
         let parts = name_parts(&fc.funcname);
+        // NORMALIZE(x) is syntax for pg_catalog.normalize from 13 on; 12 reads normalize(x).
+        if parts == ["pg_catalog", "normalize"]
+            && fc.funcformat == pb::CoercionForm::CoerceSqlSyntax as i32
+        {
+            self.out.syntax_calls.push(("normalize".to_owned(), 130000));
+        }
         if let Some((schema, name)) = split_parts(&parts) {
             self.function(schema, name, &fc.args);
         } else {
@@ -1493,7 +1536,7 @@ impl Walker {
                     "finalfunc_modify",
                     "initcond",
                     "initcond1",
-                    "msstype",
+                    "mstype",
                     "msspace",
                     "mfinalfunc_extra",
                     "mfinalfunc_modify",
@@ -1589,6 +1632,9 @@ impl Walker {
         self.out.attributes.extend(inner.attributes.iter().cloned());
         self.out.operators.extend(inner.operators.iter().cloned());
         self.out.casts.extend(inner.casts.iter().cloned());
+        self.out
+            .syntax_calls
+            .extend(inner.syntax_calls.iter().cloned());
         self.out.settings.extend(inner.settings.iter().cloned());
         self.out
             .not_understood

@@ -372,7 +372,7 @@ impl SessionState {
     /// Functions a statement runs without naming them as calls: `(x).f` attribute notation
     /// (any function of that name the server has, or a built-in name without a catalog),
     /// operators and casts the server maps to code created outside initdb and extensions.
-    fn implicit_functions(&self, stmt: &StatementAnalysis) -> Vec<FunctionRef> {
+    pub(crate) fn implicit_functions(&self, stmt: &StatementAnalysis) -> Vec<FunctionRef> {
         let mut out = Vec::new();
         for name in &stmt.attributes {
             let known = match &self.catalog {
@@ -399,6 +399,15 @@ impl SessionState {
         if let Some(c) = &self.catalog {
             for t in &stmt.casts {
                 out.extend(c.cast_functions(t).iter().cloned());
+            }
+            // An older server reads newer syntax as a call resolved on the search path.
+            for (name, since) in &stmt.syntax_calls {
+                if c.version_num() < *since {
+                    out.push(FunctionRef {
+                        schema: None,
+                        name: name.clone(),
+                    });
+                }
             }
         }
         out.sort();
@@ -813,10 +822,15 @@ impl Policy {
                         deciding.get_or_insert(&r.name);
                     }
                     None => {
+                        let hint = if *action == Action::CopyFile {
+                            " (reading or writing server files and running programs needs copy_file named in a rule; \"*\" never includes it)"
+                        } else {
+                            ""
+                        };
                         return Decision::deny(
                             "default_deny",
-                            format!("no rule allows {action} on {c}"),
-                        )
+                            format!("no rule allows {action} on {c}{hint}"),
+                        );
                     }
                 }
             }

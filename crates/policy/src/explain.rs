@@ -30,6 +30,22 @@ pub fn explain_decision(
     };
     let _ = writeln!(s, "roles: {names}");
     let _ = writeln!(s, "search_path: {}", session.search_path().join(", "));
+    match session.catalog() {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                "server catalog: version {}, {} function names",
+                c.version_num(),
+                c.function_count()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "server catalog: none (built-in lists of PostgreSQL 17 stand in)"
+            );
+        }
+    }
     if policy.mode() == Mode::Observe {
         let _ = writeln!(s, "mode: observe (denials are recorded, not enforced)");
     }
@@ -44,6 +60,12 @@ pub fn explain_decision(
         }
         for f in &a.functions {
             let _ = writeln!(s, "  calls     {f}()");
+        }
+        for f in session.implicit_functions(a) {
+            let _ = writeln!(
+                s,
+                "  may call  {f}() (attribute notation, an operator or a cast)"
+            );
         }
         for c in &a.settings {
             let what = match c {

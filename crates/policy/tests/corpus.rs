@@ -2,7 +2,9 @@
 // Test helpers read fixed files: a panic is the right failure.
 #![allow(clippy::unwrap_used)]
 
-use pgward_policy::{DecisionCache, Policy, RoleSet, SessionState, Verdict};
+use std::sync::Arc;
+
+use pgward_policy::{DecisionCache, Policy, RoleSet, ServerCatalog, SessionState, Verdict};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -21,6 +23,28 @@ struct Case {
     why: String,
     #[serde(default)]
     setup: Vec<String>,
+    /// `"pg15"`: decided only with the catalog of a PostgreSQL 15 server
+    /// (tests/fixtures/pg15_catalog.tsv); `"offline"`: only without a server catalog. Cases
+    /// without it must give the same decision both ways (the proxy's end-to-end test replays
+    /// them against a real server).
+    catalog: Option<String>,
+}
+
+/// The catalog of a real PostgreSQL 15.18 database (ServerCatalog::QUERY's answer, from
+/// `psql -At -F '<tab>'`) holding the objects the catalog cases name: public.array_shuffle,
+/// public.leak(orders), public.report(), the operator public.=== over public.eq_any, a cast
+/// to public.mytext through public.to_mytext, the views public.settings_v and settings_v2
+/// over pg_settings, pg_catalog.sneaky, information_schema.sneaky_v, and the sequences
+/// hr.payroll_seq (OID 16405) and public.orders_seq (OID 16406).
+fn pg15_catalog() -> Arc<ServerCatalog> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{dir}/tests/fixtures/pg15_catalog.tsv")).unwrap();
+    let rows = text.lines().map(|l| {
+        l.split('\t')
+            .map(|v| (!v.is_empty()).then(|| v.to_owned()))
+            .collect::<Vec<_>>()
+    });
+    Arc::new(ServerCatalog::from_rows(rows).unwrap())
 }
 
 fn load() -> (Policy, Corpus) {
@@ -42,8 +66,16 @@ fn roles(policy: &Policy, role: &str) -> RoleSet {
     }
 }
 
-fn session_for(policy: &Policy, roles: &RoleSet, setup: &[String]) -> SessionState {
+fn session_for(
+    policy: &Policy,
+    roles: &RoleSet,
+    setup: &[String],
+    catalog: Option<&Arc<ServerCatalog>>,
+) -> SessionState {
     let mut session = SessionState::new(policy);
+    if let Some(c) = catalog {
+        session.set_catalog(Arc::clone(c));
+    }
     for s in setup {
         let q = policy.decide_query(roles, s, &session);
         for st in &q.statements {
@@ -59,39 +91,49 @@ fn corpus() {
     let cache = DecisionCache::new(64);
     let mut failures = Vec::new();
     let (mut allows, mut denies) = (0, 0);
+    let pg15 = pg15_catalog();
     for (i, c) in corpus.case.iter().enumerate() {
         let roles = roles(&policy, &c.role);
-        let session = session_for(&policy, &roles, &c.setup);
-        let q = policy.decide_query(&roles, &c.sql, &session);
-        let want = if c.verdict == "allow" {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
+        let catalogs: Vec<Option<&Arc<ServerCatalog>>> = match c.catalog.as_deref() {
+            None => vec![None, Some(&pg15)],
+            Some("pg15") => vec![Some(&pg15)],
+            Some("offline") => vec![None],
+            Some(other) => panic!("case {i}: unknown catalog {other:?}"),
         };
-        let rule_ok = c.rule.as_deref().is_none_or(|r| r == q.decision.rule);
-        if q.decision.verdict != want || !rule_ok {
-            failures.push(format!(
-                "case {i} [{}] {:?} ({}): want {} {:?}, got {} {:?}\n{}",
-                c.role,
-                c.sql,
-                c.why,
-                c.verdict,
-                c.rule,
-                q.decision.verdict,
-                q.decision.rule,
-                policy.explain(&roles, &c.sql, &session)
-            ));
+        for catalog in catalogs {
+            let session = session_for(&policy, &roles, &c.setup, catalog);
+            let q = policy.decide_query(&roles, &c.sql, &session);
+            let want = if c.verdict == "allow" {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            let rule_ok = c.rule.as_deref().is_none_or(|r| r == q.decision.rule);
+            if q.decision.verdict != want || !rule_ok {
+                failures.push(format!(
+                    "case {i} [{}] {:?} ({}), {}: want {} {:?}, got {} {:?}\n{}",
+                    c.role,
+                    c.sql,
+                    c.why,
+                    if catalog.is_some() { "with the PostgreSQL 15 catalog" } else { "without a catalog" },
+                    c.verdict,
+                    c.rule,
+                    q.decision.verdict,
+                    q.decision.rule,
+                    policy.explain(&roles, &c.sql, &session)
+                ));
+            }
+            // The cache must agree with the direct decision, both on a miss and on a hit.
+            for _ in 0..2 {
+                let cached = cache.decide(&policy, &roles, &session, &c.sql);
+                assert_eq!(
+                    cached.decision, q.decision,
+                    "cache disagrees on case {i}: {}",
+                    c.sql
+                );
+            }
         }
-        // The cache must agree with the direct decision, both on a miss and on a hit.
-        for _ in 0..2 {
-            let cached = cache.decide(&policy, &roles, &session, &c.sql);
-            assert_eq!(
-                cached.decision, q.decision,
-                "cache disagrees on case {i}: {}",
-                c.sql
-            );
-        }
-        if want == Verdict::Allow {
+        if c.verdict == "allow" {
             allows += 1;
         } else {
             denies += 1;
