@@ -287,6 +287,9 @@ pub struct StatementAnalysis {
     /// a plain call of a function found on the search path (`json_scalar(1)` before 16):
     /// the name and the `server_version_num` from which it is syntax.
     pub syntax_calls: Vec<(String, u32)>,
+    /// Functions (and aggregates, procedures) this statement creates or gives a new name or
+    /// schema: the server's catalog learns them at once, since `(x).name` may call them.
+    pub defines_functions: Vec<FunctionRef>,
     /// Settings changed.
     pub settings: Vec<SettingChange>,
     /// Why parts of the statement were not understood; non-empty means the statement is denied.
@@ -1200,10 +1203,12 @@ impl Walker {
                 self.rename_by_name(s.rename_type, &s.subname);
             }
             NodeRef::RenameStmt(s) => {
-                self.object_stmt(A::Alter, s.rename_type, s.relation.as_ref(), &s.object)
+                self.object_stmt(A::Alter, s.rename_type, s.relation.as_ref(), &s.object);
+                self.redefines(s.rename_type, &s.object, None, Some(&s.newname));
             }
             NodeRef::AlterObjectSchemaStmt(s) => {
                 self.object_stmt(A::Alter, s.object_type, s.relation.as_ref(), &s.object);
+                self.redefines(s.object_type, &s.object, Some(&s.newschema), None);
                 self.access(A::Create, ObjectRef::Schema(s.newschema.clone()));
             }
             NodeRef::AlterOwnerStmt(s) => {
@@ -1290,6 +1295,12 @@ impl Walker {
                 // CREATE AGGREGATE / TYPE / COLLATION / TEXT SEARCH ...; operators are not mapped.
                 if self.object_name(A::Create, s.kind, &s.defnames) {
                     self.definition_functions(s);
+                }
+                if s.kind == pb::ObjectType::ObjectAggregate as i32 {
+                    let parts = name_parts(&s.defnames);
+                    if let Some((schema, name)) = split_parts(&parts) {
+                        self.defines(schema, name);
+                    }
                 }
                 self.visit_children(node);
             }
@@ -1439,7 +1450,44 @@ impl Walker {
         }
     }
 
+    fn defines(&mut self, schema: Option<&str>, name: &str) {
+        self.out.defines_functions.push(FunctionRef {
+            schema: schema.filter(|s| !s.is_empty()).map(str::to_owned),
+            name: name.to_owned(),
+        });
+    }
+
+    /// RENAME and SET SCHEMA of a function-like object define it under a new name.
+    fn redefines(
+        &mut self,
+        objtype: i32,
+        object: &Option<Box<pb::Node>>,
+        new_schema: Option<&str>,
+        new_name: Option<&str>,
+    ) {
+        use pb::ObjectType as T;
+        if !matches!(
+            T::try_from(objtype),
+            Ok(T::ObjectFunction | T::ObjectProcedure | T::ObjectRoutine | T::ObjectAggregate)
+        ) {
+            return;
+        }
+        let parts = match object.as_deref().and_then(|o| o.node.as_ref()) {
+            Some(pb::node::Node::ObjectWithArgs(o)) => name_parts(&o.objname),
+            _ => Vec::new(),
+        };
+        if let Some((schema, name)) = split_parts(&parts) {
+            let schema = new_schema.or(schema).map(str::to_owned);
+            let name = new_name.unwrap_or(name).to_owned();
+            self.defines(schema.as_deref(), &name);
+        }
+    }
+
     fn create_function(&mut self, s: &pb::CreateFunctionStmt) {
+        let parts = name_parts(&s.funcname);
+        if let Some((schema, name)) = split_parts(&parts) {
+            self.defines(schema, name);
+        }
         self.object_name(
             Action::Create,
             pb::ObjectType::ObjectFunction as i32,
@@ -1935,7 +1983,9 @@ pub(crate) fn split_list(v: &str) -> Vec<String> {
 fn regclass_constant(n: &pb::Node) -> Option<ObjectRef> {
     match &n.node {
         Some(pb::node::Node::AConst(c)) => match &c.val {
-            Some(pb::a_const::Val::Ival(i)) => u32::try_from(i.ival).ok().map(ObjectRef::RelationOid),
+            Some(pb::a_const::Val::Ival(i)) => {
+                u32::try_from(i.ival).ok().map(ObjectRef::RelationOid)
+            }
             Some(pb::a_const::Val::Sval(s)) => regclass_text(&s.sval),
             _ => None,
         },
@@ -2002,8 +2052,14 @@ mod tests {
         assert_eq!(parse_qualified("hr.pay roll"), None);
         assert_eq!(parse_qualified("a.b.c.d"), None);
         assert_eq!(parse_qualified("hr.\"\""), None);
-        assert_eq!(parse_qualified("HR.ÄSeq"), Some((Some("hr".into()), "Äseq".into())));
-        assert_eq!(parse_qualified(&"x".repeat(80)).map(|p| p.1.len()), Some(63));
+        assert_eq!(
+            parse_qualified("HR.ÄSeq"),
+            Some((Some("hr".into()), "Äseq".into()))
+        );
+        assert_eq!(
+            parse_qualified(&"x".repeat(80)).map(|p| p.1.len()),
+            Some(63)
+        );
         assert_eq!(regclass_text("16415"), Some(ObjectRef::RelationOid(16415)));
         assert_eq!(
             regclass_text(" 16415"),

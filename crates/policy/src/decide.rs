@@ -12,8 +12,8 @@ use crate::catalog::{
     is_builtin_function, is_catalog_relation, CATALOG_EXCLUDED, INFORMATION_SCHEMA_EXCLUDED,
     INFORMATION_SCHEMA_FUNCTIONS, PROTECTED_SETTINGS, RESET_ALL_SETTINGS, SYSTEM_SCHEMAS,
 };
-use crate::server_catalog::ServerCatalog;
 use crate::policy::{Mode, Part, Pattern, Policy, Rule};
+use crate::server_catalog::ServerCatalog;
 
 /// The identity a session authenticated as (from the validated token).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -191,6 +191,27 @@ impl SessionState {
         self.catalog.as_ref()
     }
 
+    /// The functions a statement defines, as (schema, name): an unqualified one in every
+    /// schema the session has had on its path (where PostgreSQL creates it depends on which
+    /// path was in force).
+    pub fn defined_functions(&self, stmt: &StatementAnalysis) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for f in &stmt.defines_functions {
+            match &f.schema {
+                Some(s) => out.push((s.clone(), f.name.clone())),
+                None => {
+                    for s in &self.seen_schemas {
+                        out.push((s.clone(), f.name.clone()));
+                    }
+                    if self.system_first {
+                        out.push(("pg_catalog".to_owned(), f.name.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The search path pgward believes is in force.
     pub fn search_path(&self) -> &[String] {
         &self.search_path
@@ -355,10 +376,7 @@ impl SessionState {
             None => {
                 !self.catalog_shadowable
                     && c.is_builtin_function("pg_catalog", &f.name)
-                    && !self
-                        .seen_schemas
-                        .iter()
-                        .any(|s| c.has_function(s, &f.name))
+                    && !self.seen_schemas.iter().any(|s| c.has_function(s, &f.name))
             }
         }
     }
@@ -388,7 +406,10 @@ impl SessionState {
         }
         for op in &stmt.operators {
             match &self.catalog {
-                Some(c) => out.extend(c.operator_functions(op.schema.as_deref(), &op.name).cloned()),
+                Some(c) => out.extend(
+                    c.operator_functions(op.schema.as_deref(), &op.name)
+                        .cloned(),
+                ),
                 // Without a catalog only pg_catalog's operators are known to be built in.
                 None if op.schema.as_deref().is_some_and(|s| s != "pg_catalog") => {
                     out.push(op.clone())
@@ -722,7 +743,9 @@ impl Policy {
                 let system = match c {
                     // Writing pg_settings is a change of settings, decided as such below.
                     Resolved::Rel(s, n) if s == "pg_catalog" && n == "pg_settings" => false,
-                    Resolved::Rel(s, _) | Resolved::Schema(s) => SYSTEM_SCHEMAS.contains(&s.as_str()),
+                    Resolved::Rel(s, _) | Resolved::Schema(s) => {
+                        SYSTEM_SCHEMAS.contains(&s.as_str())
+                    }
                     _ => false,
                 };
                 if system {
@@ -1047,6 +1070,15 @@ impl Policy {
             let decision = self.decide(roles, &st, current);
             if !st.effects.is_empty() || !st.settings.is_empty() {
                 local.get_or_insert_with(|| session.clone()).apply(&st);
+            }
+            // A function created earlier in the string may be called by a later statement
+            // (`(x).new_function`): the rest of the string is decided knowing it.
+            if !st.defines_functions.is_empty() {
+                let s = local.get_or_insert_with(|| session.clone());
+                let defined = s.defined_functions(&st);
+                if let Some(c) = s.catalog().and_then(|c| c.with_created(&defined)) {
+                    s.set_catalog(Arc::new(c));
+                }
             }
             statements.push(StatementDecision {
                 analysis: st,

@@ -176,10 +176,14 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
                         name: col(4).to_owned(),
                     },
                 )),
-                "c" => c.casts.entry(col(1).to_owned()).or_default().push(FunctionRef {
-                    schema: Some(col(2).to_owned()),
-                    name: col(3).to_owned(),
-                }),
+                "c" => c
+                    .casts
+                    .entry(col(1).to_owned())
+                    .or_default()
+                    .push(FunctionRef {
+                        schema: Some(col(2).to_owned()),
+                        name: col(3).to_owned(),
+                    }),
                 "w" => {
                     if !(col(1) == "pg_catalog" && col(2) == "pg_settings") {
                         c.settings_views
@@ -266,7 +270,10 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
     }
 
     fn flags(&self, schema: &str, name: &str) -> Option<FnFlags> {
-        self.functions.get(schema).and_then(|m| m.get(name)).copied()
+        self.functions
+            .get(schema)
+            .and_then(|m| m.get(name))
+            .copied()
     }
 
     /// Whether `schema.name` is a function (any overload) on the server.
@@ -376,9 +383,7 @@ mod tests {
         assert_eq!(c.cast_functions("mytype").len(), 1);
         assert!(c.is_settings_view("public", "v"));
         assert!(!c.is_settings_view("pg_catalog", "pg_settings"));
-        let created = c
-            .with_created(&[("public".into(), "leak".into())])
-            .unwrap();
+        let created = c.with_created(&[("public".into(), "leak".into())]).unwrap();
         assert!(created.has_function("public", "leak"));
         assert!(created.generation() != c.generation());
         assert!(c.with_created(&[]).is_none());

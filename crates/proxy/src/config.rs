@@ -89,6 +89,14 @@ pub struct PolicyConfig {
     /// How often the file is checked for changes; 0 turns the watch off.
     #[serde(default = "default_watch_secs")]
     pub watch_secs: u64,
+    /// How old the upstream's catalog (which names are resolved against) may get before it
+    /// is read again in the background; DDL through pgward and reloads also refresh it.
+    #[serde(default = "default_catalog_refresh_secs")]
+    pub catalog_refresh_secs: u64,
+}
+
+fn default_catalog_refresh_secs() -> u64 {
+    60
 }
 
 fn default_cache_entries() -> usize {

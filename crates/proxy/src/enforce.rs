@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use pgward_policy::{DecisionCache, Policy, Principal, QueryDecision, RoleSet, SessionState};
 use pgward_wire::build::{self, Severity};
+
+use crate::catalogs::CatalogHandle;
 use tracing::{error, info, warn};
 
 /// The current policy and the decision cache, shared by all sessions.
@@ -243,6 +245,8 @@ pub struct Gate {
     parsed: HashMap<String, (Arc<str>, u64)>,
     /// Where decisions are counted (`pgward_policy_decisions_total`).
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The upstream database's own catalog, which names resolve against.
+    catalog: Option<CatalogHandle>,
 }
 
 impl Gate {
@@ -260,7 +264,17 @@ impl Gate {
             session,
             parsed: HashMap::new(),
             metrics: None,
+            catalog: None,
         }
+    }
+
+    /// Resolves names against the upstream database's own catalog (see catalogs.rs).
+    pub fn with_catalog(mut self, catalog: CatalogHandle) -> Self {
+        if let Some(c) = catalog.current(self.policy.version()) {
+            self.session.set_catalog(c);
+        }
+        self.catalog = Some(catalog);
+        self
     }
 
     /// A client's plain `SET application_name = 'x'` as pgward runs it:
@@ -302,6 +316,39 @@ impl Gate {
         if current.version() != self.policy.version() {
             self.roles = current.roles_for(&self.principal);
             self.policy = current;
+        }
+        if let Some(c) = self
+            .catalog
+            .as_ref()
+            .and_then(|h| h.current(self.policy.version()))
+        {
+            self.session.set_catalog(c);
+        }
+    }
+
+    /// After allowed statements are forwarded: functions they create are known at once, and
+    /// DDL has the catalog read again.
+    fn note_ddl(&mut self, qd: &QueryDecision) {
+        let Some(h) = &self.catalog else { return };
+        let mut changed = false;
+        for s in &qd.statements {
+            let a = &s.analysis;
+            if !a.defines_functions.is_empty() {
+                if let Some(c) = h.created(&self.session.defined_functions(a)) {
+                    self.session.set_catalog(c);
+                }
+            }
+            changed |= a.accesses.iter().any(|x| {
+                matches!(
+                    x.action,
+                    pgward_policy::Action::Create
+                        | pgward_policy::Action::Alter
+                        | pgward_policy::Action::Drop
+                )
+            });
+        }
+        if changed {
+            h.changed();
         }
     }
 
@@ -347,6 +394,7 @@ impl Gate {
         for s in &qd.statements {
             self.session.apply(&s.analysis);
         }
+        self.note_ddl(&qd);
         qd
     }
 

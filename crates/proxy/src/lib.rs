@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cancel;
+pub mod catalogs;
 pub mod config;
 pub mod enforce;
 pub mod handshake;

@@ -161,6 +161,12 @@ impl Server {
             None => None,
         };
         let limiter = Limiter::new(config.limits.clone());
+        let catalogs = crate::catalogs::ServerCatalogs::new(Duration::from_secs(
+            config
+                .policy
+                .as_ref()
+                .map_or(60, |p| p.catalog_refresh_secs.max(1)),
+        ));
         let audit_for_metrics = audit.clone();
         let audit_for_readiness = audit.clone();
         let shared = Arc::new(Shared {
@@ -171,6 +177,7 @@ impl Server {
             auth,
             throttle,
             policy: policy.clone(),
+            catalogs,
             upstreams,
             handshake,
             cancels: Arc::new(CancelRegistry::default()),

@@ -33,6 +33,8 @@ pub struct Shared {
     pub auth: ClientAuth,
     pub throttle: FailureThrottle,
     pub policy: Option<Arc<PolicyStore>>,
+    /// The upstream databases' own catalogs, which the policy resolves names against.
+    pub catalogs: Arc<crate::catalogs::ServerCatalogs>,
     pub audit: Option<pgward_audit::AuditLog>,
     /// Numbers sessions for the audit log.
     pub next_session: std::sync::atomic::AtomicU64,
@@ -365,6 +367,29 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         };
         crate::tds_session::run(start, shared).await;
         return;
+    }
+    // The policy resolves names against this database's own catalog; without it nothing
+    // can be decided, so the session is refused (fail closed).
+    if let Some(g) = gate.take() {
+        match shared
+            .catalogs
+            .handle(&upstream, route.upstream_database())
+            .await
+        {
+            Ok(h) => gate = Some(g.with_catalog(h)),
+            Err(e) => {
+                shared.metrics.error("upstream_catalog");
+                warn!(error = %e, "cannot read the upstream catalog; refusing the session");
+                record_failure(&info, e.clone()).await;
+                refuse(
+                    &mut stream,
+                    "08006",
+                    "pgward cannot read the upstream database's catalog, which its policy needs",
+                )
+                .await;
+                return;
+            }
+        }
     }
     let session = match upstream
         .connect(route.upstream_database(), &upstream_params)

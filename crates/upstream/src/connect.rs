@@ -170,7 +170,7 @@ impl Upstream {
         self.credential.start();
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.connect_timeout_secs)
     }
 
@@ -218,7 +218,7 @@ impl Upstream {
         Ok(UpstreamStream::Tls(Box::new(tls)))
     }
 
-    fn timeout_err(&self) -> ConnectError {
+    pub(crate) fn timeout_err(&self) -> ConnectError {
         ConnectError::Timeout {
             upstream: self.cfg.name.clone(),
             secs: self.cfg.connect_timeout_secs,
@@ -232,7 +232,7 @@ impl Upstream {
         }
     }
 
-    fn protocol_err(&self, detail: impl std::fmt::Display) -> ConnectError {
+    pub(crate) fn protocol_err(&self, detail: impl std::fmt::Display) -> ConnectError {
         ConnectError::Protocol {
             upstream: self.cfg.name.clone(),
             detail: detail.to_string(),

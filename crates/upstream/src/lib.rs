@@ -8,6 +8,7 @@
 mod config;
 mod connect;
 mod credential;
+mod query;
 mod stream;
 mod tls;
 

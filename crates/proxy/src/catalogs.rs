@@ -1,0 +1,224 @@
+//! The upstream servers' own catalogs, which the policy resolves names against (see
+//! crates/policy/src/server_catalog.rs): which functions and relations are built in *in that
+//! server's version*, which functions anyone created, which operators and casts run code.
+//!
+//! One catalog per (upstream, database), fetched with pgward's own login on a connection of
+//! its own. The first session to a database waits for it (a session is refused if it cannot
+//! be read: the policy cannot be decided without it); later it is refreshed in the
+//! background when it is older than `[policy] catalog_refresh_secs`, after DDL that pgward
+//! forwarded, and after a policy reload. Functions created through pgward are added at once
+//! (before the refresh), so `(x).new_function` is decided as a call from the next statement
+//! on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use pgward_policy::ServerCatalog;
+use pgward_upstream::Upstream;
+use tracing::{info, warn};
+
+type Key = (String, String);
+
+struct Entry {
+    catalog: Arc<ServerCatalog>,
+    fetched: Instant,
+    upstream: Arc<Upstream>,
+    database: String,
+    /// A background refresh is under way.
+    refreshing: bool,
+    /// Something changed while it was: refresh once more when it ends.
+    again: bool,
+}
+
+/// Every upstream database's catalog, shared by all sessions.
+pub struct ServerCatalogs {
+    entries: RwLock<HashMap<Key, Entry>>,
+    /// Serialises first fetches per key, so a burst of first sessions fetches once.
+    first: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    refresh_every: Duration,
+    /// The policy version last seen: a reload refreshes every catalog.
+    policy_version: Mutex<u64>,
+}
+
+/// A session's handle on its database's catalog.
+#[derive(Clone)]
+pub struct CatalogHandle {
+    store: Arc<ServerCatalogs>,
+    key: Key,
+}
+
+impl ServerCatalogs {
+    pub fn new(refresh_every: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            entries: RwLock::new(HashMap::new()),
+            first: Mutex::new(HashMap::new()),
+            refresh_every,
+            policy_version: Mutex::new(0),
+        })
+    }
+
+    /// The catalog of `database` on `upstream`, fetched now if there is none yet.
+    pub async fn handle(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        database: &str,
+    ) -> Result<CatalogHandle, String> {
+        let key: Key = (upstream.name().to_owned(), database.to_owned());
+        let handle = CatalogHandle {
+            store: Arc::clone(self),
+            key: key.clone(),
+        };
+        if self.read(&key).is_some() {
+            return Ok(handle);
+        }
+        let gate = {
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(first.entry(key.clone()).or_default())
+        };
+        let _turn = gate.lock().await;
+        if self.read(&key).is_some() {
+            return Ok(handle);
+        }
+        let catalog = fetch(upstream, database).await?;
+        info!(
+            upstream = upstream.name(),
+            database,
+            server_version_num = catalog.version_num(),
+            functions = catalog.function_count(),
+            "upstream catalog read"
+        );
+        self.write().insert(
+            key,
+            Entry {
+                catalog: Arc::new(catalog),
+                fetched: Instant::now(),
+                upstream: Arc::clone(upstream),
+                database: database.to_owned(),
+                refreshing: false,
+                again: false,
+            },
+        );
+        Ok(handle)
+    }
+
+    fn read(&self, key: &Key) -> Option<Arc<ServerCatalog>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).map(|e| Arc::clone(&e.catalog))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a background refresh of `key` (or asks the running one to go again).
+    fn refresh(self: &Arc<Self>, key: &Key) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (upstream, database) = {
+            let mut entries = self.write();
+            let Some(e) = entries.get_mut(key) else { return };
+            if e.refreshing {
+                e.again = true;
+                return;
+            }
+            e.refreshing = true;
+            (Arc::clone(&e.upstream), e.database.clone())
+        };
+        let store = Arc::clone(self);
+        let key = key.clone();
+        runtime.spawn(async move {
+            loop {
+                let result = fetch(&upstream, &database).await;
+                let mut entries = store.write();
+                let Some(e) = entries.get_mut(&key) else { return };
+                match result {
+                    Ok(c) => {
+                        e.catalog = Arc::new(c);
+                        e.fetched = Instant::now();
+                    }
+                    // The old catalog stays in force; the next trigger tries again.
+                    Err(err) => {
+                        warn!(upstream = %key.0, database = %key.1, error = %err, "upstream catalog refresh failed; keeping the previous one");
+                        e.fetched = Instant::now();
+                    }
+                }
+                if !std::mem::take(&mut e.again) {
+                    e.refreshing = false;
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Refreshes every catalog once the policy version changes (a reload).
+    fn note_policy_version(self: &Arc<Self>, version: u64) {
+        let changed = {
+            let mut seen = self.policy_version.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *seen != 0 && *seen != version;
+            *seen = version;
+            changed
+        };
+        if changed {
+            let keys: Vec<Key> = self
+                .entries
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for k in keys {
+                self.refresh(&k);
+            }
+        }
+    }
+}
+
+impl CatalogHandle {
+    /// The catalog now in force (refreshed in the background when old), or `None` if it
+    /// was never read (not possible once `ServerCatalogs::handle` succeeded).
+    pub fn current(&self, policy_version: u64) -> Option<Arc<ServerCatalog>> {
+        self.store.note_policy_version(policy_version);
+        let (catalog, old) = {
+            let entries = self.store.entries.read().unwrap_or_else(|p| p.into_inner());
+            let e = entries.get(&self.key)?;
+            (
+                Arc::clone(&e.catalog),
+                !e.refreshing && e.fetched.elapsed() >= self.store.refresh_every,
+            )
+        };
+        if old {
+            self.store.refresh(&self.key);
+        }
+        Some(catalog)
+    }
+
+    /// After pgward forwarded a statement that creates or renames functions (as schema,
+    /// name): they are known at once, and the catalog is read again to learn the rest.
+    pub fn created(&self, functions: &[(String, String)]) -> Option<Arc<ServerCatalog>> {
+        let updated = {
+            let mut entries = self.store.write();
+            let e = entries.get_mut(&self.key)?;
+            if let Some(c) = e.catalog.with_created(functions) {
+                e.catalog = Arc::new(c);
+            }
+            Arc::clone(&e.catalog)
+        };
+        self.store.refresh(&self.key);
+        Some(updated)
+    }
+
+    /// After pgward forwarded DDL that may change what the catalog says.
+    pub fn changed(&self) {
+        self.store.refresh(&self.key);
+    }
+}
+
+async fn fetch(upstream: &Upstream, database: &str) -> Result<ServerCatalog, String> {
+    let rows = upstream
+        .query_rows(database, ServerCatalog::QUERY)
+        .await
+        .map_err(|e| format!("cannot read the catalog of upstream {:?}: {e}", upstream.name()))?;
+    ServerCatalog::from_rows(rows).map_err(|e| e.to_string())
+}
