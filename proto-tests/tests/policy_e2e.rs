@@ -1916,3 +1916,100 @@ fn observe_mode_does_not_block() {
         pgward.log()
     );
 }
+
+/// Names resolve against the server's own catalog: a function created through pgward is a
+/// call in attribute notation from the next statement on (for every caller), one created
+/// outside pgward is learned at the next refresh (here: a policy reload), and sequences
+/// named by OID are the sequences the server means. Nothing denied reaches the server.
+#[test]
+fn names_resolve_against_the_server_catalog() {
+    let db = database();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let text = std::fs::read_to_string(corpus_policy()).unwrap();
+    std::fs::write(&policy, &text).unwrap();
+    let pgward = pgward(&db, &policy);
+    assert!(
+        pgward.log().contains("upstream catalog read") || {
+            // The first session reads it.
+            let _ = Wire::connect(pgward.port, READER);
+            wait_until(Duration::from_secs(5), || {
+                pgward.log().contains("upstream catalog read")
+            })
+        },
+        "{}",
+        pgward.log()
+    );
+
+    // Created through pgward by the operator: known at once, for the reader too.
+    let mut op = Wire::connect(pgward.port, OPERATOR).unwrap();
+    let r = op.query(
+        "CREATE FUNCTION public.peek(orders) RETURNS text LANGUAGE sql AS 'SELECT ''peeked'''",
+    );
+    assert!(r.ok(), "{r:?}");
+    let mut reader = Wire::connect(pgward.port, READER).unwrap();
+    for (i, sql) in [
+        "SELECT o.peek FROM orders o LIMIT 1",
+        "SELECT (o).peek FROM orders o LIMIT 1",
+        "SELECT x.peek FROM (SELECT o FROM orders o) x(o) LIMIT 1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = reader.query(&format!("{sql} /* catalog-created-{i} */"));
+        let e = r.denial().unwrap_or_else(|| panic!("{sql}: {r:?}"));
+        assert_eq!(e.rule(), Some("default_deny"), "{sql}: {}", e.message);
+        assert!(e.message.contains("peek"), "{}", e.message);
+    }
+    // The same string that creates and calls a function decides the call knowing it.
+    let r = reader.query("SELECT c.name FROM customers c WHERE c.id = 1");
+    assert_eq!(r.single(), Some("customer 1"), "{r:?}");
+
+    // Created outside pgward: learned when the catalog is read again (a reload here).
+    db.sql(
+        "app",
+        "CREATE FUNCTION public.peek_outside(orders) RETURNS text LANGUAGE sql AS 'SELECT ''x'''",
+    );
+    std::fs::write(&policy, format!("{text}\n# reloaded\n")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            reader
+                .parse_only("SELECT o.peek_outside FROM orders o /* catalog-outside */")
+                .denial()
+                .is_some()
+        }),
+        "a function created outside pgward was never learned:\n{}",
+        pgward.log()
+    );
+    // (Until then pgward took peek_outside for a column: Parse only, nothing executed.)
+    let r = reader.query("SELECT o.peek_outside FROM orders o /* catalog-outside-learned */");
+    assert_eq!(r.denial().and_then(PgError::rule), Some("default_deny"), "{r:?}");
+
+    // Sequences by OID: regclass input reads digits as an OID.
+    let payroll = db
+        .sql("app", "SELECT 'hr.payroll_seq'::regclass::oid")
+        .trim()
+        .to_owned();
+    let allowed = db
+        .sql("app", "SELECT 'public.orders_seq'::regclass::oid")
+        .trim()
+        .to_owned();
+    for sql in [
+        format!("SELECT nextval('{payroll}')"),
+        format!("SELECT setval({payroll}, 5)"),
+        format!("SELECT currval({payroll}::regclass)"),
+        format!("SELECT pg_sequence_last_value({payroll})"),
+        "SELECT nextval(' hr . payroll_seq ')".to_owned(),
+    ] {
+        let r = op.query(&format!("{sql} /* catalog-oid */"));
+        let e = r.denial().unwrap_or_else(|| panic!("{sql}: {r:?}"));
+        assert_eq!(e.rule(), Some("no_salaries"), "{sql}: {}", e.message);
+    }
+    let r = op.query(&format!("SELECT nextval('{allowed}')"));
+    assert_eq!(r.single(), Some("1"), "{r:?}");
+
+    let log = server_log(&db);
+    for m in ["catalog-created-", "catalog-outside-learned", "catalog-oid"] {
+        assert!(!log.contains(m), "a denied statement ({m}) reached the server");
+    }
+}
