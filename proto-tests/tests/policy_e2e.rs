@@ -1983,7 +1983,11 @@ fn names_resolve_against_the_server_catalog() {
     );
     // (Until then pgward took peek_outside for a column: Parse only, nothing executed.)
     let r = reader.query("SELECT o.peek_outside FROM orders o /* catalog-outside-learned */");
-    assert_eq!(r.denial().and_then(PgError::rule), Some("default_deny"), "{r:?}");
+    assert_eq!(
+        r.denial().and_then(PgError::rule),
+        Some("default_deny"),
+        "{r:?}"
+    );
 
     // Sequences by OID: regclass input reads digits as an OID.
     let payroll = db
@@ -2010,6 +2014,9 @@ fn names_resolve_against_the_server_catalog() {
 
     let log = server_log(&db);
     for m in ["catalog-created-", "catalog-outside-learned", "catalog-oid"] {
-        assert!(!log.contains(m), "a denied statement ({m}) reached the server");
+        assert!(
+            !log.contains(m),
+            "a denied statement ({m}) reached the server"
+        );
     }
 }

@@ -543,7 +543,7 @@ fn compile_rule(
     // server files and running programs is allowed only where a rule names it. In a deny rule
     // it is every action, copy_file included.
     let every = if is_allow {
-        u16::MAX & !Action::CopyFile.bit()
+        !Action::CopyFile.bit()
     } else {
         u16::MAX
     };

@@ -19,7 +19,10 @@ const DANGEROUS: &[(&str, &str)] = &[
     ("pg_read_binary_file", "'/etc/passwd'::text"),
     ("pg_ls_dir", "'/'::text"),
     ("pg_stat_file", "'/etc/passwd'::text"),
-    ("ts_stat", "'select amount::text::tsvector from salaries'::text"),
+    (
+        "ts_stat",
+        "'select amount::text::tsvector from salaries'::text",
+    ),
     ("pg_terminate_backend", "1"),
     ("pg_cancel_backend", "1"),
     ("lo_unlink", "1::oid"),
@@ -183,7 +186,10 @@ fn user_code_reached_implicitly_needs_execute() {
     ];
     let mut n = 0;
     for e in exprs {
-        for ctx in CONTEXTS.iter().filter(|c| c.starts_with("SELECT") || c.starts_with("WITH")) {
+        for ctx in CONTEXTS
+            .iter()
+            .filter(|c| c.starts_with("SELECT") || c.starts_with("WITH"))
+        {
             let sql = ctx.replace("{e}", e);
             let q = policy.decide_query(&roles, &sql, &session);
             assert_eq!(

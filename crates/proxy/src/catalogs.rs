@@ -118,7 +118,9 @@ impl ServerCatalogs {
         };
         let (upstream, database) = {
             let mut entries = self.write();
-            let Some(e) = entries.get_mut(key) else { return };
+            let Some(e) = entries.get_mut(key) else {
+                return;
+            };
             if e.refreshing {
                 e.again = true;
                 return;
@@ -155,8 +157,11 @@ impl ServerCatalogs {
     /// Refreshes every catalog once the policy version changes (a reload).
     fn note_policy_version(self: &Arc<Self>, version: u64) {
         let changed = {
-            let mut seen = self.policy_version.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = *seen != 0 && *seen != version;
+            let mut seen = self
+                .policy_version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let changed = *seen != version;
             *seen = version;
             changed
         };
@@ -176,22 +181,25 @@ impl ServerCatalogs {
 }
 
 impl CatalogHandle {
-    /// The catalog now in force (refreshed in the background when old), or `None` if it
-    /// was never read (not possible once `ServerCatalogs::handle` succeeded).
-    pub fn current(&self, policy_version: u64) -> Option<Arc<ServerCatalog>> {
-        self.store.note_policy_version(policy_version);
+    /// The catalog now in force, if it is not the one with generation `have` (on the hot
+    /// path: one read lock and a comparison). An old one is refreshed in the background.
+    pub fn newer_than(&self, have: Option<u64>) -> Option<Arc<ServerCatalog>> {
         let (catalog, old) = {
             let entries = self.store.entries.read().unwrap_or_else(|p| p.into_inner());
             let e = entries.get(&self.key)?;
-            (
-                Arc::clone(&e.catalog),
-                !e.refreshing && e.fetched.elapsed() >= self.store.refresh_every,
-            )
+            let old = !e.refreshing && e.fetched.elapsed() >= self.store.refresh_every;
+            let newer = (have != Some(e.catalog.generation())).then(|| Arc::clone(&e.catalog));
+            (newer, old)
         };
         if old {
             self.store.refresh(&self.key);
         }
-        Some(catalog)
+        catalog
+    }
+
+    /// A policy reload was seen: every catalog is read again (once per reload).
+    pub fn policy_changed(&self, policy_version: u64) {
+        self.store.note_policy_version(policy_version);
     }
 
     /// After pgward forwarded a statement that creates or renames functions (as schema,
@@ -219,6 +227,11 @@ async fn fetch(upstream: &Upstream, database: &str) -> Result<ServerCatalog, Str
     let rows = upstream
         .query_rows(database, ServerCatalog::QUERY)
         .await
-        .map_err(|e| format!("cannot read the catalog of upstream {:?}: {e}", upstream.name()))?;
+        .map_err(|e| {
+            format!(
+                "cannot read the catalog of upstream {:?}: {e}",
+                upstream.name()
+            )
+        })?;
     ServerCatalog::from_rows(rows).map_err(|e| e.to_string())
 }

@@ -270,7 +270,7 @@ impl Gate {
 
     /// Resolves names against the upstream database's own catalog (see catalogs.rs).
     pub fn with_catalog(mut self, catalog: CatalogHandle) -> Self {
-        if let Some(c) = catalog.current(self.policy.version()) {
+        if let Some(c) = catalog.newer_than(None) {
             self.session.set_catalog(c);
         }
         self.catalog = Some(catalog);
@@ -316,13 +316,16 @@ impl Gate {
         if current.version() != self.policy.version() {
             self.roles = current.roles_for(&self.principal);
             self.policy = current;
+            // A reload also has the catalog read again (objects may have changed with it).
+            if let Some(h) = &self.catalog {
+                h.policy_changed(self.policy.version());
+            }
         }
-        if let Some(c) = self
-            .catalog
-            .as_ref()
-            .and_then(|h| h.current(self.policy.version()))
-        {
-            self.session.set_catalog(c);
+        if let Some(h) = &self.catalog {
+            let have = self.session.catalog().map(|c| c.generation());
+            if let Some(c) = h.newer_than(have) {
+                self.session.set_catalog(c);
+            }
         }
     }
 
