@@ -245,6 +245,23 @@ impl Server {
             if cfg.watch_secs > 0 {
                 tokio::spawn(store.clone().watch(Duration::from_secs(cfg.watch_secs)));
             }
+            // Read each routed database's catalog now, so the first session need not wait;
+            // one that cannot be read yet is read by the first session (or refuses it).
+            for route in &shared.config.routes {
+                let Some(upstream) = shared.upstreams.get(&route.upstream).cloned() else {
+                    continue;
+                };
+                if upstream.config().kind != pgward_upstream::UpstreamKind::Postgres {
+                    continue;
+                }
+                let catalogs = shared.catalogs.clone();
+                let database = route.upstream_database().to_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = catalogs.handle(&upstream, &database).await {
+                        warn!(error = %e, "upstream catalog not read at start; the first session will try again");
+                    }
+                });
+            }
         }
         let limit = Arc::new(Semaphore::new(shared.config.listen.max_connections));
         let tracker = TaskTracker::new();
