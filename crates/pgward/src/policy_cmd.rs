@@ -27,6 +27,9 @@ enum PolicyCommand {
     /// verdict per statement and the rule that decided. Exits 0 on allow, 1 on deny, 2 when
     /// the config or policy cannot be loaded.
     Explain(ExplainArgs),
+    /// Print the query pgward runs on an upstream database to read its catalog (names are
+    /// resolved against it); its tab-separated answer is what `explain --catalog` reads.
+    CatalogQuery,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +60,11 @@ pub struct ExplainArgs {
     /// The session's search path (comma-separated), instead of the policy's default.
     #[arg(long, value_name = "SCHEMAS")]
     search_path: Option<String>,
+    /// Decide against a server's catalog, as the proxy does: the tab-separated answer of the
+    /// query `pgward policy catalog-query` prints (`psql -At -F $'\t' -f query.sql`).
+    /// Without it, PostgreSQL 17's built-in lists stand in.
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<PathBuf>,
     /// The SQL to decide (several statements allowed); `-` reads it from standard input.
     sql: String,
 }
@@ -64,6 +72,10 @@ pub struct ExplainArgs {
 pub fn run(args: PolicyArgs) -> ExitCode {
     match args.command {
         PolicyCommand::Explain(a) => explain(&a),
+        PolicyCommand::CatalogQuery => {
+            println!("{}", pgward_policy::ServerCatalog::QUERY.trim());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -125,6 +137,12 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         // split and folded exactly as for a real session.
         session.apply_startup_setting("search_path", sp);
     }
+    if let Some(path) = &a.catalog {
+        match read_catalog(path) {
+            Ok(c) => session.set_catalog(std::sync::Arc::new(c)),
+            Err(e) => return error(e),
+        }
+    }
     let q = policy.decide_query(&roles, &sql, &session);
     print!(
         "{}",
@@ -135,6 +153,18 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         // Observe mode still reports deny: the question is what the policy says.
         Verdict::Deny => ExitCode::from(EXIT_DENY),
     }
+}
+
+/// A catalog dump: one row per line, values separated by tabs, an empty value for NULL.
+fn read_catalog(path: &std::path::Path) -> Result<pgward_policy::ServerCatalog, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let rows = text.lines().filter(|l| !l.is_empty()).map(|l| {
+        l.split('\t')
+            .map(|v| (!v.is_empty()).then(|| v.to_owned()))
+            .collect::<Vec<_>>()
+    });
+    pgward_policy::ServerCatalog::from_rows(rows).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn read_sql(arg: &str) -> Result<String, String> {

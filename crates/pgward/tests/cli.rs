@@ -88,6 +88,43 @@ fn explain_allows_with_the_deciding_rule() {
     );
 }
 
+/// With `--catalog`, names resolve against that server's catalog (a PostgreSQL 15 one here):
+/// `array_shuffle` is not built in there, and an operator runs a user function.
+#[test]
+fn explain_with_a_server_catalog() {
+    let catalog =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures/pg15_catalog.tsv");
+    let sql = "SELECT array_shuffle(ARRAY[1]), 'a' === 'b'";
+    let o = explain(&corpus_policy(), &["--role", "reader", sql]);
+    let out = stdout_of(&o, 0);
+    assert!(out.contains("server catalog: none"), "{out}");
+    let o = explain(
+        &corpus_policy(),
+        &["--role", "reader", "--catalog", p(&catalog), sql],
+    );
+    let out = stdout_of(&o, 1);
+    assert!(out.contains("server catalog: version 150018"), "{out}");
+    assert!(out.contains("may call  public.eq_any()"), "{out}");
+    assert!(
+        out.contains("execute on function public.array_shuffle"),
+        "{out}"
+    );
+
+    let q = stdout_of(&pgward(&["policy", "catalog-query"]), 0);
+    assert!(
+        q.contains("pg_catalog.pg_proc") && q.contains("server_version_num"),
+        "{q}"
+    );
+    let bad = std::env::temp_dir().join(format!("pgward-bad-catalog-{}", std::process::id()));
+    std::fs::write(&bad, "x\ty\n").expect("write");
+    let o = explain(
+        &corpus_policy(),
+        &["--role", "reader", "--catalog", p(&bad), "SELECT 1"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let _ = std::fs::remove_file(&bad);
+}
+
 #[test]
 fn explain_denies_and_names_the_rule() {
     let policy = corpus_policy();

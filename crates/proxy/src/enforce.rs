@@ -341,14 +341,26 @@ impl Gate {
                     self.session.set_catalog(c);
                 }
             }
-            changed |= a.accesses.iter().any(|x| {
-                matches!(
-                    x.action,
-                    pgward_policy::Action::Create
-                        | pgward_policy::Action::Alter
-                        | pgward_policy::Action::Drop
-                )
-            });
+            // Statements that can change what the catalog says about functions, operators,
+            // casts, sequences, schemas or views.
+            changed |= matches!(
+                a.kind,
+                "CreateFunctionStmt"
+                    | "AlterFunctionStmt"
+                    | "DefineStmt"
+                    | "CreateSeqStmt"
+                    | "AlterSeqStmt"
+                    | "ViewStmt"
+                    | "RenameStmt"
+                    | "AlterObjectSchemaStmt"
+                    | "DropStmt"
+                    | "CreateSchemaStmt"
+                    | "CreateExtensionStmt"
+                    | "AlterExtensionStmt"
+                    | "AlterExtensionContentsStmt"
+                    | "CreateStmt"
+                    | "CreateTableAsStmt"
+            );
         }
         if changed {
             h.changed();
