@@ -26,7 +26,7 @@ enum PolicyCommand {
     /// Show the decision for SQL: the objects and actions found, functions and settings, the
     /// verdict per statement and the rule that decided. Exits 0 on allow, 1 on deny, 2 when
     /// the config or policy cannot be loaded.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// Print the query pgward runs on an upstream database to read its catalog (names are
     /// resolved against it); its tab-separated answer is what `explain --catalog` reads.
     CatalogQuery,
@@ -217,8 +217,10 @@ mod tests {
     fn parse(args: &[&str]) -> Result<ExplainArgs, clap::Error> {
         let argv = ["pgward", "policy", "explain"].iter().chain(args);
         let Top::Policy(p) = Cli::try_parse_from(argv)?.cmd;
-        let PolicyCommand::Explain(e) = p.command;
-        Ok(e)
+        let PolicyCommand::Explain(e) = p.command else {
+            panic!("not explain");
+        };
+        Ok(*e)
     }
 
     const POLICY: &str = r#"
