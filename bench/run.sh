@@ -20,7 +20,10 @@
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
 #   BENCH_CLIENTS   client counts to measure (default "1 16")
 #   BENCH_MODES     pgbench -M modes (default "simple extended prepared")
-#   BENCH_TARGETS   targets (default "direct pgward pgward_tls pgbouncer pgward_policy pgward_audit")
+#   BENCH_TARGETS   targets (default "direct pgward pgward_tls pgbouncer pgward_policy pgward_audit");
+#                   also pgward_policy_base: pgward+policy run by PGWARD_BASE_BIN (an earlier
+#                   build), to compare a change against what it replaces, interleaved
+#   PGWARD_BASE_BIN the binary of pgward_policy_base
 #   BENCH_CONNECT_TARGETS  targets of the connection-setup cell, pgbench -C -M simple -c 1
 #                   (default "direct pgward_conn pgward_token"; "" = skip the cell)
 #   BENCH_JOBS      pgbench -j for multi-client runs (default: min(clients, nproc))
@@ -303,7 +306,7 @@ database = "$BENCH_DB"
 upstream = "main"
 upstream_database = "$BENCH_DB"
 EOF
-        if [[ "$inst" == policy || "$inst" == audit ]]; then
+        if [[ "$inst" == policy || "$inst" == policy_base || "$inst" == audit ]]; then
             printf '\n[policy]\nfile = "%s"\n' "$WORK/policy.toml"
         fi
         if [[ "$inst" == audit ]]; then
@@ -338,23 +341,28 @@ pgward_instances() { # the instances the selected targets need
         case "$t" in
             pgward | pgward_tls) need[plain]=1 ;;
             pgward_policy) need[policy]=1 ;;
+            pgward_policy_base) need[policy_base]=1 ;;
             pgward_audit) need[audit]=1 ;;
             pgward_conn) need[tlsdev]=1 ;;
             pgward_token) need[token]=1 ;;
         esac
     done
     local i
-    for i in plain policy audit tlsdev token; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
+    for i in plain policy policy_base audit tlsdev token; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
     return 0
 }
 
 start_pgward() {
-    local inst="$1"
+    local inst="$1" bin="$PGWARD_BIN"
+    if [[ "$inst" == policy_base ]]; then
+        bin="${PGWARD_BASE_BIN:?pgward_policy_base needs PGWARD_BASE_BIN (an earlier build of pgward)}"
+        [[ -x "$bin" ]] || die "PGWARD_BASE_BIN $bin is not an executable"
+    fi
     write_pgward_config "$inst" "$WORK/pgward-$inst.toml"
-    "$PGWARD_BIN" check --config "$WORK/pgward-$inst.toml" >"$WORK/pgward-$inst-check.log" 2>&1 \
+    "$bin" check --config "$WORK/pgward-$inst.toml" >"$WORK/pgward-$inst-check.log" 2>&1 \
         || { cat "$WORK/pgward-$inst-check.log" >&2; die "pgward check failed for instance $inst"; }
     log "starting pgward ($inst) on 127.0.0.1:${PW_PORT[$inst]} (admin ${PW_ADMIN_PORT[$inst]})"
-    NO_COLOR=1 PGWARD_LOG=warn "$PGWARD_BIN" serve --config "$WORK/pgward-$inst.toml" >"$WORK/pgward-$inst.log" 2>&1 &
+    NO_COLOR=1 PGWARD_LOG=warn "$bin" serve --config "$WORK/pgward-$inst.toml" >"$WORK/pgward-$inst.log" 2>&1 &
     PW_PID[$inst]=$!
     [[ "$inst" == plain ]] && PGWARD_PID="${PW_PID[$inst]}"
     wait_until 30 "pgward ($inst) /readyz" curl -fsS "http://127.0.0.1:${PW_ADMIN_PORT[$inst]}/readyz" \
@@ -428,6 +436,7 @@ target_label() {
         pgward_tls) echo "pgward TLS" ;;
         pgbouncer) echo "PgBouncer" ;;
         pgward_policy) echo "pgward+policy" ;;
+        pgward_policy_base) echo "pgward+policy (base build)" ;;
         pgward_audit) echo "pgward+policy+audit" ;;
         pgward_conn) echo "pgward TLS unauthenticated" ;;
         pgward_token) echo "pgward TLS token" ;;
@@ -451,6 +460,7 @@ pgbench_env() {
         pgward_tls) echo "PGPORT=$PGWARD_PORT"; echo "PGSSLMODE=require" ;;
         pgbouncer) echo "PGPORT=$PGBOUNCER_PORT"; echo "PGSSLMODE=disable" ;;
         pgward_policy) echo "PGPORT=${PW_PORT[policy]}"; echo "PGSSLMODE=disable" ;;
+        pgward_policy_base) echo "PGPORT=${PW_PORT[policy_base]}"; echo "PGSSLMODE=disable" ;;
         pgward_audit) echo "PGPORT=${PW_PORT[audit]}"; echo "PGSSLMODE=disable" ;;
         pgward_conn) echo "PGPORT=${PW_PORT[tlsdev]}"; echo "PGSSLMODE=require" ;;
         pgward_token) echo "PGPORT=${PW_PORT[token]}"; echo "PGSSLMODE=require" ;;
@@ -470,6 +480,7 @@ target_pid() {
         pgward | pgward_tls) echo "$PGWARD_PID" ;;
         pgbouncer) echo "$PGBOUNCER_PID" ;;
         pgward_policy) echo "${PW_PID[policy]}" ;;
+        pgward_policy_base) echo "${PW_PID[policy_base]}" ;;
         pgward_audit) echo "${PW_PID[audit]}" ;;
         pgward_conn) echo "${PW_PID[tlsdev]}" ;;
         pgward_token) echo "${PW_PID[token]}" ;;
@@ -632,6 +643,33 @@ write_policy_audit_report() {
     fi
 }
 
+# pgward+policy of this build against the same configuration run by PGWARD_BASE_BIN.
+write_base_report() {
+    local mode c p b rows_r="" rows_p=""
+    echo
+    echo "## This build against the base build (pgward+policy, TPS)"
+    echo
+    echo "Base: \`$PGWARD_BASE_BIN\` ($PGWARD_BASE_LABEL). The same policy and configuration, interleaved"
+    echo "round-robin with every other target."
+    echo
+    echo "| mode | clients | base | this build | this/base, ratio of medians | median of per-round pairs |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for mode in $BENCH_MODES; do
+        for c in $BENCH_CLIENTS; do
+            b="$(median_of "$mode" "$c" pgward_policy_base 5)"
+            p="$(median_of "$mode" "$c" pgward_policy 5)"
+            local pairs
+            pairs="$(pair_median "$mode" "$c" pgward_policy pgward_policy_base)"
+            echo "| $mode | $c | $(fmt "$b" 0) | $(fmt "$p" 0) | $(ratio "$p" "$b") | $pairs |"
+            rows_r+="$(ratio "$p" "$b") $mode $c"$'\n'
+            rows_p+="$pairs $mode $c"$'\n'
+        done
+    done
+    echo
+    printf '%s' "$rows_r" | verdict "this build / base build, ratio of medians" 0.95
+    printf '%s' "$rows_p" | verdict "this build / base build, median of per-round pairs" 0.95
+}
+
 write_connect_report() {
     local t d u k
     echo
@@ -721,6 +759,9 @@ write_report() {
         if has_target pgward_policy || has_target pgward_audit; then
             write_policy_audit_report
         fi
+        if has_target pgward_policy && has_target pgward_policy_base; then
+            write_base_report
+        fi
         if ((${#BENCH_CONNECT_TARGETS})); then
             write_connect_report
         fi
@@ -794,8 +835,9 @@ main() {
     if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
         (cd "$REPO" && cargo build --release -p pgward) || die "cargo build failed"
     fi
-    PGWARD_BIN="$REPO/target/release/pgward"
+    PGWARD_BIN="${PGWARD_BIN:-$REPO/target/release/pgward}"
     [[ -x "$PGWARD_BIN" ]] || die "$PGWARD_BIN not found"
+    PGWARD_BASE_LABEL="${PGWARD_BASE_LABEL:-an earlier build}"
     # What was built (read now: the tree may move on during the run).
     PGWARD_BUILD="commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'none')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
     if [[ "${BENCH_SKIP_BUILD:-0}" == 1 ]]; then
@@ -818,7 +860,7 @@ main() {
     PW_PORT[plain]="$PGWARD_PORT"
     PW_ADMIN_PORT[plain]="$PGWARD_ADMIN_PORT"
     local inst
-    for inst in policy audit tlsdev token; do
+    for inst in policy policy_base audit tlsdev token; do
         PW_PORT[$inst]="$(free_port)"
         PW_ADMIN_PORT[$inst]="$(free_port)"
     done
@@ -838,7 +880,7 @@ main() {
     for t in $BENCH_TARGETS $BENCH_CONNECT_TARGETS; do
         local ssl q="SELECT coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), '?')"
         # The policy targets may only read the pgbench tables.
-        [[ "$t" == pgward_policy || "$t" == pgward_audit ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
+        [[ "$t" == pgward_policy || "$t" == pgward_policy_base || "$t" == pgward_audit ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
         ssl="$(target_query "$t" "$q")" || die "cannot query through target $t"
         log "target $(target_label "$t"): OK (upstream session ssl=$ssl)"
     done
