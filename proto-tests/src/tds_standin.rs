@@ -15,7 +15,13 @@
 //! - `SELECT SESSION_CONTEXT(N'key')`, `SELECT 1/0` (error 8134); any other table is
 //!   error 208, anything else error 102.
 //!
-//! Everything it receives is recorded for assertions ([`Recorded`]).
+//! Everything it receives is recorded for assertions ([`Recorded`]). Batches run through
+//! `sp_executesql` are read as SQL Server reads them, with the SQL Server lexer of
+//! pgward's policy crate (`pgward_policy::tsql::lexer`: `--` comments end at CR or LF,
+//! nested block comments, `''` / `]]` / `""` escapes, money and real literals): statements
+//! are split at `;` tokens, and the words the server read are recorded ([`Recorded::words`])
+//! so tests can check that every statement keyword SQL Server saw was decided by pgward.
+//! Text that lexer refuses fails as SQL Server's syntax error 102.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +29,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgward_policy::tsql::lexer;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConnection, StreamOwned};
@@ -40,6 +47,10 @@ pub struct Recorded {
     pub batches: Vec<String>,
     /// `sp_executesql @stmt` texts.
     pub statements: Vec<String>,
+    /// For each of `statements`, the unquoted words (keywords and names, lower case) as
+    /// SQL Server's lexer reads them: never what is inside strings, comments or delimited
+    /// identifiers. Empty when the text does not lex.
+    pub words: Vec<Vec<String>>,
     /// Attention packets.
     pub attentions: u32,
     /// Whether each connection negotiated TLS with ALPN `tds/8.0`.
@@ -611,14 +622,28 @@ impl Session {
                     Some(Param::Str(v)) => v.clone(),
                     _ => String::new(),
                 };
-                shared
-                    .lock()
-                    .unwrap()
-                    .recorded
-                    .statements
-                    .push(stmt.clone());
-                let mut failed = false;
-                for part in split_statements(&stmt) {
+                let lexed = lexer::lex(&stmt);
+                {
+                    let mut g = shared.lock().unwrap();
+                    g.recorded.statements.push(stmt.clone());
+                    g.recorded.words.push(match &lexed {
+                        Ok(tokens) => tokens
+                            .iter()
+                            .filter(|t| t.kind == lexer::Kind::Word)
+                            .map(|t| t.value.to_ascii_lowercase())
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    });
+                }
+                let parts = match &lexed {
+                    Ok(tokens) => split_statements(&stmt, tokens),
+                    Err(e) => {
+                        error_done(&mut out, 0xFF, 102, &format!("Incorrect syntax: {e}."));
+                        vec![]
+                    }
+                };
+                let mut failed = lexed.is_err();
+                for part in parts {
                     match self.statement(&part, shared, &mut out, s)? {
                         Flow::Next => {}
                         Flow::Attention => return Ok(None),
@@ -857,25 +882,24 @@ fn normalize(s: &str) -> String {
     out
 }
 
-fn split_statements(s: &str) -> Vec<String> {
+/// The statements of a batch: the text between `;` tokens as SQL Server's lexer reads
+/// them (a `;` inside a string, comment or identifier does not split).
+fn split_statements(s: &str, tokens: &[lexer::Token]) -> Vec<String> {
     let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut in_str = false;
-    for c in s.chars() {
-        if c == '\'' {
-            in_str = !in_str;
-        }
-        if c == ';' && !in_str {
-            if !cur.trim().is_empty() {
-                parts.push(cur.trim().to_owned());
+    let mut start: Option<usize> = None;
+    let mut end = 0;
+    for t in tokens {
+        if t.is_punct(';') {
+            if let Some(b) = start.take() {
+                parts.push(s[b..end].to_owned());
             }
-            cur.clear();
         } else {
-            cur.push(c);
+            start.get_or_insert(t.start);
+            end = t.end;
         }
     }
-    if !cur.trim().is_empty() {
-        parts.push(cur.trim().to_owned());
+    if let Some(b) = start {
+        parts.push(s[b..end].to_owned());
     }
     parts
 }

@@ -65,7 +65,11 @@ fn tsql_corpus() {
             .map(|a| format!("{} {}", a.action, a.object))
             .collect();
         let rule_ok = c.rule.as_deref().is_none_or(|r| r == q.decision.rule);
-        let missing: Vec<&String> = c.includes.iter().filter(|a| !accesses.contains(a)).collect();
+        let missing: Vec<&String> = c
+            .includes
+            .iter()
+            .filter(|a| !accesses.contains(a))
+            .collect();
         let present: Vec<&String> = c.excludes.iter().filter(|a| accesses.contains(a)).collect();
         if q.decision.verdict != want || !rule_ok || !missing.is_empty() || !present.is_empty() {
             failures.push(format!(

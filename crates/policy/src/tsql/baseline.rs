@@ -307,20 +307,47 @@ pub(crate) enum SetOption {
 /// (Transact-SQL)" (learn.microsoft.com/sql/t-sql/statements/set-statements-transact-sql).
 pub(crate) fn set_option(name: &str, value: &str) -> SetOption {
     match name {
-        "nocount" | "xact_abort" | "ansi_nulls" | "ansi_padding" | "ansi_warnings"
-        | "ansi_null_dflt_on" | "ansi_null_dflt_off" | "arithabort" | "arithignore"
-        | "concat_null_yields_null" | "numeric_roundabort" | "datefirst" | "dateformat"
-        | "language" | "lock_timeout" | "deadlock_priority" | "textsize"
-        | "statistics" | "statistics io" | "statistics time" | "statistics xml"
-        | "statistics profile" | "transaction_isolation" | "query_governor_cost_limit"
-        | "cursor_close_on_commit" | "rowcount" => SetOption::Baseline,
+        "nocount"
+        | "xact_abort"
+        | "ansi_nulls"
+        | "ansi_padding"
+        | "ansi_warnings"
+        | "ansi_null_dflt_on"
+        | "ansi_null_dflt_off"
+        | "arithabort"
+        | "arithignore"
+        | "concat_null_yields_null"
+        | "numeric_roundabort"
+        | "datefirst"
+        | "dateformat"
+        | "language"
+        | "lock_timeout"
+        | "deadlock_priority"
+        | "textsize"
+        | "statistics"
+        | "statistics io"
+        | "statistics time"
+        | "statistics xml"
+        | "statistics profile"
+        | "transaction_isolation"
+        | "query_governor_cost_limit"
+        | "cursor_close_on_commit"
+        | "rowcount" => SetOption::Baseline,
         // Parse-time options: SQL Server would read the text after them differently.
         "quoted_identifier" if value.eq_ignore_ascii_case("on") => SetOption::Baseline,
         "quoted_identifier" | "ansi_defaults" => {
             SetOption::Refused("it changes how SQL Server reads the batch")
         }
-        "parseonly" | "noexec" | "fmtonly" | "showplan_all" | "showplan_text"
-        | "showplan_xml" | "forceplan" | "offsets" | "no_browsetable" | "remote_proc_transactions"
+        "parseonly"
+        | "noexec"
+        | "fmtonly"
+        | "showplan_all"
+        | "showplan_text"
+        | "showplan_xml"
+        | "forceplan"
+        | "offsets"
+        | "no_browsetable"
+        | "remote_proc_transactions"
         | "implicit_transactions" => {
             SetOption::Refused("it changes what the statements after it do")
         }

@@ -164,7 +164,12 @@ impl Policy {
         let catalog = StatementAnalysis {
             kind: st.kind,
             sql: st.sql.clone(),
-            accesses: st.accesses.iter().filter(|a| is_catalog(a)).cloned().collect(),
+            accesses: st
+                .accesses
+                .iter()
+                .filter(|a| is_catalog(a))
+                .cloned()
+                .collect(),
             not_understood: st.not_understood.clone(),
             ..StatementAnalysis::default()
         };
@@ -212,7 +217,9 @@ pub fn analyze_tsql(sql: &str, database: Option<&str>) -> Result<Analysis, Analy
 
 fn read(sql: &str, database: Option<&str>) -> Result<Analysis, Refusal> {
     let tokens = lexer::lex(sql).map_err(|e| {
-        Refusal::NotUnderstood(format!("SQL Server's lexical grammar, as pgward reads it: {e}"))
+        Refusal::NotUnderstood(format!(
+            "SQL Server's lexical grammar, as pgward reads it: {e}"
+        ))
     })?;
     let mut depth = 0usize;
     for t in &tokens {
@@ -292,7 +299,10 @@ fn parse(text: &str) -> Result<Vec<sqlparser::ast::Statement>, Refusal> {
                 )));
             }
         }
-        out.push(p.parse_statement().map_err(|e| Refusal::Parse(e.to_string()))?);
+        out.push(
+            p.parse_statement()
+                .map_err(|e| Refusal::Parse(e.to_string()))?,
+        );
     }
     Ok(out)
 }
@@ -360,7 +370,10 @@ fn forbidden(tokens: &[Token]) -> Option<String> {
                         }
                         Some(n)
                             if n.is_punct('(')
-                                || matches!(n.kind, Kind::String | Kind::NString | Kind::Variable) =>
+                                || matches!(
+                                    n.kind,
+                                    Kind::String | Kind::NString | Kind::Variable
+                                ) =>
                         {
                             return Some("dynamic SQL (EXEC of a string or variable)".into())
                         }
@@ -427,7 +440,11 @@ fn blank_unparsed_clauses(sql: &str, tokens: &[Token]) -> String {
             }
             loop {
                 match tokens.get(k) {
-                    Some(x) if matches!(x.kind, Kind::Word | Kind::Quoted(_)) && !x.is_word("with") => k += 1,
+                    Some(x)
+                        if matches!(x.kind, Kind::Word | Kind::Quoted(_)) && !x.is_word("with") =>
+                    {
+                        k += 1
+                    }
                     _ => break,
                 }
                 if tokens.get(k).is_some_and(|x| x.is_punct('.')) {

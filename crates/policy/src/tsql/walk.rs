@@ -55,26 +55,168 @@ const TABLE_HINTS: &[&str] = &[
 /// sqlparser read one of these, unquoted, as a name, SQL Server would not: it is a keyword
 /// to the server, so the two readings of the statement differ.
 const RESERVED: &[&str] = &[
-    "add", "all", "alter", "and", "any", "as", "asc", "authorization", "backup", "begin",
-    "between", "break", "browse", "bulk", "by", "cascade", "case", "check", "checkpoint",
-    "close", "clustered", "collate", "column", "commit", "compute", "constraint", "continue",
-    "create", "cross", "current", "cursor", "database", "dbcc", "deallocate", "declare",
-    "default", "delete", "deny", "desc", "disk", "distinct", "distributed", "double", "drop",
-    "dump", "else", "end", "errlvl", "escape", "except", "exec", "execute", "exists", "exit",
-    "external", "fetch", "file", "fillfactor", "for", "foreign", "freetexttable", "from",
-    "full", "function", "goto", "grant", "group", "having", "identity_insert", "identitycol",
-    "if", "in", "index", "inner", "insert", "intersect", "into", "is", "join", "key", "kill",
-    "like", "lineno", "load", "merge", "national", "nocheck", "nonclustered", "not", "null",
-    "of", "off", "offsets", "on", "open", "opendatasource", "openquery", "openrowset",
-    "openxml", "option", "or", "order", "outer", "over", "percent", "pivot", "plan",
-    "precision", "primary", "print", "proc", "procedure", "raiserror", "read", "readtext",
-    "reconfigure", "references", "replication", "restore", "restrict", "return", "revert",
-    "revoke", "rowguidcol", "rule", "save", "schema", "securityaudit", "select",
-    "semantickeyphrasetable", "semanticsimilaritydetailstable", "semanticsimilaritytable",
-    "set", "setuser", "shutdown", "some", "statistics", "table", "tablesample", "then",
-    "to", "top", "tran", "transaction", "trigger", "truncate", "tsequal", "union", "unique",
-    "unpivot", "update", "updatetext", "use", "values", "varying", "view", "waitfor", "when",
-    "where", "while", "with", "writetext",
+    "add",
+    "all",
+    "alter",
+    "and",
+    "any",
+    "as",
+    "asc",
+    "authorization",
+    "backup",
+    "begin",
+    "between",
+    "break",
+    "browse",
+    "bulk",
+    "by",
+    "cascade",
+    "case",
+    "check",
+    "checkpoint",
+    "close",
+    "clustered",
+    "collate",
+    "column",
+    "commit",
+    "compute",
+    "constraint",
+    "continue",
+    "create",
+    "cross",
+    "current",
+    "cursor",
+    "database",
+    "dbcc",
+    "deallocate",
+    "declare",
+    "default",
+    "delete",
+    "deny",
+    "desc",
+    "disk",
+    "distinct",
+    "distributed",
+    "double",
+    "drop",
+    "dump",
+    "else",
+    "end",
+    "errlvl",
+    "escape",
+    "except",
+    "exec",
+    "execute",
+    "exists",
+    "exit",
+    "external",
+    "fetch",
+    "file",
+    "fillfactor",
+    "for",
+    "foreign",
+    "freetexttable",
+    "from",
+    "full",
+    "function",
+    "goto",
+    "grant",
+    "group",
+    "having",
+    "identity_insert",
+    "identitycol",
+    "if",
+    "in",
+    "index",
+    "inner",
+    "insert",
+    "intersect",
+    "into",
+    "is",
+    "join",
+    "key",
+    "kill",
+    "like",
+    "lineno",
+    "load",
+    "merge",
+    "national",
+    "nocheck",
+    "nonclustered",
+    "not",
+    "null",
+    "of",
+    "off",
+    "offsets",
+    "on",
+    "open",
+    "opendatasource",
+    "openquery",
+    "openrowset",
+    "openxml",
+    "option",
+    "or",
+    "order",
+    "outer",
+    "over",
+    "percent",
+    "pivot",
+    "plan",
+    "precision",
+    "primary",
+    "print",
+    "proc",
+    "procedure",
+    "raiserror",
+    "read",
+    "readtext",
+    "reconfigure",
+    "references",
+    "replication",
+    "restore",
+    "restrict",
+    "return",
+    "revert",
+    "revoke",
+    "rowguidcol",
+    "rule",
+    "save",
+    "schema",
+    "securityaudit",
+    "select",
+    "semantickeyphrasetable",
+    "semanticsimilaritydetailstable",
+    "semanticsimilaritytable",
+    "set",
+    "setuser",
+    "shutdown",
+    "some",
+    "statistics",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "top",
+    "tran",
+    "transaction",
+    "trigger",
+    "truncate",
+    "tsequal",
+    "union",
+    "unique",
+    "unpivot",
+    "update",
+    "updatetext",
+    "use",
+    "values",
+    "varying",
+    "view",
+    "waitfor",
+    "when",
+    "where",
+    "while",
+    "with",
+    "writetext",
 ];
 
 /// Reserved words that are also the names of built-in functions or options, which
@@ -99,6 +241,15 @@ const RESERVED_AS_NAMES: &[&str] = &[
     "textsize",
     "try_convert",
     "user",
+];
+
+/// Rowset functions whose first argument is a table they read.
+const FULL_TEXT_ROWSETS: &[&str] = &[
+    "containstable",
+    "freetexttable",
+    "semantickeyphrasetable",
+    "semanticsimilaritydetailstable",
+    "semanticsimilaritytable",
 ];
 
 /// A query's CTEs and how many of them are in scope so far.
@@ -258,9 +409,11 @@ impl<'a> Walk<'a> {
         let Some(n) = single_name(name).and_then(norm) else {
             return false;
         };
-        self.frames
-            .iter()
-            .any(|f| f.ctes[..f.visible.min(f.ctes.len())].iter().any(|(_, c)| *c == n))
+        self.frames.iter().any(|f| {
+            f.ctes[..f.visible.min(f.ctes.len())]
+                .iter()
+                .any(|(_, c)| *c == n)
+        })
     }
 
     /// The objects a DML target names: `name` resolved against the statement's FROM
@@ -402,6 +555,11 @@ impl<'a> Walk<'a> {
             self.deny(format!("system routine {fname}"));
             return;
         }
+        // Full-text rowset functions read the table named in their first argument.
+        if unqualified && FULL_TEXT_ROWSETS.contains(&fname.as_str()) {
+            self.deny(format!("{fname} reads a table named in its arguments"));
+            return;
+        }
         if unqualified && baseline::FUNCTIONS.contains(&fname.as_str()) {
             return;
         }
@@ -443,16 +601,17 @@ impl<'a> Walk<'a> {
                     }
                     other => self.deny(format!("INSERT into {other}")),
                 }
-                if i.on.is_some() || i.returning.is_some() || i.multi_table_insert_type.is_some()
-                {
+                if i.on.is_some() || i.returning.is_some() || i.multi_table_insert_type.is_some() {
                     self.deny("INSERT with a clause that is not T-SQL");
                 }
                 self.output(i.output.as_ref());
             }
             Statement::Update(u) => {
                 let mut from: Vec<&TableWithJoins> = Vec::new();
-                if let Some(sqlparser::ast::UpdateTableFromKind::BeforeSet(v)
-                | sqlparser::ast::UpdateTableFromKind::AfterSet(v)) = &u.from
+                if let Some(
+                    sqlparser::ast::UpdateTableFromKind::BeforeSet(v)
+                    | sqlparser::ast::UpdateTableFromKind::AfterSet(v),
+                ) = &u.from
                 {
                     from.extend(v);
                 }
@@ -509,7 +668,10 @@ impl<'a> Walk<'a> {
                 self.output(d.output.as_ref());
             }
             Statement::Merge(m) => {
-                let TableFactor::Table { name, args: None, .. } = &m.table else {
+                let TableFactor::Table {
+                    name, args: None, ..
+                } = &m.table
+                else {
                     self.deny("MERGE into something other than a table");
                     return;
                 };
@@ -630,7 +792,8 @@ impl<'a> Walk<'a> {
                     self.deny("BEGIN ... EXCEPTION is not T-SQL");
                 }
             }
-            Statement::Commit { .. } | Statement::Rollback { .. } | Statement::Savepoint { .. } => {}
+            Statement::Commit { .. } | Statement::Rollback { .. } | Statement::Savepoint { .. } => {
+            }
             Statement::Set(s) => self.set(s),
             Statement::Print(_) | Statement::Throw(_) => {}
             Statement::RaisError { options, .. } => {
@@ -672,7 +835,9 @@ impl<'a> Walk<'a> {
             other => {
                 let text = other.to_string();
                 let word = text.split_whitespace().next().unwrap_or("").to_uppercase();
-                self.deny(format!("{word} statements are not supported through pgward"));
+                self.deny(format!(
+                    "{word} statements are not supported through pgward"
+                ));
             }
         }
     }
