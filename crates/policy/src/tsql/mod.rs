@@ -381,11 +381,9 @@ fn forbidden(tokens: &[Token]) -> Option<String> {
                     }
                 }
             }
-            Kind::Variable if !v.starts_with("@@") => {
-                // Only EXEC's named parameters (`@p = 1`); nothing declares variables.
-                if !next.is_some_and(|n| n.is_punct('=')) {
-                    return Some(format!("procedural batches (variable {})", t.value));
-                }
+            // Only EXEC's named parameters (`@p = 1`); nothing declares variables.
+            Kind::Variable if !v.starts_with("@@") && !next.is_some_and(|n| n.is_punct('=')) => {
+                return Some(format!("procedural batches (variable {})", t.value));
             }
             Kind::PseudoColumn if !PSEUDO_COLUMNS.contains(&v.as_str()) => {
                 return Some(format!("pseudo-column {}", t.value));

@@ -524,14 +524,14 @@ impl<'a> Walk<'a> {
             ..
         }) = o
         {
-            self.into_targets(into, &[Action::Insert]);
+            self.write_into(into, &[Action::Insert]);
         }
         if let Some(OutputClause::Returning { .. }) = o {
             self.deny("RETURNING is not T-SQL");
         }
     }
 
-    fn into_targets(&mut self, into: &SelectInto, actions: &[Action]) {
+    fn write_into(&mut self, into: &SelectInto, actions: &[Action]) {
         if into.targets.is_empty() {
             self.deny("INTO without a target");
         }
@@ -933,7 +933,7 @@ impl Visitor for Walk<'_> {
     fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
         // SELECT ... INTO creates and fills a table.
         if let Some(into) = &s.into {
-            self.into_targets(into, &[Action::Create, Action::Insert]);
+            self.write_into(into, &[Action::Create, Action::Insert]);
         }
         ControlFlow::Continue(())
     }
