@@ -9,7 +9,7 @@
 //! refused): rowset functions that reach outside the database (`OPENROWSET`, `OPENQUERY`,
 //! `OPENDATASOURCE`, `OPENXML`), cryptographic key functions (`DECRYPTBY*`, `ENCRYPTBY*`,
 //! `SIGNBY*`, `PWDCOMPARE`, `PWDENCRYPT`), `OBJECT_DEFINITION` (module source), cursor,
-//! trigger, text/image and full-text functions, and every `fn_*`, `sp_*` and `xp_*`.
+//! trigger and text/image functions, full-text rowset functions (`CONTAINSTABLE`, ...), and every `fn_*`, `sp_*` and `xp_*`.
 
 /// Built-in functions callable without a rule (lower case, unqualified).
 pub(crate) const FUNCTIONS: &[&str] = &[
@@ -86,6 +86,9 @@ pub(crate) const FUNCTIONS: &[&str] = &[
     "timefromparts",
     "todatetimeoffset",
     "year",
+    // Full-text predicates (on columns of tables the statement reads anyway).
+    "contains",
+    "freetext",
     // JSON.
     "isjson",
     "json_array",
@@ -265,7 +268,8 @@ pub(crate) fn catalog_view_is_baseline(schema: &str, name: &str) -> bool {
     }
 }
 
-/// `sys.` views outside the baseline besides `dm_*` and `query_store_*`.
+/// `sys.` views outside the baseline besides `dm_*` and `query_store_*` (module source is
+/// left out as `OBJECT_DEFINITION` is).
 const CATALOG_EXCLUDED: &[&str] = &[
     "asymmetric_keys",
     "certificates",
@@ -286,6 +290,10 @@ const CATALOG_EXCLUDED: &[&str] = &[
     "remote_logins",
     "server_principals",
     "sql_logins",
+    "sql_modules",
+    "all_sql_modules",
+    "system_sql_modules",
+    "syscomments",
     "symmetric_keys",
     "syslogins",
     "sysprocesses",
@@ -334,7 +342,10 @@ pub(crate) fn set_option(name: &str, value: &str) -> SetOption {
         | "cursor_close_on_commit"
         | "rowcount" => SetOption::Baseline,
         // Parse-time options: SQL Server would read the text after them differently.
-        "quoted_identifier" if value.eq_ignore_ascii_case("on") => SetOption::Baseline,
+        "quoted_identifier" | "ansi_defaults" if value.eq_ignore_ascii_case("on") => {
+            SetOption::Baseline
+        }
+        "implicit_transactions" if value.eq_ignore_ascii_case("off") => SetOption::Baseline,
         "quoted_identifier" | "ansi_defaults" => {
             SetOption::Refused("it changes how SQL Server reads the batch")
         }

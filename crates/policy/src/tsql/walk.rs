@@ -271,6 +271,8 @@ pub(crate) struct Walk<'a> {
     skip_factors: Vec<usize>,
     /// Identifiers that are EXEC parameter names (`@x = 1`).
     param_names: Vec<usize>,
+    /// Whether a CTE was referred to (a change through a derived table over one is refused).
+    cte_refs: bool,
 }
 
 fn addr<T>(x: &T) -> usize {
@@ -332,6 +334,7 @@ impl<'a> Walk<'a> {
             frames: Vec::new(),
             skip_factors: Vec::new(),
             param_names: Vec::new(),
+            cte_refs: false,
         }
     }
 
@@ -493,6 +496,11 @@ impl<'a> Walk<'a> {
         w.frames = self.frames.clone();
         let _ = q.visit(&mut w);
         self.out.not_understood.append(&mut w.out.not_understood);
+        // Which base table a change through a CTE or a function lands in is not visible here.
+        if w.cte_refs || !w.out.functions.is_empty() {
+            self.deny("a change through a derived table over a CTE or a function");
+            return Vec::new();
+        }
         let tables: Vec<ObjectRef> = w
             .out
             .accesses
@@ -949,7 +957,7 @@ impl Visitor for Walk<'_> {
                     let name = name.clone();
                     self.function(&name);
                 }
-                _ if self.is_cte(name) => {}
+                _ if self.is_cte(name) => self.cte_refs = true,
                 _ => {
                     let name = name.clone();
                     self.access(Action::Select, &name);
