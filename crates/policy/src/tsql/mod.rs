@@ -41,6 +41,32 @@ const MAX_TSQL_LEN: usize = 1 << 20;
 /// Deepest parenthesis nesting accepted (sqlparser recurses once per level).
 const MAX_PARENS: usize = 200;
 
+/// Most operators (and JOIN / UNION / APPLY / CASE words) a batch may have. sqlparser
+/// builds a left-deep tree for `1+1+1...`, and parsing, walking and dropping it recurse once
+/// per operator; beyond this the batch is refused as too complex.
+const MAX_OPERATORS: usize = 4000;
+
+/// Batches with more operators and nesting than this are analysed on a thread with a big
+/// stack ([`BIG_STACK`]), not on the caller's (an async worker's 2 MiB).
+const SMALL_STACK_OPERATORS: usize = 64;
+
+/// Stack for analysing complex batches (address space reserved, not memory used).
+const BIG_STACK: usize = 256 << 20;
+
+/// Operator words that nest the parse tree one level each.
+const OPERATOR_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "not",
+    "join",
+    "apply",
+    "union",
+    "except",
+    "intersect",
+    "case",
+    "when",
+];
+
 /// Unquoted words that end the analysis wherever they appear outside strings and comments.
 const FORBIDDEN_WORDS: &[(&str, &str)] = &[
     ("openrowset", "OPENROWSET reads external data"),
@@ -221,28 +247,58 @@ fn read(sql: &str, database: Option<&str>) -> Result<Analysis, Refusal> {
             "SQL Server's lexical grammar, as pgward reads it: {e}"
         ))
     })?;
-    let mut depth = 0usize;
+    let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
     for t in &tokens {
         if t.is_punct('(') {
             depth += 1;
-            if depth > MAX_PARENS {
-                return Err(Refusal::TooComplex);
-            }
+            max_depth = max_depth.max(depth);
         } else if t.is_punct(')') {
             depth = depth.saturating_sub(1);
+        } else if is_operator(t) {
+            ops += 1;
         }
     }
+    if max_depth > MAX_PARENS || ops > MAX_OPERATORS {
+        return Err(Refusal::TooComplex);
+    }
+    if ops + max_depth <= SMALL_STACK_OPERATORS {
+        return read_tokens(sql, &tokens, database);
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pgward-tsql".to_owned())
+            .stack_size(BIG_STACK)
+            .spawn_scoped(scope, || read_tokens(sql, &tokens, database))
+            .map_err(|e| Refusal::Parse(format!("cannot start the parser thread: {e}")))?
+            .join()
+            .map_err(|_| Refusal::Parse("the parser failed".to_owned()))?
+    })
+}
+
+/// Whether a token nests the parse tree one level (an operator, or a word like AND, JOIN).
+fn is_operator(t: &Token) -> bool {
+    match t.kind {
+        Kind::Punct => "+-*/%&|^~=<>!".contains(t.value.as_str()),
+        Kind::Word => OPERATOR_WORDS
+            .iter()
+            .any(|w| t.value.eq_ignore_ascii_case(w)),
+        _ => false,
+    }
+}
+
+/// Checks, parses and walks a lexed batch.
+fn read_tokens(sql: &str, tokens: &[Token], database: Option<&str>) -> Result<Analysis, Refusal> {
     let dialect = MsSqlDialect {};
     let theirs = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| {
         Refusal::NotUnderstood(format!(
             "pgward's parser cannot read what SQL Server would: {e}"
         ))
     })?;
-    agree::same_reading(sql, &tokens, &theirs).map_err(Refusal::NotUnderstood)?;
-    if let Some(why) = forbidden(&tokens) {
+    agree::same_reading(sql, tokens, &theirs).map_err(Refusal::NotUnderstood)?;
+    if let Some(why) = forbidden(tokens) {
         return Err(Refusal::NotUnderstood(why));
     }
-    let parse_text = blank_unparsed_clauses(sql, &tokens);
+    let parse_text = blank_unparsed_clauses(sql, tokens);
     let parsed = parse(&parse_text)?;
     let single = parsed.len() == 1;
     let mut statements = Vec::with_capacity(parsed.len());
@@ -727,5 +783,47 @@ allow = [ { actions = ["select"], objects = ["dbo.orders"] } ]
             acc("SELECT 'EXEC(x) GO openrowset' FROM t"),
             ["select dbo.t"]
         );
+    }
+}
+
+#[cfg(test)]
+mod stack_tests {
+    use crate::analyze::AnalysisError;
+
+    fn on_small_stack(sql: String) -> Result<usize, AnalysisError> {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || super::analyze_tsql(&sql, None).map(|a| a.statements.len()))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// Long operator chains neither overflow a 2 MiB async worker's stack nor get parsed
+    /// beyond the limit.
+    #[test]
+    fn long_chains_on_a_small_stack() {
+        // Parsed on the big stack.
+        assert_eq!(
+            on_small_stack(format!("SELECT 1{}", "+1".repeat(3_990))),
+            Ok(1)
+        );
+        // Parsed or refused (sqlparser's recursion limit), never a crash.
+        for sql in [
+            format!("SELECT 1 WHERE 1=1{}", " AND 1=1".repeat(1_900)),
+            format!("SELECT {}1", "~".repeat(3_990)),
+            format!("SELECT * FROM t{}", " JOIN t ON 1=1".repeat(1_900)),
+            format!("SELECT 1{}", " UNION SELECT 1".repeat(3_990)),
+            format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200)),
+        ] {
+            let _ = on_small_stack(sql);
+        }
+        for sql in [
+            format!("SELECT 1{}", "+1".repeat(200_000)),
+            format!("SELECT {}1", "~".repeat(100_000)),
+            format!("SELECT {}1{}", "(".repeat(201), ")".repeat(201)),
+        ] {
+            assert_eq!(on_small_stack(sql), Err(AnalysisError::TooComplex));
+        }
     }
 }

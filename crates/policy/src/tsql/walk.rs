@@ -228,6 +228,8 @@ const RESERVED_AS_NAMES: &[&str] = &[
     "current_time",
     "current_timestamp",
     "current_user",
+    // `VALUES (DEFAULT)`, `SET a = DEFAULT`: sqlparser keeps the keyword as a name.
+    "default",
     "file",
     "holdlock",
     "identity",
