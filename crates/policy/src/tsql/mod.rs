@@ -464,7 +464,8 @@ fn forbidden(tokens: &[Token]) -> Option<String> {
 /// limit or lock, replaced by spaces (same length, so positions hold). The text SQL Server
 /// gets is the client's, clauses included.
 /// - `TOP (n) [PERCENT]` right after DELETE / UPDATE / INSERT / MERGE;
-/// - lock hints on a MERGE target: `MERGE [INTO] t WITH (HOLDLOCK)`.
+/// - lock hints on a MERGE target: `MERGE [INTO] t WITH (HOLDLOCK)`;
+/// - query hints made of words and numbers: `OPTION (RECOMPILE, MAXDOP 1)`.
 fn blank_unparsed_clauses(sql: &str, tokens: &[Token]) -> String {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
@@ -534,6 +535,30 @@ fn blank_unparsed_clauses(sql: &str, tokens: &[Token]) -> String {
             if let (true, Some(first), Some(last)) = (ok, tokens.get(with), tokens.get(j)) {
                 ranges.push((first.start, last.end));
             }
+        }
+    }
+    // OPTION (RECOMPILE, MAXDOP 1, ...): query hints of words and numbers, at the level of
+    // the statement (not inside parentheses).
+    let mut depth = 0usize;
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_punct('(') {
+            depth += 1;
+        } else if t.is_punct(')') {
+            depth = depth.saturating_sub(1);
+        }
+        if depth != 0 || !t.is_word("option") || !tokens.get(i + 1).is_some_and(|x| x.is_punct('('))
+        {
+            continue;
+        }
+        let mut j = i + 2;
+        while tokens
+            .get(j)
+            .is_some_and(|x| matches!(x.kind, Kind::Word | Kind::Number) || x.is_punct(','))
+        {
+            j += 1;
+        }
+        if let Some(close) = tokens.get(j).filter(|x| x.is_punct(')') && j > i + 2) {
+            ranges.push((t.start, close.end));
         }
     }
     if ranges.is_empty() {

@@ -275,6 +275,10 @@ pub(crate) struct Walk<'a> {
     param_names: Vec<usize>,
     /// Whether a CTE was referred to (a change through a derived table over one is refused).
     cte_refs: bool,
+    /// Index hints (`WITH (INDEX(ix))`), which sqlparser reads as calls of a function INDEX:
+    /// the calls and the names `INDEX` in them.
+    hint_calls: Vec<usize>,
+    hint_names: Vec<usize>,
 }
 
 fn addr<T>(x: &T) -> usize {
@@ -337,6 +341,8 @@ impl<'a> Walk<'a> {
             skip_factors: Vec::new(),
             param_names: Vec::new(),
             cte_refs: false,
+            hint_calls: Vec::new(),
+            hint_names: Vec::new(),
         }
     }
 
@@ -597,6 +603,33 @@ impl<'a> Walk<'a> {
         if let TableConstraint::ForeignKey(fk) = c {
             let t = fk.foreign_table.clone();
             self.access(Action::Alter, &t);
+        }
+    }
+
+    /// `INDEX(ix)`, `INDEX = ix`, `FORCESEEK(ix(col))` in a table's hints name indexes,
+    /// not functions.
+    fn index_hints(&mut self, hints: &[Expr]) {
+        let is_index_word = |i: &Ident| {
+            i.quote_style.is_none()
+                && ["index", "forceseek"].contains(&i.value.to_ascii_lowercase().as_str())
+        };
+        for h in hints {
+            match h {
+                Expr::Function(f) => {
+                    if let Some(i) = single_name(&f.name).filter(|i| is_index_word(i)) {
+                        self.hint_calls.push(addr(h));
+                        self.hint_names.push(addr(i));
+                    }
+                }
+                Expr::BinaryOp { left, .. } => {
+                    if let Expr::Identifier(i) = left.as_ref() {
+                        if is_index_word(i) {
+                            self.hint_names.push(addr(i));
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -949,6 +982,9 @@ impl Visitor for Walk<'_> {
     }
 
     fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table { with_hints, .. } = f {
+            self.index_hints(with_hints);
+        }
         if self.skip_factors.contains(&addr(f)) {
             return ControlFlow::Continue(());
         }
@@ -981,6 +1017,9 @@ impl Visitor for Walk<'_> {
     }
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if self.hint_calls.contains(&addr(e)) {
+            return ControlFlow::Continue(());
+        }
         if let Expr::Function(f) = e {
             let name = f.name.clone();
             self.function(&name);
@@ -993,6 +1032,9 @@ impl Visitor for Walk<'_> {
             return ControlFlow::Continue(());
         }
         let v = i.value.to_ascii_lowercase();
+        if self.hint_names.contains(&addr(i)) {
+            return ControlFlow::Continue(());
+        }
         if v.starts_with('@') && !v.starts_with("@@") && !self.param_names.contains(&addr(i)) {
             // Nothing declares variables in a batch pgward forwards.
             self.deny(format!("variable {}", i.value));
