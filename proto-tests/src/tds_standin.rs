@@ -2,7 +2,8 @@
 //! installed here). It speaks what pgward's tiberius client uses, over TDS 8.0 strict TLS
 //! (the TLS handshake comes before any TDS byte, as Azure SQL does with Encrypt=Strict):
 //! PRELOGIN (with FEDAUTHREQUIRED), LOGIN7 with the FEDAUTH feature extension (the access
-//! token is recorded), LOGINACK, ENVCHANGE, SQLBatch, RPC (`sp_set_session_context` and
+//! token is recorded), LOGINACK, ENVCHANGE, SQLBatch (`EXECUTE AS USER ... WITH NO REVERT`,
+//! recorded; unknown users fail with error 15517), RPC (`sp_set_session_context` and
 //! `sp_executesql`), COLMETADATA, ROW / NBCROW, DONE / DONEINPROC / DONEPROC with row
 //! counts, ERROR, and attention (answered with a DONE carrying the attention bit).
 //!
@@ -53,6 +54,9 @@ pub struct Recorded {
     pub words: Vec<Vec<String>>,
     /// Attention packets.
     pub attentions: u32,
+    /// Users impersonated with `EXECUTE AS USER = N'...' WITH NO REVERT` (successfully or
+    /// not), in order.
+    pub impersonations: Vec<String>,
     /// Whether each connection negotiated TLS with ALPN `tds/8.0`.
     pub alpn: Vec<Option<String>>,
 }
@@ -69,6 +73,8 @@ struct Shared {
     orders: Vec<Order>,
     /// When set, logins with another token fail (error 18456).
     accept_token: Option<String>,
+    /// When set, only these database users can be impersonated (others: error 15517).
+    database_users: Option<Vec<String>>,
 }
 
 /// A running stand-in; threads end with the process.
@@ -108,6 +114,7 @@ impl TdsStandIn {
                 },
             ],
             accept_token: None,
+            database_users: None,
         }));
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -130,6 +137,12 @@ impl TdsStandIn {
     /// Only this token signs in; others get error 18456.
     pub fn accept_only(&self, token: &str) {
         self.shared.lock().unwrap().accept_token = Some(token.to_owned());
+    }
+
+    /// Only these database users exist for `EXECUTE AS USER`.
+    pub fn database_users(&self, users: &[&str]) {
+        self.shared.lock().unwrap().database_users =
+            Some(users.iter().map(|u| (*u).to_owned()).collect());
     }
 
     pub fn recorded(&self) -> Recorded {
@@ -546,6 +559,22 @@ impl Session {
         let mut out = Vec::new();
         match norm.as_str() {
             "set xact_abort on" => {}
+            n if n.starts_with("execute as user = n'") && n.ends_with("' with no revert") => {
+                let quoted = &text[text.find('\'').unwrap_or(0)..text.rfind('\'').unwrap_or(0)];
+                let user = quoted.trim_start_matches('\'').replace("''", "'");
+                let mut g = shared.lock().unwrap();
+                g.recorded.impersonations.push(user.clone());
+                let exists = g.database_users.as_ref().is_none_or(|u| u.contains(&user));
+                if !exists {
+                    error_done(
+                        &mut out,
+                        0xFD,
+                        15517,
+                        &format!("Cannot execute as the database principal because the principal \"{user}\" does not exist, this type of principal cannot be impersonated, or you do not have permission."),
+                    );
+                    return out;
+                }
+            }
             "begin transaction" => {
                 self.snapshot = Some(shared.lock().unwrap().orders.clone());
             }

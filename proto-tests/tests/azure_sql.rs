@@ -77,6 +77,7 @@ async fn tds_client_maps_every_type() {
         tid: "tenant-1".into(),
         upn: "alice@contoso.com".into(),
         roles: vec!["analyst".into(), "o'brien".into()],
+        database_user: None,
     };
     let mut s = TdsSession::connect(
         &tds_options(&standin),
@@ -721,6 +722,7 @@ fn the_standin_lexes_as_sql_server() {
         tid: "t".into(),
         upn: "u@contoso.com".into(),
         roles: vec![],
+        database_user: None,
     };
     rt.block_on(async {
         let mut s = TdsSession::connect(
@@ -745,4 +747,65 @@ fn the_standin_lexes_as_sql_server() {
     assert_eq!(rec.words[0], ["drop", "table", "dbo", "salaries"]);
     assert_eq!(rec.words[1], ["select", "delete", "from", "dbo", "orders"]);
     assert!(!rec.words[2].contains(&"drop".to_owned()));
+}
+
+// ---------------------------------------------------------------------------------------
+// The second wall: sessions run as the role's database user, generated from the policy.
+
+const WALL_POLICY: &str = r#"
+[[roles]]
+name = "analyst"
+upstream_role = "pgward_analyst"
+members = { users = ["alice@contoso.com"] }
+allow = [ { actions = ["select"], objects = ["dbo.orders"] } ]
+deny = [ { name = "no_salaries", objects = ["hr.*"] } ]
+"#;
+
+/// Every session of a role with an upstream_role runs `EXECUTE AS USER ... WITH NO REVERT`
+/// before anything else; if SQL Server refuses it, so is the session; `pgward policy
+/// grants` writes the user and its permissions.
+#[test]
+fn sessions_run_as_the_roles_database_user() {
+    let env = env_with(WALL_POLICY, "appdb");
+    let (ok, out, err) = env.psql("SELECT * FROM dbo.orders WHERE id = 2");
+    assert!(ok, "{err}\n{}", env.pgward.log());
+    assert_eq!(out.trim(), "2|gadget|5");
+    let rec = env.standin.recorded();
+    assert_eq!(
+        rec.batches.first().map(String::as_str),
+        Some("EXECUTE AS USER = N'pgward_analyst' WITH NO REVERT"),
+        "{:?}",
+        rec.batches
+    );
+    assert_eq!(rec.impersonations, ["pgward_analyst"]);
+
+    // The user does not exist (or pgward may not impersonate it): no session at all.
+    env.standin.database_users(&["someone_else"]);
+    let before = env.standin.recorded().statements.len();
+    let (ok, _, err) = env.psql("SELECT * FROM dbo.orders WHERE id = 2");
+    assert!(!ok, "the session ran without its database user");
+    assert!(err.contains("could not connect to upstream"), "{err}");
+    let rec = env.standin.recorded();
+    assert_eq!(rec.impersonations, ["pgward_analyst", "pgward_analyst"]);
+    assert_eq!(rec.statements.len(), before);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, WALL_POLICY).unwrap();
+    let out = std::process::Command::new(pgward_proto_tests::pgward_bin())
+        .args(["policy", "grants", "--policy"])
+        .arg(&file)
+        .args(["--pgward-user", "pgward-identity"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "IF DATABASE_PRINCIPAL_ID(N'pgward_analyst') IS NULL CREATE USER [pgward_analyst] WITHOUT LOGIN;",
+        "GRANT IMPERSONATE ON USER::[pgward_analyst] TO [pgward-identity];",
+        "GRANT SELECT ON OBJECT::[dbo].[orders] TO [pgward_analyst];",
+        "DENY SELECT, INSERT, UPDATE, DELETE, ALTER, EXECUTE ON SCHEMA::[hr] TO [pgward_analyst];",
+    ] {
+        assert!(script.lines().any(|l| l == line), "{line}\n{script}");
+    }
 }

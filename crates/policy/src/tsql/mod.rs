@@ -21,6 +21,7 @@
 
 mod agree;
 pub(crate) mod baseline;
+mod grants;
 pub mod lexer;
 mod walk;
 
