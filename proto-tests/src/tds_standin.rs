@@ -2,7 +2,8 @@
 //! installed here). It speaks what pgward's tiberius client uses, over TDS 8.0 strict TLS
 //! (the TLS handshake comes before any TDS byte, as Azure SQL does with Encrypt=Strict):
 //! PRELOGIN (with FEDAUTHREQUIRED), LOGIN7 with the FEDAUTH feature extension (the access
-//! token is recorded), LOGINACK, ENVCHANGE, SQLBatch, RPC (`sp_set_session_context` and
+//! token is recorded), LOGINACK, ENVCHANGE, SQLBatch (`EXECUTE AS USER ... WITH NO REVERT`,
+//! recorded; unknown users fail with error 15517), RPC (`sp_set_session_context` and
 //! `sp_executesql`), COLMETADATA, ROW / NBCROW, DONE / DONEINPROC / DONEPROC with row
 //! counts, ERROR, and attention (answered with a DONE carrying the attention bit).
 //!
@@ -15,7 +16,13 @@
 //! - `SELECT SESSION_CONTEXT(N'key')`, `SELECT 1/0` (error 8134); any other table is
 //!   error 208, anything else error 102.
 //!
-//! Everything it receives is recorded for assertions ([`Recorded`]).
+//! Everything it receives is recorded for assertions ([`Recorded`]). Batches run through
+//! `sp_executesql` are read as SQL Server reads them, with the SQL Server lexer of
+//! pgward's policy crate (`pgward_policy::tsql::lexer`: `--` comments end at CR or LF,
+//! nested block comments, `''` / `]]` / `""` escapes, money and real literals): statements
+//! are split at `;` tokens, and the words the server read are recorded ([`Recorded::words`])
+//! so tests can check that every statement keyword SQL Server saw was decided by pgward.
+//! Text that lexer refuses fails as SQL Server's syntax error 102.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgward_policy::tsql::lexer;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConnection, StreamOwned};
@@ -40,8 +48,15 @@ pub struct Recorded {
     pub batches: Vec<String>,
     /// `sp_executesql @stmt` texts.
     pub statements: Vec<String>,
+    /// For each of `statements`, the unquoted words (keywords and names, lower case) as
+    /// SQL Server's lexer reads them: never what is inside strings, comments or delimited
+    /// identifiers. Empty when the text does not lex.
+    pub words: Vec<Vec<String>>,
     /// Attention packets.
     pub attentions: u32,
+    /// Users impersonated with `EXECUTE AS USER = N'...' WITH NO REVERT` (successfully or
+    /// not), in order.
+    pub impersonations: Vec<String>,
     /// Whether each connection negotiated TLS with ALPN `tds/8.0`.
     pub alpn: Vec<Option<String>>,
 }
@@ -58,6 +73,8 @@ struct Shared {
     orders: Vec<Order>,
     /// When set, logins with another token fail (error 18456).
     accept_token: Option<String>,
+    /// When set, only these database users can be impersonated (others: error 15517).
+    database_users: Option<Vec<String>>,
 }
 
 /// A running stand-in; threads end with the process.
@@ -97,6 +114,7 @@ impl TdsStandIn {
                 },
             ],
             accept_token: None,
+            database_users: None,
         }));
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -119,6 +137,12 @@ impl TdsStandIn {
     /// Only this token signs in; others get error 18456.
     pub fn accept_only(&self, token: &str) {
         self.shared.lock().unwrap().accept_token = Some(token.to_owned());
+    }
+
+    /// Only these database users exist for `EXECUTE AS USER`.
+    pub fn database_users(&self, users: &[&str]) {
+        self.shared.lock().unwrap().database_users =
+            Some(users.iter().map(|u| (*u).to_owned()).collect());
     }
 
     pub fn recorded(&self) -> Recorded {
@@ -535,6 +559,22 @@ impl Session {
         let mut out = Vec::new();
         match norm.as_str() {
             "set xact_abort on" => {}
+            n if n.starts_with("execute as user = n'") && n.ends_with("' with no revert") => {
+                let quoted = &text[text.find('\'').unwrap_or(0)..text.rfind('\'').unwrap_or(0)];
+                let user = quoted.trim_start_matches('\'').replace("''", "'");
+                let mut g = shared.lock().unwrap();
+                g.recorded.impersonations.push(user.clone());
+                let exists = g.database_users.as_ref().is_none_or(|u| u.contains(&user));
+                if !exists {
+                    error_done(
+                        &mut out,
+                        0xFD,
+                        15517,
+                        &format!("Cannot execute as the database principal because the principal \"{user}\" does not exist, this type of principal cannot be impersonated, or you do not have permission."),
+                    );
+                    return out;
+                }
+            }
             "begin transaction" => {
                 self.snapshot = Some(shared.lock().unwrap().orders.clone());
             }
@@ -611,14 +651,28 @@ impl Session {
                     Some(Param::Str(v)) => v.clone(),
                     _ => String::new(),
                 };
-                shared
-                    .lock()
-                    .unwrap()
-                    .recorded
-                    .statements
-                    .push(stmt.clone());
-                let mut failed = false;
-                for part in split_statements(&stmt) {
+                let lexed = lexer::lex(&stmt);
+                {
+                    let mut g = shared.lock().unwrap();
+                    g.recorded.statements.push(stmt.clone());
+                    g.recorded.words.push(match &lexed {
+                        Ok(tokens) => tokens
+                            .iter()
+                            .filter(|t| t.kind == lexer::Kind::Word)
+                            .map(|t| t.value.to_ascii_lowercase())
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    });
+                }
+                let parts = match &lexed {
+                    Ok(tokens) => split_statements(&stmt, tokens),
+                    Err(e) => {
+                        error_done(&mut out, 0xFF, 102, &format!("Incorrect syntax: {e}."));
+                        vec![]
+                    }
+                };
+                let mut failed = lexed.is_err();
+                for part in parts {
                     match self.statement(&part, shared, &mut out, s)? {
                         Flow::Next => {}
                         Flow::Attention => return Ok(None),
@@ -857,25 +911,24 @@ fn normalize(s: &str) -> String {
     out
 }
 
-fn split_statements(s: &str) -> Vec<String> {
+/// The statements of a batch: the text between `;` tokens as SQL Server's lexer reads
+/// them (a `;` inside a string, comment or identifier does not split).
+fn split_statements(s: &str, tokens: &[lexer::Token]) -> Vec<String> {
     let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut in_str = false;
-    for c in s.chars() {
-        if c == '\'' {
-            in_str = !in_str;
-        }
-        if c == ';' && !in_str {
-            if !cur.trim().is_empty() {
-                parts.push(cur.trim().to_owned());
+    let mut start: Option<usize> = None;
+    let mut end = 0;
+    for t in tokens {
+        if t.is_punct(';') {
+            if let Some(b) = start.take() {
+                parts.push(s[b..end].to_owned());
             }
-            cur.clear();
         } else {
-            cur.push(c);
+            start.get_or_insert(t.start);
+            end = t.end;
         }
     }
-    if !cur.trim().is_empty() {
-        parts.push(cur.trim().to_owned());
+    if let Some(b) = start {
+        parts.push(s[b..end].to_owned());
     }
     parts
 }

@@ -77,6 +77,7 @@ async fn tds_client_maps_every_type() {
         tid: "tenant-1".into(),
         upn: "alice@contoso.com".into(),
         roles: vec!["analyst".into(), "o'brien".into()],
+        database_user: None,
     };
     let mut s = TdsSession::connect(
         &tds_options(&standin),
@@ -243,6 +244,12 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(POLICY, "appdb")
+}
+
+/// pgward in front of the stand-in with `policy`, the route `sqlapp` going to the upstream
+/// database `upstream_database`.
+fn env_with(policy_text: &str, upstream_database: &str) -> Env {
     let (rt, issuer) = pgward_proto_tests::start_issuer(TENANT, 1);
     let identity = IdentityStandIn::start(
         IdentityExpect {
@@ -258,7 +265,7 @@ fn env() -> Env {
     let db = Database::start();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, policy_text).unwrap();
     let audit = dir.path().join("audit/pgward.jsonl");
     let extra = format!(
         r#"
@@ -280,7 +287,7 @@ endpoint = "{imds}"
 [[routes]]
 database = "sqlapp"
 upstream = "sql"
-upstream_database = "appdb"
+upstream_database = "{upstream_database}"
 "#,
         audit = audit.display(),
         port = standin.port,
@@ -565,4 +572,240 @@ fn azure_sql_refusing_pgwards_token_is_08001() {
         .unwrap()
         .contains(SQL_TOKEN));
     assert!(!env.pgward.log().contains(SQL_TOKEN));
+}
+
+// ---------------------------------------------------------------------------------------
+// The T-SQL corpus end to end.
+
+#[derive(serde::Deserialize)]
+struct TsqlCorpus {
+    case: Vec<TsqlCase>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct TsqlCase {
+    role: String,
+    sql: String,
+    verdict: String,
+    rule: Option<String>,
+    why: String,
+    #[serde(default)]
+    includes: Vec<String>,
+    #[serde(default)]
+    excludes: Vec<String>,
+}
+
+fn policy_test_file(name: &str) -> String {
+    let path = format!(
+        "{}/../crates/policy/tests/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Statement keywords and the actions pgward must have decided when SQL Server reads one.
+fn actions_for_word(word: &str) -> Option<&'static [&'static str]> {
+    Some(match word {
+        "drop" => &["drop"],
+        "delete" => &["delete"],
+        "update" => &["update"],
+        "insert" => &["insert"],
+        "truncate" => &["truncate"],
+        "exec" | "execute" => &["execute"],
+        "create" => &["create"],
+        "alter" => &["alter"],
+        "grant" | "revoke" | "deny" => &["grant"],
+        "merge" => &["insert", "update", "delete"],
+        _ => return None,
+    })
+}
+
+/// Every case of crates/policy/tests/tsql_corpus.toml sent through pgward by its role's
+/// user: a denied batch never reaches the TDS stand-in (SQLSTATE 42501), an allowed one
+/// reaches it unchanged, and every statement keyword the stand-in read with SQL Server's
+/// lexing (a DROP after a CR-ended comment, a DELETE after `1e`) is one pgward decided.
+#[test]
+fn tsql_corpus_through_pgward() {
+    let env = env_with(&policy_test_file("tsql_policy.toml"), "app");
+    let corpus: TsqlCorpus = toml::from_str(&policy_test_file("tsql_corpus.toml")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = pgward_proto_tests::pgtls::trusting(env.pgward.ca.as_ref().unwrap());
+    let mut clients: std::collections::HashMap<String, tokio_postgres::Client> =
+        std::collections::HashMap::new();
+    let (mut denied, mut allowed) = (0, 0);
+    for c in &corpus.case {
+        // The PostgreSQL protocol cannot carry NUL inside a query string.
+        if c.sql.contains('\0') {
+            continue;
+        }
+        let client = clients.entry(c.role.clone()).or_insert_with(|| {
+            let user = if c.role == "none" {
+                "nobody@contoso.com".to_owned()
+            } else {
+                format!("{}@contoso.com", c.role)
+            };
+            let token = env.issuer.mint(&TokenSpec::user(&user)).unwrap();
+            let conn = format!(
+                "host=127.0.0.1 port={} dbname=sqlapp user={user} password={token} sslmode=require",
+                env.pgward.port
+            );
+            let (client, connection) = rt
+                .block_on(tokio_postgres::connect(&conn, tls.clone()))
+                .unwrap_or_else(|e| panic!("{user}: {e}\n{}", env.pgward.log()));
+            rt.spawn(connection);
+            client
+        });
+        let before = env.standin.recorded().statements.len();
+        let result = rt.block_on(client.simple_query(&c.sql));
+        let rec = env.standin.recorded();
+        if c.verdict == "deny" {
+            denied += 1;
+            let e = match result {
+                Ok(_) => panic!("denied case ran: {:?} ({})", c.sql, c.why),
+                Err(e) => e,
+            };
+            assert_eq!(
+                e.code().map(|s| s.code()),
+                Some("42501"),
+                "{:?} ({}): {e}",
+                c.sql,
+                c.why
+            );
+            assert_eq!(
+                rec.statements.len(),
+                before,
+                "a denied batch reached the server: {:?} ({})",
+                c.sql,
+                c.why
+            );
+            continue;
+        }
+        allowed += 1;
+        // Allowed: forwarded as the client wrote it (the stand-in may still fail it).
+        assert_eq!(
+            rec.statements.len(),
+            before + 1,
+            "{:?} ({}) did not reach the server: {result:?}",
+            c.sql,
+            c.why
+        );
+        assert_eq!(rec.statements[before], c.sql);
+        let decided = pgward_policy::tsql::analyze_tsql(&c.sql, Some("app")).unwrap();
+        let actions: Vec<String> = decided
+            .statements
+            .iter()
+            .flat_map(|s| s.accesses.iter().map(|a| a.action.to_string()))
+            .collect();
+        for w in &rec.words[before] {
+            if let Some(want) = actions_for_word(w) {
+                assert!(
+                    want.iter().any(|a| actions.iter().any(|x| x == a)),
+                    "SQL Server read {w} in {:?} but pgward decided only {actions:?}",
+                    c.sql
+                );
+            }
+        }
+    }
+    println!("tsql corpus through pgward: {allowed} allowed, {denied} denied");
+    assert!(allowed + denied >= 150);
+}
+
+/// The stand-in reads batches as SQL Server does: a bare CR ends a comment, `1e` is a
+/// number, and a `;` inside a string does not split statements.
+#[test]
+fn the_standin_lexes_as_sql_server() {
+    let standin = TdsStandIn::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let identity = SessionIdentity {
+        oid: "o".into(),
+        tid: "t".into(),
+        upn: "u@contoso.com".into(),
+        roles: vec![],
+        database_user: None,
+    };
+    rt.block_on(async {
+        let mut s = TdsSession::connect(
+            &tds_options(&standin),
+            &AccessToken::new("tok".into()),
+            &identity,
+        )
+        .await
+        .unwrap();
+        let cancel = tokio::sync::Notify::new();
+        for sql in [
+            "--\rDROP TABLE dbo.salaries",
+            "SELECT 1eDELETE FROM dbo.orders",
+            "SELECT * FROM dbo.orders WHERE id = 2 -- ; DROP TABLE x",
+        ] {
+            let mut out = Vec::new();
+            let _ = s.run(sql, &[Expect::Rows], &mut out, &cancel).await;
+        }
+        s.close().await;
+    });
+    let rec = standin.recorded();
+    assert_eq!(rec.words[0], ["drop", "table", "dbo", "salaries"]);
+    assert_eq!(rec.words[1], ["select", "delete", "from", "dbo", "orders"]);
+    assert!(!rec.words[2].contains(&"drop".to_owned()));
+}
+
+// ---------------------------------------------------------------------------------------
+// The second wall: sessions run as the role's database user, generated from the policy.
+
+const WALL_POLICY: &str = r#"
+[[roles]]
+name = "analyst"
+upstream_role = "pgward_analyst"
+members = { users = ["alice@contoso.com"] }
+allow = [ { actions = ["select"], objects = ["dbo.orders"] } ]
+deny = [ { name = "no_salaries", objects = ["hr.*"] } ]
+"#;
+
+/// Every session of a role with an upstream_role runs `EXECUTE AS USER ... WITH NO REVERT`
+/// before anything else; if SQL Server refuses it, so is the session; `pgward policy
+/// grants` writes the user and its permissions.
+#[test]
+fn sessions_run_as_the_roles_database_user() {
+    let env = env_with(WALL_POLICY, "appdb");
+    let (ok, out, err) = env.psql("SELECT * FROM dbo.orders WHERE id = 2");
+    assert!(ok, "{err}\n{}", env.pgward.log());
+    assert_eq!(out.trim(), "2|gadget|5");
+    let rec = env.standin.recorded();
+    assert_eq!(
+        rec.batches.first().map(String::as_str),
+        Some("EXECUTE AS USER = N'pgward_analyst' WITH NO REVERT"),
+        "{:?}",
+        rec.batches
+    );
+    assert_eq!(rec.impersonations, ["pgward_analyst"]);
+
+    // The user does not exist (or pgward may not impersonate it): no session at all.
+    env.standin.database_users(&["someone_else"]);
+    let before = env.standin.recorded().statements.len();
+    let (ok, _, err) = env.psql("SELECT * FROM dbo.orders WHERE id = 2");
+    assert!(!ok, "the session ran without its database user");
+    assert!(err.contains("could not connect to upstream"), "{err}");
+    let rec = env.standin.recorded();
+    assert_eq!(rec.impersonations, ["pgward_analyst", "pgward_analyst"]);
+    assert_eq!(rec.statements.len(), before);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, WALL_POLICY).unwrap();
+    let out = std::process::Command::new(pgward_proto_tests::pgward_bin())
+        .args(["policy", "grants", "--policy"])
+        .arg(&file)
+        .args(["--pgward-user", "pgward-identity"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "IF DATABASE_PRINCIPAL_ID(N'pgward_analyst') IS NULL CREATE USER [pgward_analyst] WITHOUT LOGIN;",
+        "GRANT IMPERSONATE ON USER::[pgward_analyst] TO [pgward-identity];",
+        "GRANT SELECT ON OBJECT::[dbo].[orders] TO [pgward_analyst];",
+        "DENY SELECT, INSERT, UPDATE, DELETE, ALTER, EXECUTE ON SCHEMA::[hr] TO [pgward_analyst];",
+    ] {
+        assert!(script.lines().any(|l| l == line), "{line}\n{script}");
+    }
 }

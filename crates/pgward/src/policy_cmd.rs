@@ -1,5 +1,6 @@
 //! `pgward policy explain`: shows how the policy decides a statement for an identity, without a
-//! database or a running proxy.
+//! database or a running proxy. `pgward policy grants`: the T-SQL for azure-sql routes'
+//! second wall (database users and permissions generated from the policy).
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -30,6 +31,24 @@ enum PolicyCommand {
     /// Print the query pgward runs on an upstream database to read its catalog (names are
     /// resolved against it); its tab-separated answer is what `explain --catalog` reads.
     CatalogQuery,
+    /// Print the T-SQL that creates, in an Azure SQL database, a user per role with an
+    /// upstream_role and exactly the permissions the role's rules name (docs/azure-sql.md,
+    /// "A second wall inside SQL Server"). Exits 2 when the policy cannot be loaded.
+    Grants(GrantsArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "policy"])))]
+pub struct GrantsArgs {
+    /// pgward configuration whose `[policy] file` is used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// A policy file to use directly.
+    #[arg(long, conflicts_with = "config")]
+    policy: Option<PathBuf>,
+    /// The database user of pgward's own identity (it gets IMPERSONATE on each user).
+    #[arg(long, value_name = "NAME", default_value = "pgward-identity")]
+    pgward_user: String,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +95,40 @@ pub fn run(args: PolicyArgs) -> ExitCode {
             println!("{}", pgward_policy::ServerCatalog::QUERY.trim());
             ExitCode::SUCCESS
         }
+        PolicyCommand::Grants(a) => grants(&a),
     }
+}
+
+fn grants(a: &GrantsArgs) -> ExitCode {
+    let path = match policy_path(a.config.as_deref(), a.policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pgward: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match load(&path) {
+        Ok(policy) => {
+            print!("{}", policy.tsql_grants(&a.pgward_user));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Reads and compiles a policy file; every problem goes to standard error.
+fn load(path: &std::path::Path) -> Result<Policy, ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("pgward: {}: cannot read: {e}", path.display());
+        ExitCode::from(EXIT_ERROR)
+    })?;
+    Policy::from_toml(&text).map_err(|e| {
+        for p in &e.problems {
+            eprintln!("{}: line {}: {}", path.display(), p.line, p.message);
+        }
+        eprintln!("{} problem(s)", e.problems.len());
+        ExitCode::from(EXIT_ERROR)
+    })
 }
 
 /// Identity claims from the flags. Without --oid the user name doubles as the object id,
@@ -105,23 +157,13 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         eprintln!("pgward: {msg}");
         ExitCode::from(EXIT_ERROR)
     };
-    let path = match policy_path(a) {
+    let path = match policy_path(a.config.as_deref(), a.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => return error(e),
     };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return error(format!("{}: cannot read: {e}", path.display())),
-    };
-    let policy = match Policy::from_toml(&text) {
+    let policy = match load(&path) {
         Ok(p) => p,
-        Err(e) => {
-            for p in &e.problems {
-                eprintln!("{}: line {}: {}", path.display(), p.line, p.message);
-            }
-            eprintln!("{} problem(s)", e.problems.len());
-            return ExitCode::from(EXIT_ERROR);
-        }
+        Err(code) => return code,
     };
     let roles = match roles(&policy, a) {
         Ok(r) => r,
@@ -178,11 +220,14 @@ fn read_sql(arg: &str) -> Result<String, String> {
     Ok(s)
 }
 
-fn policy_path(a: &ExplainArgs) -> Result<PathBuf, String> {
-    if let Some(p) = &a.policy {
-        return Ok(p.clone());
+fn policy_path(
+    config: Option<&std::path::Path>,
+    policy: Option<&std::path::Path>,
+) -> Result<PathBuf, String> {
+    if let Some(p) = policy {
+        return Ok(p.to_owned());
     }
-    let Some(config) = &a.config else {
+    let Some(config) = config else {
         return Err("give --config or --policy".to_owned());
     };
     // The proxy's own loader, so explain reads the same file `serve` would (relative to the
@@ -217,10 +262,10 @@ mod tests {
     fn parse(args: &[&str]) -> Result<ExplainArgs, clap::Error> {
         let argv = ["pgward", "policy", "explain"].iter().chain(args);
         let Top::Policy(p) = Cli::try_parse_from(argv)?.cmd;
-        let PolicyCommand::Explain(e) = p.command else {
-            panic!("not explain");
-        };
-        Ok(*e)
+        match p.command {
+            PolicyCommand::Explain(e) => Ok(*e),
+            other => panic!("parsed {other:?} for explain"),
+        }
     }
 
     const POLICY: &str = r#"
@@ -304,12 +349,19 @@ mod tests {
         let cfg = dir.path().join("pgward.toml");
         std::fs::write(&cfg, format!("{PROXY}[policy]\nfile = \"p/policy.toml\"\n")).unwrap();
         let a = parse(&["--config", cfg.to_str().unwrap(), "x"]).unwrap();
-        assert_eq!(policy_path(&a).unwrap(), dir.path().join("p/policy.toml"));
+        assert_eq!(
+            policy_path(a.config.as_deref(), a.policy.as_deref()).unwrap(),
+            dir.path().join("p/policy.toml")
+        );
 
         std::fs::write(&cfg, PROXY).unwrap();
-        assert!(policy_path(&a).unwrap_err().contains("no [policy]"));
+        assert!(policy_path(a.config.as_deref(), a.policy.as_deref())
+            .unwrap_err()
+            .contains("no [policy]"));
 
         std::fs::write(&cfg, "upstreams = []\nroutes = []\n[listen]\naddr = \n").unwrap();
-        assert!(policy_path(&a).unwrap_err().contains("line 4"));
+        assert!(policy_path(a.config.as_deref(), a.policy.as_deref())
+            .unwrap_err()
+            .contains("line 4"));
     }
 }

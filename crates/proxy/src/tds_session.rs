@@ -198,6 +198,8 @@ pub async fn run(start: Start<'_>, shared: &Shared) {
         tid: identity.map(|i| i.tid.clone()).unwrap_or_default(),
         upn: caller.clone(),
         roles,
+        // The second wall: the session runs as the held role's database user.
+        database_user: gate.as_ref().and_then(|g| g.upstream_role()),
     };
     let opts = tds_options(&upstream, &database, app);
     let tds = match TdsSession::connect(&opts, &token, &who).await {

@@ -54,6 +54,18 @@ pub struct SessionIdentity {
     pub upn: String,
     /// pgward policy roles, comma-separated in the session context.
     pub roles: Vec<String>,
+    /// The database user the session runs as (`EXECUTE AS USER ... WITH NO REVERT`, before
+    /// anything else): the held role's `upstream_role`. `None` runs as pgward's identity.
+    pub database_user: Option<String>,
+}
+
+/// `EXECUTE AS USER = N'user' WITH NO REVERT`: the session cannot return to pgward's own
+/// identity afterwards, so the user's database privileges bound everything it runs.
+pub fn impersonation_statement(user: &str) -> String {
+    format!(
+        "EXECUTE AS USER = N'{}' WITH NO REVERT",
+        user.replace('\'', "''")
+    )
 }
 
 /// An Entra access token for https://database.windows.net/.default. Never printed.
@@ -270,6 +282,12 @@ impl TdsSession {
     }
 
     async fn prepare(&mut self, identity: &SessionIdentity) -> Result<(), (String, String)> {
+        // First, so nothing runs as pgward's identity; a failure refuses the session.
+        if let Some(user) = &identity.database_user {
+            self.control(&impersonation_statement(user))
+                .await
+                .map_err(|(code, m)| (code, format!("EXECUTE AS USER {user:?} failed: {m}")))?;
+        }
         self.control("SET XACT_ABORT ON").await?;
         let roles = identity.roles.join(",");
         for (key, value) in [

@@ -12,6 +12,6 @@ pub mod pg;
 pub mod types;
 
 pub use client::{
-    AccessToken, BatchOutcome, Expect, SessionIdentity, StatementOutcome, TdsConnectError,
-    TdsOptions, TdsSession, TdsTls,
+    impersonation_statement, AccessToken, BatchOutcome, Expect, SessionIdentity, StatementOutcome,
+    TdsConnectError, TdsOptions, TdsSession, TdsTls,
 };
