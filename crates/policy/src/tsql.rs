@@ -240,7 +240,10 @@ impl Policy {
 /// three-part names must name it.
 pub fn analyze_tsql(sql: &str, database: Option<&str>) -> Result<Analysis, AnalysisError> {
     if sql.len() > MAX_TSQL_LEN {
-        return Err(AnalysisError::TooLong(sql.len()));
+        return Err(AnalysisError::TooLong {
+            len: sql.len(),
+            limit: MAX_TSQL_LEN,
+        });
     }
     let dialect = MsSqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql)

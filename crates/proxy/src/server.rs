@@ -150,7 +150,7 @@ impl Server {
         };
         let throttle = FailureThrottle::new(config.listen.auth_failures_before_delay);
         let policy = match &config.policy {
-            Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p.cache_entries)?)),
+            Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p)?)),
             None => None,
         };
         let audit = match &config.audit {
