@@ -106,6 +106,25 @@ pub struct PolicyConfig {
     pub watch_secs: u64,
 }
 
+impl PolicyConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.analysis_threads == 0 || self.analysis_threads > 64 {
+            p.push("[policy] analysis_threads must be between 1 and 64".into());
+        }
+        if self.analysis_timeout_ms == 0 {
+            p.push("[policy] analysis_timeout_ms must be above 0".into());
+        }
+        if self.max_statement_bytes < 8192 {
+            p.push("[policy] max_statement_bytes must be at least 8192".into());
+        }
+        if self.cache_bytes < (1 << 20) {
+            p.push("[policy] cache_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        p
+    }
+}
+
 fn default_cache_entries() -> usize {
     10_000
 }
@@ -355,6 +374,9 @@ impl Config {
         }
         if self.listen.max_connections == 0 {
             p.push("[listen] max_connections must be at least 1".into());
+        }
+        if let Some(policy) = &self.policy {
+            p.extend(policy.problems());
         }
         if self.listen.max_message_bytes < 8192 || self.listen.max_message_bytes > (1 << 30) {
             p.push("[listen] max_message_bytes must be between 8192 and 1073741824".into());
