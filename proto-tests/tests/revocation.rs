@@ -122,23 +122,35 @@ fn nothing_opened_before_a_reload_outlives_it() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut probe = Wire::connect(pgward.port, CALLER);
     while probe.query("SELECT count(*) FROM salaries").ok() {
-        assert!(Instant::now() < deadline, "the new policy was not picked up");
+        assert!(
+            Instant::now() < deadline,
+            "the new policy was not picked up"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let log_before = db.pg.log().len();
 
     // Session 1.
     denied(&w1.query("EXECUTE sqlprep"), "SQL EXECUTE of a SQL PREPARE");
-    denied(&w1.query("EXECUTE protoprep"), "SQL EXECUTE of a protocol Parse");
+    denied(
+        &w1.query("EXECUTE protoprep"),
+        "SQL EXECUTE of a protocol Parse",
+    );
     denied(
         &extended(&mut w1, &[wire::bind("", "sqlprep"), wire::execute("", 0)]),
         "protocol Bind of a SQL PREPARE",
     );
     denied(
-        &extended(&mut w1, &[wire::bind("", "protoprep"), wire::execute("", 0)]),
+        &extended(
+            &mut w1,
+            &[wire::bind("", "protoprep"), wire::execute("", 0)],
+        ),
         "protocol Bind of a protocol Parse",
     );
-    denied(&w1.query("FETCH 1 FROM held"), "FETCH of a WITH HOLD cursor");
+    denied(
+        &w1.query("FETCH 1 FROM held"),
+        "FETCH of a WITH HOLD cursor",
+    );
     denied(&w1.query("MOVE 1 IN held"), "MOVE of a WITH HOLD cursor");
     denied(
         &extended(
@@ -168,13 +180,18 @@ fn nothing_opened_before_a_reload_outlives_it() {
     in_savepoint(&mut w2, "SQL FETCH of a protocol portal", |w| {
         w.query("FETCH 1 FROM portal_q")
     });
-    in_savepoint(&mut w2, "FETCH of a cursor", |w| w.query("FETCH 1 FROM open_c"));
+    in_savepoint(&mut w2, "FETCH of a cursor", |w| {
+        w.query("FETCH 1 FROM open_c")
+    });
     in_savepoint(&mut w2, "MOVE of a cursor", |w| w.query("MOVE 1 IN open_c"));
     assert!(w2.query("CLOSE open_c").ok());
     // A name pgward never saw opened, after a reload: refused (it cannot tell what it reads).
     let r = w2.query("FETCH 1 FROM open_c");
     denied(&r, "FETCH of an unknown cursor");
-    assert!(r.errors[0].message.contains("builtin.unknown_portal"), "{r:?}");
+    assert!(
+        r.errors[0].message.contains("builtin.unknown_portal"),
+        "{r:?}"
+    );
     assert!(w2.query("ROLLBACK").ok());
 
     std::thread::sleep(Duration::from_millis(300));
