@@ -436,17 +436,22 @@ impl Gate {
     pub fn judge(&mut self, sql: &str) -> Option<Arc<QueryDecision>> {
         self.refresh();
         let max = self.store.max_statement_bytes;
+        if sql.len() > max {
+            // Refused unread: not even hashed for the cache.
+            let too_long = AnalysisError::TooLong {
+                len: sql.len(),
+                limit: max,
+            };
+            let qd = self
+                .policy
+                .decide_analysis(&self.roles, Err(too_long), &self.session);
+            return Some(Arc::new(qd));
+        }
         let ahead = &mut self.ahead;
         let qd =
             self.store
                 .cache
                 .decide_with(&self.policy, &self.roles, &self.session, sql, |sql| {
-                    if sql.len() > max {
-                        return Some(Err(AnalysisError::TooLong {
-                            len: sql.len(),
-                            limit: max,
-                        }));
-                    }
                     if let Some(done) = ahead.remove(sql) {
                         return Some(done);
                     }
@@ -707,7 +712,13 @@ impl Gate {
             version,
             hold: false,
         };
-        self.portals.insert(portal.to_owned(), allowed);
+        // Re-binding a name (the unnamed portal, every time) reuses its entry.
+        match self.portals.get_mut(portal) {
+            Some(p) => *p = allowed,
+            None => {
+                self.portals.insert(portal.to_owned(), allowed);
+            }
+        }
         None
     }
 

@@ -178,6 +178,7 @@ impl Server {
                 let m = Metrics::new();
                 m.watch_credentials(credentials.clone());
                 m.watch_audit(audit_for_metrics);
+                m.watch_policy(policy.clone());
                 Arc::new(m)
             },
             hard_stop: CancellationToken::new(),
