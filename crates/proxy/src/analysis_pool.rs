@@ -93,7 +93,11 @@ fn work(rx: &Mutex<mpsc::Receiver<Job>>) {
             // Its session ended before the job started: nothing is waiting for it.
             continue;
         }
-        let outcome = pgward_policy::analyze_limited(&job.sql, job.max_len);
+        // A panic in the parser refuses that one string and keeps the thread serving.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pgward_policy::analyze_limited(&job.sql, job.max_len)
+        }))
+        .unwrap_or_else(|_| Err(AnalysisError::Parse("pgward's analysis failed".into())));
         let _ = job.reply.send(outcome);
     }
 }

@@ -771,3 +771,153 @@ pub fn denial_of(qd: &QueryDecision) -> Denial {
     }
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const BEFORE: &str = r#"
+[[roles]]
+name = "reader"
+members = { everyone = true }
+allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"] } ]
+"#;
+
+    fn store(text: &str) -> (Arc<PolicyStore>, PathBuf) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "pgward-enforce-test-{}-{n}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("write policy");
+        let config = PolicyConfig {
+            file: path.clone(),
+            cache_entries: 100,
+            cache_bytes: 64 << 20,
+            max_statement_bytes: 1 << 20,
+            analysis_timeout_ms: 2000,
+            analysis_threads: 1,
+            watch_secs: 0,
+        };
+        let store = PolicyStore::open(&path, &config).expect("store");
+        (Arc::new(store), path)
+    }
+
+    fn gate(store: &Arc<PolicyStore>) -> Gate {
+        let who = Principal {
+            upn: "dana@contoso.com".into(),
+            ..Default::default()
+        };
+        Gate::new(Arc::clone(store), who)
+    }
+
+    /// Judges and, as the relay does when it forwards, commits.
+    fn run(g: &mut Gate, sql: &str) -> Arc<QueryDecision> {
+        let qd = g.judge(sql).expect("short strings are judged inline");
+        g.commit(&qd);
+        qd
+    }
+
+    fn blocks(g: &mut Gate, sql: &str) -> bool {
+        g.judge(sql).expect("judged").decision.blocks()
+    }
+
+    #[test]
+    fn a_reload_reaches_everything_opened_before_it() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        assert!(!run(&mut g, "PREPARE p AS SELECT * FROM salaries")
+            .decision
+            .blocks());
+        let qd = run(&mut g, "SELECT * FROM salaries");
+        g.parsed("s", &qd);
+        run(
+            &mut g,
+            "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM salaries",
+        );
+        run(
+            &mut g,
+            "DECLARE k CURSOR WITH HOLD FOR SELECT * FROM orders",
+        );
+        assert!(g.on_bind("q", "s").is_none());
+        assert!(g.on_execute("q").is_none());
+        assert!(!blocks(&mut g, "FETCH 1 FROM c"));
+
+        std::fs::write(&path, BEFORE.replace(", \"public.salaries\"", "")).expect("write");
+        store.reload();
+        assert!(blocks(&mut g, "FETCH 1 FROM c"), "FETCH of a cursor");
+        assert!(blocks(&mut g, "MOVE LAST IN c"), "MOVE of a cursor");
+        assert!(blocks(&mut g, "FETCH 1 FROM q"), "SQL FETCH of a portal");
+        assert!(blocks(&mut g, "EXECUTE p"), "EXECUTE of a SQL PREPARE");
+        assert!(g.on_bind("", "p").is_some(), "Bind of a SQL PREPARE");
+        assert!(g.on_bind("", "s").is_some(), "Bind of a protocol Parse");
+        assert!(g.on_execute("q").is_some(), "Execute of a portal");
+        assert!(g.on_execute("c").is_some(), "Execute of a cursor");
+        // What the new policy allows goes on.
+        assert!(!blocks(&mut g, "FETCH 1 FROM k"));
+        assert!(g.on_execute("k").is_none());
+        // A cursor declared in the same string is current.
+        assert!(!blocks(
+            &mut g,
+            "DECLARE n CURSOR FOR SELECT * FROM orders; FETCH n"
+        ));
+        // Names never seen, after a reload: refused.
+        let rule = |d: Option<Denial>| d.map(|d| d.rule);
+        assert_eq!(
+            rule(g.on_execute("never")).as_deref(),
+            Some("builtin.unknown_portal")
+        );
+        assert_eq!(
+            rule(g.on_bind("", "never")).as_deref(),
+            Some("builtin.unknown_prepared")
+        );
+        run(&mut g, "CLOSE k");
+        assert!(blocks(&mut g, "FETCH k"), "a closed cursor is unknown");
+        // Non-hold portals end with the transaction; hold cursors stay (and stay stale).
+        g.transaction_ended();
+        assert!(g.on_execute("q").is_some());
+        assert!(g.on_execute("c").is_some());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn unknown_names_pass_while_the_first_policy_holds() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        assert!(g.on_execute("opened_by_a_function").is_none());
+        assert!(g.on_bind("", "not_seen").is_none());
+        assert!(!blocks(&mut g, "FETCH 1 FROM opened_by_a_function"));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn over_budget_is_54000_and_long_strings_wait_for_the_pool() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        let long = format!("SELECT 1 /* {} */", "x".repeat(2 << 20));
+        let qd = g.judge(&long).expect("refused unread");
+        assert_eq!(qd.decision.rule, "builtin.analysis_budget");
+        assert_eq!(denial_of(&qd).code, "54000");
+        assert!(denial_of(&qd)
+            .message()
+            .starts_with("pgward refused this statement: statement is"));
+        // Over 4 KiB: not analysed on the runtime thread.
+        let big = format!("SELECT * FROM orders /* {} */", "y".repeat(8192));
+        assert!(g.needs_analysis(&big, false));
+        assert!(g.judge(&big).is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(g.analyse_ahead(&big));
+        assert!(!g.needs_analysis(&big, false));
+        let qd = g.judge(&big).expect("analysed ahead");
+        assert!(!qd.decision.blocks(), "{:?}", qd.decision);
+        g.commit(&qd);
+        // Cached now: no second analysis needed.
+        assert!(!g.needs_analysis(&big, false));
+        let _ = std::fs::remove_file(&path);
+    }
+}
