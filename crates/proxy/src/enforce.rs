@@ -268,10 +268,28 @@ pub enum Verdict {
 /// and the policy version that last allowed it.
 #[derive(Debug, Clone)]
 struct Allowed {
-    analysis: Arc<StatementAnalysis>,
+    analysis: Runs,
     version: u64,
     /// A WITH HOLD cursor outlives its transaction; other portals end with it.
     hold: bool,
+}
+
+/// What a prepared statement or portal runs: the (cached, shared) decision of the Parse
+/// that prepared it, so the hot Parse/Bind path copies nothing, or an analysis of its own.
+#[derive(Debug, Clone)]
+enum Runs {
+    /// The single statement of a parsed string.
+    Parsed(Arc<QueryDecision>),
+    Analysis(Arc<StatementAnalysis>),
+}
+
+impl Runs {
+    fn analysis(&self) -> Option<&StatementAnalysis> {
+        match self {
+            Runs::Parsed(qd) => qd.statements.first().map(|s| &s.analysis),
+            Runs::Analysis(a) => Some(a),
+        }
+    }
 }
 
 /// One session's policy enforcement.
@@ -534,12 +552,12 @@ impl Gate {
         if portal.version == version {
             return None;
         }
-        let (analysis, before) = (Arc::clone(&portal.analysis), portal.version);
+        let (runs, before) = (portal.analysis.clone(), portal.version);
         // Marked current while deciding, so a portal that reads itself (`FETCH p` bound
         // as portal p) cannot recurse; put back if the decision denies.
         self.set_portal_version(name, version);
         let what = format!("{how} of {name:?} opened under an earlier policy");
-        let denied = self.redecide(&analysis, &what);
+        let denied = self.redecide(&runs, &what);
         if denied.is_some() {
             self.set_portal_version(name, before);
         }
@@ -570,7 +588,11 @@ impl Gate {
 
     /// Decides an analysis prepared or opened under an earlier policy (a FETCH inside
     /// it is checked against its cursor too). `None` when the current policy allows it.
-    fn redecide(&mut self, analysis: &StatementAnalysis, what: &str) -> Option<Decision> {
+    fn redecide(&mut self, runs: &Runs, what: &str) -> Option<Decision> {
+        let Some(analysis) = runs.analysis() else {
+            // An empty string runs nothing.
+            return None;
+        };
         let mut d = self.policy.decide(&self.roles, analysis, &self.session);
         if d.verdict == pgward_policy::Verdict::Allow {
             if let Some(cursor) = &analysis.fetches {
@@ -599,7 +621,7 @@ impl Gate {
                 SessionEffect::Prepare(name, _) => {
                     if let Some(a) = self.session.prepared(name) {
                         let allowed = Allowed {
-                            analysis: Arc::clone(a),
+                            analysis: Runs::Analysis(Arc::clone(a)),
                             version,
                             hold: true,
                         };
@@ -618,7 +640,7 @@ impl Gate {
                 }
                 SessionEffect::DeclareCursor { name, hold, query } => {
                     let allowed = Allowed {
-                        analysis: Arc::new((**query).clone()),
+                        analysis: Runs::Analysis(Arc::new((**query).clone())),
                         version,
                         hold: *hold,
                     };
@@ -661,20 +683,26 @@ impl Gate {
     /// After a Parse was decided: protocol-level statements share a namespace with SQL
     /// PREPARE, so `EXECUTE name` must be decided as this statement, and a Bind of it
     /// after a reload is decided again.
-    pub fn parsed(&mut self, name: &str, qd: &QueryDecision) {
+    pub fn parsed(&mut self, name: &str, qd: &Arc<QueryDecision>) {
+        // An empty string prepares a statement that runs nothing.
         match (qd.decision.blocks(), qd.statements.as_slice()) {
-            (false, [one]) => {
-                let analysis = Arc::new(one.analysis.clone());
-                if !name.is_empty() {
-                    // The unnamed statement cannot be EXECUTEd by name.
+            (false, [] | [_]) => {
+                if let (false, [one]) = (name.is_empty(), qd.statements.as_slice()) {
+                    // (The unnamed statement cannot be EXECUTEd by name.)
                     self.session.remember_prepared(name, one.analysis.clone());
                 }
                 let allowed = Allowed {
-                    analysis,
+                    analysis: Runs::Parsed(Arc::clone(qd)),
                     version: self.policy.version(),
                     hold: true,
                 };
-                self.statements.insert(name.to_owned(), allowed);
+                // Re-parsing a name (the unnamed statement, every time) reuses its entry.
+                match self.statements.get_mut(name) {
+                    Some(s) => *s = allowed,
+                    None => {
+                        self.statements.insert(name.to_owned(), allowed);
+                    }
+                }
             }
             _ => {
                 self.session.forget_prepared(name);
