@@ -299,10 +299,11 @@ pub struct Gate {
     principal: Principal,
     roles: RoleSet,
     session: SessionState,
-    /// The policy version the session began under. Names pgward never saw prepared or
-    /// opened are passed through only while it is still in force (see docs/policy.md,
-    /// "Reloads").
-    first_version: u64,
+    /// The policy changed during the session. Until it does, names pgward never saw
+    /// prepared or opened are passed through (nothing can have opened them under another
+    /// policy); after it, they are refused (see docs/policy.md, "Reload"). A flag, not a
+    /// version: a policy reverted to the first one still had another in force meanwhile.
+    reloaded: bool,
     /// Prepared statements (protocol Parse, the unnamed one included, and SQL PREPARE),
     /// so a Bind after a reload is decided by the policy in force.
     statements: HashMap<String, Allowed>,
@@ -328,7 +329,7 @@ impl Gate {
         session.set_caller(principal.caller_name());
         Self {
             store,
-            first_version: policy.version(),
+            reloaded: false,
             policy,
             principal,
             roles,
@@ -378,6 +379,7 @@ impl Gate {
     fn refresh(&mut self) {
         let current = self.store.current();
         if current.version() != self.policy.version() {
+            self.reloaded = true;
             self.roles = current.roles_for(&self.principal);
             self.policy = current;
         }
@@ -570,11 +572,11 @@ impl Gate {
         }
     }
 
-    /// Names pgward never saw are passed through while the policy the session began
-    /// under is in force (nothing could have opened them under another), and refused
-    /// after a reload (pgward cannot tell what they run).
+    /// Names pgward never saw are passed through until the policy first changes in the
+    /// session (nothing could have opened them under another), and refused after that
+    /// (pgward cannot tell what they run).
     fn unknown(&self, rule: &str, reason: String) -> Option<Decision> {
-        if self.policy.version() == self.first_version {
+        if !self.reloaded {
             return None;
         }
         let d = Decision {
