@@ -86,6 +86,8 @@ pub struct PgwardOptions {
     pub entra: Option<String>,
     /// A policy file for `[policy] file`; `None` runs without statement policy.
     pub policy: Option<PathBuf>,
+    /// Extra lines for the `[policy]` section (e.g. `analysis_timeout_ms = 200`).
+    pub policy_extra: Vec<String>,
     /// Extra top-level TOML (e.g. an `[audit]` section).
     pub extra_toml: String,
     /// pgward's log filter (default "debug").
@@ -114,6 +116,7 @@ impl Default for PgwardOptions {
             upstream_ca: None,
             entra: None,
             policy: None,
+            policy_extra: Vec::new(),
             extra_toml: String::new(),
             log_level: "debug",
             file_size_limit: None,
@@ -242,7 +245,11 @@ upstream = "main"
                 .policy
                 .as_ref()
                 .or(open_policy.as_ref())
-                .map(|p| format!("[policy]\nfile = \"{}\"\nwatch_secs = 1", p.display()))
+                .map(|p| format!(
+                    "[policy]\nfile = \"{}\"\nwatch_secs = 1\n{}",
+                    p.display(),
+                    opts.policy_extra.join("\n")
+                ))
                 .unwrap_or_default(),
             listen = listen.join("\n"),
             pg_port = opts.upstream_port.unwrap_or(db.pg.port),
@@ -520,6 +527,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// A minimal blocking PostgreSQL wire client for tests that must send bytes no real
 /// client would.
 pub mod tds_standin;
+
+pub mod wire;
 
 pub mod raw {
     use std::io::{Read, Write};

@@ -13,12 +13,17 @@ use pg_query::NodeRef;
 
 use crate::walk_gen::{children, stmt_name};
 
+/// `CURSOR_OPT_HOLD` of PostgreSQL's parsenodes.h: DECLARE ... WITH HOLD.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
 /// Deeper trees than this are refused rather than walked, so hostile input cannot exhaust the
 /// stack of the proxy's worker threads.
 const MAX_DEPTH: usize = 400;
 
-/// Statements longer than this are refused without parsing (1 MiB of SQL text).
-const MAX_SQL_LEN: usize = 1 << 20;
+/// Query strings longer than this are refused without parsing by [`analyze`] (4 MiB: a
+/// 1 MiB bulk INSERT from an ORM must pass). The proxy passes its configured
+/// `[policy] max_statement_bytes` to [`analyze_limited`] instead.
+pub const MAX_SQL_LEN: usize = 4 << 20;
 
 /// What a statement does to an object. The names are the policy file's action names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -259,8 +264,20 @@ pub enum SessionEffect {
     Prepare(String, Box<StatementAnalysis>),
     /// Forgets a prepared statement (`None`: all of them).
     Deallocate(Option<String>),
-    /// DISCARD ALL: forgets prepared statements and resets settings.
+    /// DISCARD ALL: forgets prepared statements, closes cursors and resets settings.
     DiscardAll,
+    /// DECLARE of a cursor, with the analysis of its query: a later FETCH or MOVE reads it,
+    /// so after a policy reload the query is decided again (see docs/policy.md).
+    DeclareCursor {
+        /// The cursor's (portal's) name.
+        name: String,
+        /// WITH HOLD: the cursor outlives its transaction.
+        hold: bool,
+        /// What the cursor reads.
+        query: Box<StatementAnalysis>,
+    },
+    /// CLOSE of a cursor (`None`: CLOSE ALL).
+    CloseCursor(Option<String>),
 }
 
 /// The analysis of one SQL statement.
@@ -296,6 +313,8 @@ pub struct StatementAnalysis {
     pub not_understood: Vec<String>,
     /// The prepared statement an EXECUTE runs (decided as what was prepared).
     pub executes: Option<String>,
+    /// The cursor (or protocol portal) a FETCH or MOVE reads.
+    pub fetches: Option<String>,
     /// Changes to pgward's session state.
     pub effects: Vec<SessionEffect>,
 }
@@ -312,19 +331,44 @@ pub struct Analysis {
 pub enum AnalysisError {
     /// PostgreSQL's parser rejected it.
     Parse(String),
-    /// Longer than pgward accepts.
-    TooLong(usize),
+    /// Longer than pgward accepts (`[policy] max_statement_bytes`).
+    TooLong {
+        /// The string's length in bytes.
+        len: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
     /// Nested too deeply, or too many chained operators, to be parsed at a bounded cost.
     TooComplex,
+    /// Analysis took longer than its time budget (`[policy] analysis_timeout_ms`).
+    TimedOut {
+        /// The budget, in milliseconds.
+        limit_ms: u64,
+    },
+}
+
+impl AnalysisError {
+    /// Whether the string was refused for what analysing it would cost (length, nesting,
+    /// time), not for what it says: SQLSTATE 54000 (program limit exceeded) in the proxy.
+    pub fn is_over_budget(&self) -> bool {
+        !matches!(self, AnalysisError::Parse(_))
+    }
 }
 
 impl fmt::Display for AnalysisError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AnalysisError::Parse(e) => write!(f, "syntax error: {e}"),
-            AnalysisError::TooLong(n) => write!(f, "statement too long ({n} bytes, limit {MAX_SQL_LEN})"),
+            AnalysisError::TooLong { len, limit } => write!(
+                f,
+                "statement is {len} bytes, over [policy] max_statement_bytes = {limit}"
+            ),
             AnalysisError::TooComplex => f.write_str(
                 "statement nests too deeply or chains too many operators for pgward to analyse (see docs/policy.md, Limits)",
+            ),
+            AnalysisError::TimedOut { limit_ms } => write!(
+                f,
+                "analysis took longer than [policy] analysis_timeout_ms = {limit_ms}"
             ),
         }
     }
@@ -340,12 +384,21 @@ const BIG_SQL: usize = 4 * 1024;
 /// Stack for parsing big SQL (address space reserved, not memory used, unless the SQL nests).
 const BIG_STACK: usize = 256 << 20;
 
-/// Most operators a statement longer than [`BIG_SQL`] may chain. libpg_query's tree output is
-/// quadratic in the depth of left-deep operator chains (`1+1+1...`: 100,000 of them take
-/// seconds), so such input is refused after a linear scan instead of being parsed.
-const MAX_OPERATORS: usize = 4000;
+/// Longest chain of expression-building tokens (operators, `::` casts, COLLATE, IS, NOT,
+/// AT, LIKE, subscripts...) one operand may carry at one nesting level in a statement
+/// longer than [`BIG_SQL`]. Each link nests the parse tree one level deeper, and parsing
+/// costs grow with the square of that depth (`'1'::text::text...`: 1 MiB took 17 s), so
+/// such input is refused after a linear scan instead of being parsed. pg_query's decoder
+/// refuses trees nested more than about 45 expression levels anyway, so no chain this long
+/// could be analysed.
+const MAX_CHAIN: usize = 64;
 
-/// Deepest parenthesis nesting accepted in a statement longer than [`BIG_SQL`].
+/// Most JOIN, UNION/INTERSECT/EXCEPT and BETWEEN at one nesting level of a statement: each
+/// nests the tree too (left-deep joins and set operations), and commas do not end them.
+const MAX_CLAUSE_CHAIN: usize = 200;
+
+/// Deepest nesting of parentheses, brackets and CASE accepted in a statement longer than
+/// [`BIG_SQL`].
 const MAX_PARENS: usize = 1000;
 
 /// Maps pg_query's errors. Its protobuf decoder stops at 100 nested messages (about 45 levels
@@ -358,24 +411,92 @@ fn parse_error(e: pg_query::Error) -> AnalysisError {
     }
 }
 
+/// Refuses, after a linear scan, input whose parse would cost more than linear time:
+/// long chains of tokens that each nest the tree one level deeper (see [`MAX_CHAIN`]),
+/// and deep nesting. Chains are counted per operand: a comma, AND/OR, WHEN/THEN/ELSE or a
+/// clause keyword ends one (those build flat lists), a parenthesis starts a new count
+/// inside and resumes the outer one after it.
 fn check_complexity(sql: &str) -> Result<(), AnalysisError> {
+    use pb::Token as T;
     let scan = pg_query::scan(sql).map_err(parse_error)?;
-    let (mut ops, mut depth, mut max_depth) = (0usize, 0usize, 0usize);
+    // Per open nesting level: (expression chain, clause chain).
+    let mut outer: Vec<(usize, usize)> = Vec::new();
+    let (mut chain, mut clauses) = (0usize, 0usize);
     for t in &scan.tokens {
-        match t.token {
-            // % * + - / ^ and every other operator (||, ->>, custom ones).
-            37 | 42 | 43 | 45 | 47 | 94 => ops += 1,
-            x if x == pb::Token::Op as i32 => ops += 1,
-            40 => {
-                depth += 1;
-                max_depth = max_depth.max(depth);
+        let Ok(token) = T::try_from(t.token) else {
+            continue;
+        };
+        match token {
+            T::Ascii40 | T::Ascii91 | T::Case => {
+                // `x[1][1]...` chains as well as nests.
+                if token == T::Ascii91 {
+                    chain += 1;
+                }
+                outer.push((chain, clauses));
+                (chain, clauses) = (0, 0);
+                if outer.len() > MAX_PARENS {
+                    return Err(AnalysisError::TooComplex);
+                }
             }
-            41 => depth = depth.saturating_sub(1),
+            T::Ascii41 | T::Ascii93 | T::EndP => {
+                (chain, clauses) = outer.pop().unwrap_or((0, 0));
+                if token == T::EndP {
+                    // A CASE is an operand that may be chained on.
+                    chain += 1;
+                }
+            }
+            // Ends an operand: the next one starts its own chain.
+            T::Ascii44
+            | T::And
+            | T::Or
+            | T::When
+            | T::Then
+            | T::Else
+            | T::On
+            | T::Select
+            | T::From
+            | T::Where
+            | T::GroupP
+            | T::Having
+            | T::Order
+            | T::Limit
+            | T::Offset
+            | T::Values
+            | T::Set
+            | T::Returning
+            | T::Using => chain = 0,
+            T::Ascii59 => (chain, clauses) = (0, 0),
+            T::Join | T::Union | T::Intersect | T::Except | T::Between => clauses += 1,
+            T::Ascii37
+            | T::Ascii42
+            | T::Ascii43
+            | T::Ascii45
+            | T::Ascii47
+            | T::Ascii60
+            | T::Ascii61
+            | T::Ascii62
+            | T::Ascii94
+            | T::Op
+            | T::Typecast
+            | T::LessEquals
+            | T::GreaterEquals
+            | T::NotEquals
+            | T::Collate
+            | T::At
+            | T::Is
+            | T::Isnull
+            | T::Notnull
+            | T::Not
+            | T::Like
+            | T::Ilike
+            | T::Similar
+            | T::InP
+            | T::Operator => chain += 1,
             _ => {}
         }
-    }
-    if ops > MAX_OPERATORS || max_depth > MAX_PARENS {
-        return Err(AnalysisError::TooComplex);
+        if chain > MAX_CHAIN || clauses > MAX_CLAUSE_CHAIN {
+            return Err(AnalysisError::TooComplex);
+        }
     }
     Ok(())
 }
@@ -394,8 +515,16 @@ fn parse_on_big_stack(sql: &str) -> Result<pg_query::ParseResult, AnalysisError>
 
 /// Analyses a query string (one or more statements) with PostgreSQL's parser.
 pub fn analyze(sql: &str) -> Result<Analysis, AnalysisError> {
-    if sql.len() > MAX_SQL_LEN {
-        return Err(AnalysisError::TooLong(sql.len()));
+    analyze_limited(sql, MAX_SQL_LEN)
+}
+
+/// [`analyze`] with another length limit (the proxy's `[policy] max_statement_bytes`).
+pub fn analyze_limited(sql: &str, max_len: usize) -> Result<Analysis, AnalysisError> {
+    if sql.len() > max_len {
+        return Err(AnalysisError::TooLong {
+            len: sql.len(),
+            limit: max_len,
+        });
     }
     let parsed = if sql.len() > BIG_SQL {
         check_complexity(sql)?;
@@ -892,10 +1021,29 @@ impl Walker {
             NodeRef::CopyStmt(s) => self.copy(s),
             // EXPLAIN (with or without ANALYZE) is decided as the statement it explains: plain
             // EXPLAIN needs the same privileges in PostgreSQL and reveals row estimates.
-            NodeRef::ExplainStmt(_)
-            | NodeRef::DeclareCursorStmt(_)
-            | NodeRef::ReturnStmt(_)
-            | NodeRef::SetOperationStmt(_) => self.visit_children(node),
+            NodeRef::ExplainStmt(_) | NodeRef::ReturnStmt(_) | NodeRef::SetOperationStmt(_) => {
+                self.visit_children(node)
+            }
+            NodeRef::DeclareCursorStmt(s) => {
+                // Decided as its query now, and again at FETCH/MOVE after a policy reload.
+                if let Some(q) = opt_ref(&s.query) {
+                    let inner = analyze_node(q, String::new());
+                    self.merge(&inner);
+                    self.out.effects.push(SessionEffect::DeclareCursor {
+                        name: s.portalname.clone(),
+                        hold: s.options & CURSOR_OPT_HOLD != 0,
+                        query: Box::new(inner),
+                    });
+                } else {
+                    self.not_understood("DECLARE without a query");
+                }
+            }
+            NodeRef::FetchStmt(s) => self.out.fetches = Some(s.portalname.clone()),
+            NodeRef::ClosePortalStmt(s) => {
+                // An empty name is CLOSE ALL.
+                let name = Some(s.portalname.clone()).filter(|n| !n.is_empty());
+                self.out.effects.push(SessionEffect::CloseCursor(name));
+            }
             NodeRef::PrepareStmt(s) => {
                 // PREPARE is decided as its statement now, and EXECUTE as it again later.
                 if let Some(q) = opt_ref(&s.query) {
@@ -979,8 +1127,6 @@ impl Walker {
             NodeRef::VariableSetStmt(s) => self.set(s),
             NodeRef::VariableShowStmt(_)
             | NodeRef::TransactionStmt(_)
-            | NodeRef::ClosePortalStmt(_)
-            | NodeRef::FetchStmt(_)
             | NodeRef::UnlistenStmt(_)
             | NodeRef::ConstraintsSetStmt(_) => self.transaction_or_harmless(node),
             NodeRef::DiscardStmt(s) => {

@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::analyze::{
-    analyze, split_list, Access, Action, AnalysisError, FunctionRef, ObjectRef, SessionEffect,
-    SettingChange, StatementAnalysis,
+    analyze, split_list, Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef,
+    SessionEffect, SettingChange, StatementAnalysis,
 };
 use crate::catalog::{
     is_builtin_function, is_catalog_relation, CATALOG_EXCLUDED, INFORMATION_SCHEMA_EXCLUDED,
@@ -228,6 +228,12 @@ impl SessionState {
         self.prepared.insert(name.to_owned(), Arc::new(analysis));
     }
 
+    /// The statement prepared under `name` (by SQL PREPARE or a protocol Parse), as pgward
+    /// analysed it.
+    pub fn prepared(&self, name: &str) -> Option<&Arc<StatementAnalysis>> {
+        self.prepared.get(name)
+    }
+
     /// Forgets a statement prepared through the extended protocol (Close of a statement).
     pub fn forget_prepared(&mut self, name: &str) {
         self.prepared.remove(name);
@@ -283,6 +289,8 @@ impl SessionState {
                 SessionEffect::Deallocate(None) | SessionEffect::DiscardAll => {
                     self.prepared.clear()
                 }
+                // Cursors are tracked by the proxy, which knows policy versions.
+                SessionEffect::DeclareCursor { .. } | SessionEffect::CloseCursor(_) => {}
             }
         }
     }
@@ -1054,9 +1062,27 @@ impl Policy {
         sql: &str,
         session: &SessionState,
     ) -> QueryDecision {
-        let analysis = match analyze(sql) {
+        self.decide_analysis(roles, analyze(sql), session)
+    }
+
+    /// Decides a query string already analysed (see [`Policy::decide_query`]). Analysis
+    /// is the expensive, session-independent part, so the proxy runs it off its runtime
+    /// threads and hands the result here; deciding is cheap.
+    pub fn decide_analysis(
+        &self,
+        roles: &RoleSet,
+        analysis: Result<Analysis, AnalysisError>,
+        session: &SessionState,
+    ) -> QueryDecision {
+        let analysis = match analysis {
             Ok(a) => a,
-            Err(e) => return self.not_analysed(e, true),
+            // Parse errors and nesting are properties of the text and may be cached; a
+            // time-out is not (the next try may be faster) and neither is a length over a
+            // limit that a config change can raise.
+            Err(e) => {
+                let cacheable = matches!(e, AnalysisError::Parse(_) | AnalysisError::TooComplex);
+                return self.not_analysed(e, cacheable);
+            }
         };
         let mut local: Option<SessionState> = None;
         let mut statements = Vec::with_capacity(analysis.statements.len());
@@ -1101,7 +1127,10 @@ impl Policy {
     pub(crate) fn not_analysed(&self, e: AnalysisError, cacheable: bool) -> QueryDecision {
         let rule = match e {
             AnalysisError::Parse(_) => "builtin.parse_error",
-            AnalysisError::TooLong(_) | AnalysisError::TooComplex => "builtin.not_understood",
+            AnalysisError::TooComplex => "builtin.not_understood",
+            AnalysisError::TooLong { .. } | AnalysisError::TimedOut { .. } => {
+                "builtin.analysis_budget"
+            }
         };
         let mut decision = Decision::deny(rule, e.to_string());
         decision.enforced = self.mode == Mode::Enforce;

@@ -36,8 +36,8 @@ pub mod tsql;
 mod walk_gen;
 
 pub use analyze::{
-    analyze, Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef, SessionEffect,
-    SettingChange, StatementAnalysis, PSEUDO_KINDS,
+    analyze, analyze_limited, Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef,
+    SessionEffect, SettingChange, StatementAnalysis, MAX_SQL_LEN, PSEUDO_KINDS,
 };
 pub use cache::DecisionCache;
 pub use caller_name::{caller_application_name, rewrite_set_application_name};

@@ -83,9 +83,24 @@ fn default_drain_timeout() -> u64 {
 pub struct PolicyConfig {
     /// The policy file (TOML), reloaded on SIGHUP and when it changes.
     pub file: PathBuf,
-    /// Decisions kept in the cache (repeated and prepared statements skip parsing).
+    /// Decisions kept in the cache (repeated and prepared statements skip parsing); a
+    /// bound in addition to `cache_bytes`.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
+    /// Bytes the decision cache may hold (SQL text, keys and analyses).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+    /// Longest query string (Query or Parse) pgward analyses; longer ones are refused
+    /// (54000) without parsing.
+    #[serde(default = "default_max_statement_bytes")]
+    pub max_statement_bytes: usize,
+    /// Time budget of one string's analysis on the analysis threads; over it: refused
+    /// (54000).
+    #[serde(default = "default_analysis_timeout_ms")]
+    pub analysis_timeout_ms: u64,
+    /// Threads that analyse long strings off the runtime threads.
+    #[serde(default = "default_analysis_threads")]
+    pub analysis_threads: usize,
     /// How often the file is checked for changes; 0 turns the watch off.
     #[serde(default = "default_watch_secs")]
     pub watch_secs: u64,
@@ -99,8 +114,43 @@ fn default_catalog_refresh_secs() -> u64 {
     60
 }
 
+impl PolicyConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.analysis_threads == 0 || self.analysis_threads > 64 {
+            p.push("[policy] analysis_threads must be between 1 and 64".into());
+        }
+        if self.analysis_timeout_ms == 0 {
+            p.push("[policy] analysis_timeout_ms must be above 0".into());
+        }
+        if self.max_statement_bytes < 8192 {
+            p.push("[policy] max_statement_bytes must be at least 8192".into());
+        }
+        if self.cache_bytes < (1 << 20) {
+            p.push("[policy] cache_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        p
+    }
+}
+
 fn default_cache_entries() -> usize {
     10_000
+}
+
+fn default_cache_bytes() -> usize {
+    64 << 20
+}
+
+fn default_max_statement_bytes() -> usize {
+    pgward_policy::MAX_SQL_LEN
+}
+
+fn default_analysis_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_analysis_threads() -> usize {
+    2
 }
 
 fn default_watch_secs() -> u64 {
@@ -332,6 +382,9 @@ impl Config {
         }
         if self.listen.max_connections == 0 {
             p.push("[listen] max_connections must be at least 1".into());
+        }
+        if let Some(policy) = &self.policy {
+            p.extend(policy.problems());
         }
         if self.listen.max_message_bytes < 8192 || self.listen.max_message_bytes > (1 << 30) {
             p.push("[listen] max_message_bytes must be between 8192 and 1073741824".into());

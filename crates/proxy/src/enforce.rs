@@ -19,11 +19,21 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use pgward_policy::{DecisionCache, Policy, Principal, QueryDecision, RoleSet, SessionState};
+use pgward_policy::{
+    Analysis, AnalysisError, Decision, DecisionCache, Policy, Principal, QueryDecision, RoleSet,
+    SessionEffect, SessionState, StatementAnalysis,
+};
 use pgward_wire::build::{self, Severity};
 
 use crate::catalogs::CatalogHandle;
 use tracing::{error, info, warn};
+
+use crate::analysis_pool::{AnalysisPool, Pending};
+use crate::config::PolicyConfig;
+
+/// Strings up to this size are analysed inline on the runtime thread (microseconds);
+/// longer ones on the analysis pool.
+pub const INLINE_ANALYSIS_BYTES: usize = 4096;
 
 /// The current policy and the decision cache, shared by all sessions.
 pub struct PolicyStore {
@@ -31,6 +41,9 @@ pub struct PolicyStore {
     current: RwLock<Arc<Policy>>,
     modified: RwLock<Option<SystemTime>>,
     cache: DecisionCache,
+    pool: AnalysisPool,
+    /// `[policy] max_statement_bytes`.
+    max_statement_bytes: usize,
 }
 
 /// Reads and validates a policy file; the error lists every problem with its line.
@@ -45,14 +58,24 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 impl PolicyStore {
-    pub fn open(path: &Path, cache_entries: usize) -> Result<Self, String> {
+    pub fn open(path: &Path, config: &PolicyConfig) -> Result<Self, String> {
         let policy = load_policy(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(policy)),
             modified: RwLock::new(modified(path)),
-            cache: DecisionCache::new(cache_entries),
+            cache: DecisionCache::with_limits(config.cache_entries, config.cache_bytes),
+            pool: AnalysisPool::start(
+                config.analysis_threads,
+                Duration::from_millis(config.analysis_timeout_ms),
+            )?,
+            max_statement_bytes: config.max_statement_bytes,
         })
+    }
+
+    /// Bytes the decision cache accounts for (`pgward_policy_cache_bytes`).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     pub fn current(&self) -> Arc<Policy> {
@@ -101,7 +124,8 @@ impl PolicyStore {
 pub struct Denial {
     pub rule: String,
     pub reason: String,
-    /// 42501 for the policy, 58030 when the audit log cannot record, 53400 over a rate limit.
+    /// 42501 for the policy, 54000 over an analysis budget, 58030 when the audit log
+    /// cannot record, 53400 over a rate limit.
     pub code: &'static str,
 }
 
@@ -181,6 +205,15 @@ impl Denials {
         Verdict::Replace(out)
     }
 
+    /// An Execute replaced by one naming a portal that cannot exist, so the server fails it
+    /// (34000, message naming the marker) and skips to Sync.
+    pub fn replace_execute(&mut self, denial: Denial) -> Verdict {
+        let name = self.marker(denial);
+        let mut out = BytesMut::new();
+        build::execute(&mut out, &name, 0);
+        Verdict::Replace(out)
+    }
+
     /// A Query (or FunctionCall) replaced by one the server will fail.
     pub fn replace_query(&mut self, denial: Denial) -> Verdict {
         let sql = format!("SELECT '{}'::pg_catalog.int4", self.marker(denial));
@@ -233,6 +266,34 @@ pub enum Verdict {
     Replace(BytesMut),
 }
 
+/// A prepared statement or an open portal (cursor), with the analysis of what it runs
+/// and the policy version that last allowed it.
+#[derive(Debug, Clone)]
+struct Allowed {
+    analysis: Runs,
+    version: u64,
+    /// A WITH HOLD cursor outlives its transaction; other portals end with it.
+    hold: bool,
+}
+
+/// What a prepared statement or portal runs: the (cached, shared) decision of the Parse
+/// that prepared it, so the hot Parse/Bind path copies nothing, or an analysis of its own.
+#[derive(Debug, Clone)]
+enum Runs {
+    /// The single statement of a parsed string.
+    Parsed(Arc<QueryDecision>),
+    Analysis(Arc<StatementAnalysis>),
+}
+
+impl Runs {
+    fn analysis(&self) -> Option<&StatementAnalysis> {
+        match self {
+            Runs::Parsed(qd) => qd.statements.first().map(|s| &s.analysis),
+            Runs::Analysis(a) => Some(a),
+        }
+    }
+}
+
 /// One session's policy enforcement.
 pub struct Gate {
     store: Arc<PolicyStore>,
@@ -240,9 +301,23 @@ pub struct Gate {
     principal: Principal,
     roles: RoleSet,
     session: SessionState,
-    /// Named statements' text and the policy version that allowed them, so a Bind after
-    /// a reload is decided by the policy in force.
-    parsed: HashMap<String, (Arc<str>, u64)>,
+    /// The policy changed during the session. Until it does, names pgward never saw
+    /// prepared or opened are passed through (nothing can have opened them under another
+    /// policy); after it, they are refused (see docs/policy.md, "Reload"). A flag, not a
+    /// version: a policy reverted to the first one still had another in force meanwhile.
+    reloaded: bool,
+    /// Prepared statements (protocol Parse, the unnamed one included, and SQL PREPARE),
+    /// so a Bind after a reload is decided by the policy in force.
+    statements: HashMap<String, Allowed>,
+    /// Portals: protocol Bind and SQL DECLARE share PostgreSQL's one namespace, and both
+    /// Execute and SQL FETCH/MOVE read either.
+    portals: HashMap<String, Allowed>,
+    /// Analyses of big strings done ahead on the analysis pool, by exact text; taken by
+    /// `decide`.
+    ahead: HashMap<Arc<str>, Result<Analysis, AnalysisError>>,
+    /// A job that overran its budget and still holds an analysis thread: the session's
+    /// next job waits for it, so one session occupies at most one thread.
+    straggler: Option<Pending>,
     /// Where decisions are counted (`pgward_policy_decisions_total`).
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The upstream database's own catalog, which names resolve against.
@@ -258,11 +333,15 @@ impl Gate {
         session.set_caller(principal.caller_name());
         Self {
             store,
+            reloaded: false,
             policy,
             principal,
             roles,
             session,
-            parsed: HashMap::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            ahead: HashMap::new(),
+            straggler: None,
             metrics: None,
             catalog: None,
         }
@@ -314,6 +393,7 @@ impl Gate {
     fn refresh(&mut self) {
         let current = self.store.current();
         if current.version() != self.policy.version() {
+            self.reloaded = true;
             self.roles = current.roles_for(&self.principal);
             self.policy = current;
             // A reload also has the catalog read again (objects may have changed with it).
@@ -380,14 +460,98 @@ impl Gate {
         Ok(())
     }
 
-    /// Decides `sql`; on allow, pgward's session model takes the statements' effects
-    /// (search_path, PREPARE, ...) as they are forwarded.
-    pub fn decide(&mut self, sql: &str) -> Arc<QueryDecision> {
+    /// Whether `sql` must be analysed on the pool (`analyse_ahead`) before `decide` can
+    /// answer: it is long, not analysed yet, and no decision for it is cached. `force`
+    /// ignores the cache (used after `decide` came back without an answer, so a cache
+    /// entry that vanished in between cannot loop).
+    pub fn needs_analysis(&mut self, sql: &str, force: bool) -> bool {
+        if sql.len() <= INLINE_ANALYSIS_BYTES
+            || sql.len() > self.store.max_statement_bytes
+            || self.ahead.contains_key(sql)
+        {
+            return false;
+        }
         self.refresh();
-        let qd = self
+        force
+            || !self
+                .store
+                .cache
+                .contains(&self.policy, &self.roles, &self.session, sql)
+    }
+
+    /// Analyses `sql` on the analysis pool within the time budget; `decide` takes the
+    /// result. The runtime thread is free while it runs.
+    pub async fn analyse_ahead(&mut self, sql: &str) {
+        if let Some(previous) = self.straggler.take() {
+            // Our last job overran and still runs: wait for its thread to come free.
+            let _ = previous.await;
+        }
+        let sql: Arc<str> = Arc::from(sql);
+        let budget = self.store.pool.timeout();
+        let mut job = self
             .store
-            .cache
-            .decide(&self.policy, &self.roles, &self.session, sql);
+            .pool
+            .submit(Arc::clone(&sql), self.store.max_statement_bytes);
+        let outcome = match tokio::time::timeout(budget, &mut job).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(AnalysisError::Parse("pgward's analysis pool failed".into())),
+            Err(_) => {
+                self.straggler = Some(job);
+                Err(AnalysisError::TimedOut {
+                    limit_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+        };
+        self.ahead.insert(sql, outcome);
+    }
+
+    /// Forgets analyses done ahead that no message took (their message was not decided
+    /// after all, e.g. a framing error; the next pass analyses again if needed).
+    pub fn forget_ahead(&mut self) {
+        self.ahead.clear();
+    }
+
+    /// The decision for `sql` (the session as it stands), without taking its effects:
+    /// `None` when `sql` is long and neither analysed ahead nor cached, so it must go
+    /// through `analyse_ahead` first. Pass the decision to `commit` when the statement is
+    /// forwarded.
+    pub fn judge(&mut self, sql: &str) -> Option<Arc<QueryDecision>> {
+        self.refresh();
+        let max = self.store.max_statement_bytes;
+        if sql.len() > max {
+            // Refused unread: not even hashed for the cache.
+            let too_long = AnalysisError::TooLong {
+                len: sql.len(),
+                limit: max,
+            };
+            let qd = self
+                .policy
+                .decide_analysis(&self.roles, Err(too_long), &self.session);
+            return Some(Arc::new(qd));
+        }
+        let ahead = &mut self.ahead;
+        let qd =
+            self.store
+                .cache
+                .decide_with(&self.policy, &self.roles, &self.session, sql, |sql| {
+                    if let Some(done) = ahead.remove(sql) {
+                        return Some(done);
+                    }
+                    // Short strings cost microseconds: analysed right here.
+                    (sql.len() <= INLINE_ANALYSIS_BYTES)
+                        .then(|| pgward_policy::analyze_limited(sql, max))
+                })?;
+        if !qd.decision.blocks() {
+            if let Some(denied) = self.check_portal_reads(&qd) {
+                return Some(denied);
+            }
+        }
+        Some(qd)
+    }
+
+    /// A judged statement is forwarded: counted, and on allow pgward's session model
+    /// takes its effects (search_path, PREPARE, DECLARE, ...).
+    pub fn commit(&mut self, qd: &QueryDecision) {
         if let Some(m) = &self.metrics {
             let allowed = qd.decision.verdict == pgward_policy::Verdict::Allow;
             m.decision(
@@ -397,7 +561,7 @@ impl Gate {
             );
         }
         if qd.decision.blocks() {
-            return qd;
+            return;
         }
         if qd.decision.verdict == pgward_policy::Verdict::Deny {
             warn!(
@@ -408,9 +572,160 @@ impl Gate {
         }
         for s in &qd.statements {
             self.session.apply(&s.analysis);
+            self.track_effects(&s.analysis);
         }
-        self.note_ddl(&qd);
-        qd
+        self.note_ddl(qd);
+    }
+
+    /// A FETCH or MOVE of a cursor opened under an earlier policy is decided as the
+    /// cursor's query under the current one (cursors declared earlier in the same string
+    /// are current). Returns the denying decision, if any.
+    fn check_portal_reads(&mut self, qd: &QueryDecision) -> Option<Arc<QueryDecision>> {
+        let mut declared_here: Vec<&str> = Vec::new();
+        for (i, st) in qd.statements.iter().enumerate() {
+            if let Some(name) = &st.analysis.fetches {
+                if !declared_here.contains(&name.as_str()) {
+                    if let Some(d) = self.decide_portal(name, "FETCH/MOVE") {
+                        let mut denied = qd.clone();
+                        denied.decision = d.clone();
+                        if let Some(s) = denied.statements.get_mut(i) {
+                            s.decision = d;
+                        }
+                        return Some(Arc::new(denied));
+                    }
+                }
+            }
+            for e in &st.analysis.effects {
+                if let SessionEffect::DeclareCursor { name, .. } = e {
+                    declared_here.push(name);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether reading portal `name` may go on under the current policy: `None` when it
+    /// may, else the blocking decision (denials in observe mode are only logged).
+    fn decide_portal(&mut self, name: &str, how: &str) -> Option<Decision> {
+        let version = self.policy.version();
+        let Some(portal) = self.portals.get(name) else {
+            return self.unknown(
+                "builtin.unknown_portal",
+                format!("{how} of portal or cursor {name:?}, which pgward did not see opened in this session, after a policy reload"),
+            );
+        };
+        if portal.version == version {
+            return None;
+        }
+        let (runs, before) = (portal.analysis.clone(), portal.version);
+        // Marked current while deciding, so a portal that reads itself (`FETCH p` bound
+        // as portal p) cannot recurse; put back if the decision denies.
+        self.set_portal_version(name, version);
+        let what = format!("{how} of {name:?} opened under an earlier policy");
+        let denied = self.redecide(&runs, &what);
+        if denied.is_some() {
+            self.set_portal_version(name, before);
+        }
+        denied
+    }
+
+    fn set_portal_version(&mut self, name: &str, version: u64) {
+        if let Some(p) = self.portals.get_mut(name) {
+            p.version = version;
+        }
+    }
+
+    /// Names pgward never saw are passed through until the policy first changes in the
+    /// session (nothing could have opened them under another), and refused after that
+    /// (pgward cannot tell what they run).
+    fn unknown(&self, rule: &str, reason: String) -> Option<Decision> {
+        if !self.reloaded {
+            return None;
+        }
+        let d = Decision {
+            verdict: pgward_policy::Verdict::Deny,
+            rule: rule.to_owned(),
+            reason,
+            enforced: self.policy.mode() == pgward_policy::Mode::Enforce,
+        };
+        self.blocking(d)
+    }
+
+    /// Decides an analysis prepared or opened under an earlier policy (a FETCH inside
+    /// it is checked against its cursor too). `None` when the current policy allows it.
+    fn redecide(&mut self, runs: &Runs, what: &str) -> Option<Decision> {
+        let Some(analysis) = runs.analysis() else {
+            // An empty string runs nothing.
+            return None;
+        };
+        let mut d = self.policy.decide(&self.roles, analysis, &self.session);
+        if d.verdict == pgward_policy::Verdict::Allow {
+            if let Some(cursor) = &analysis.fetches {
+                return self.decide_portal(cursor, "FETCH/MOVE");
+            }
+        }
+        d.reason = format!("{what}: {}", d.reason);
+        self.blocking(d)
+    }
+
+    fn blocking(&self, d: Decision) -> Option<Decision> {
+        if d.blocks() {
+            return Some(d);
+        }
+        if d.verdict == pgward_policy::Verdict::Deny {
+            warn!(rule = %d.rule, reason = %d.reason, "policy would deny this statement (observe mode)");
+        }
+        None
+    }
+
+    /// Keeps the statements and cursors an allowed statement prepares, declares or drops.
+    fn track_effects(&mut self, stmt: &StatementAnalysis) {
+        let version = self.policy.version();
+        for e in &stmt.effects {
+            match e {
+                SessionEffect::Prepare(name, _) => {
+                    if let Some(a) = self.session.prepared(name) {
+                        let allowed = Allowed {
+                            analysis: Runs::Analysis(Arc::clone(a)),
+                            version,
+                            hold: true,
+                        };
+                        self.statements.insert(name.clone(), allowed);
+                    }
+                }
+                SessionEffect::Deallocate(Some(name)) => {
+                    self.statements.remove(name);
+                }
+                // DEALLOCATE ALL leaves the unnamed statement (it is not in the server's
+                // table of prepared statements).
+                SessionEffect::Deallocate(None) => self.statements.retain(|n, _| n.is_empty()),
+                SessionEffect::DiscardAll => {
+                    self.statements.retain(|n, _| n.is_empty());
+                    self.portals.clear();
+                }
+                SessionEffect::DeclareCursor { name, hold, query } => {
+                    let allowed = Allowed {
+                        analysis: Runs::Analysis(Arc::new((**query).clone())),
+                        version,
+                        hold: *hold,
+                    };
+                    self.portals.insert(name.clone(), allowed);
+                }
+                SessionEffect::CloseCursor(Some(name)) => {
+                    self.portals.remove(name);
+                }
+                // CLOSE ALL closes protocol portals too (one namespace).
+                SessionEffect::CloseCursor(None) => self.portals.clear(),
+            }
+        }
+    }
+
+    /// The server reported it is idle outside a transaction: every portal but WITH HOLD
+    /// cursors has ended.
+    pub fn transaction_ended(&mut self) {
+        if !self.portals.is_empty() {
+            self.portals.retain(|_, p| p.hold);
+        }
     }
 
     /// Decides a T-SQL batch for an azure-sql upstream (crates/policy/src/tsql.rs), with the
@@ -431,49 +746,91 @@ impl Gate {
     }
 
     /// After a Parse was decided: protocol-level statements share a namespace with SQL
-    /// PREPARE, so `EXECUTE name` must be decided as this statement.
-    pub fn parsed(&mut self, name: &str, sql: &str, qd: &QueryDecision) {
-        if name.is_empty() {
-            return;
-        }
+    /// PREPARE, so `EXECUTE name` must be decided as this statement, and a Bind of it
+    /// after a reload is decided again.
+    pub fn parsed(&mut self, name: &str, qd: &Arc<QueryDecision>) {
+        // An empty string prepares a statement that runs nothing.
         match (qd.decision.blocks(), qd.statements.as_slice()) {
-            (false, [one]) => {
-                self.session.remember_prepared(name, one.analysis.clone());
-                self.parsed
-                    .insert(name.to_owned(), (Arc::from(sql), self.policy.version()));
+            (false, [] | [_]) => {
+                if let (false, [one]) = (name.is_empty(), qd.statements.as_slice()) {
+                    // (The unnamed statement cannot be EXECUTEd by name.)
+                    self.session.remember_prepared(name, one.analysis.clone());
+                }
+                let allowed = Allowed {
+                    analysis: Runs::Parsed(Arc::clone(qd)),
+                    version: self.policy.version(),
+                    hold: true,
+                };
+                // Re-parsing a name (the unnamed statement, every time) reuses its entry.
+                match self.statements.get_mut(name) {
+                    Some(s) => *s = allowed,
+                    None => {
+                        self.statements.insert(name.to_owned(), allowed);
+                    }
+                }
             }
             _ => {
                 self.session.forget_prepared(name);
-                self.parsed.remove(name);
+                self.statements.remove(name);
             }
         }
     }
 
-    /// A Bind of a named statement allowed under an earlier policy is decided again.
-    pub fn on_bind(&mut self, statement: &str) -> Option<Denial> {
+    /// A Bind: a statement allowed under an earlier policy is decided again; the portal
+    /// it creates remembers what it runs.
+    pub fn on_bind(&mut self, portal: &str, statement: &str) -> Option<Denial> {
         self.refresh();
         let version = self.policy.version();
-        let (sql, decided_under) = self.parsed.get(statement)?.clone();
-        if decided_under == version {
-            return None;
+        let Some(stmt) = self.statements.get(statement).cloned() else {
+            self.portals.remove(portal);
+            return self
+                .unknown(
+                    "builtin.unknown_prepared",
+                    format!("Bind of statement {statement:?}, which pgward did not see prepared in this session, after a policy reload"),
+                )
+                .map(Denial::from);
+        };
+        if stmt.version != version {
+            let what = format!("Bind of statement {statement:?} prepared under an earlier policy");
+            if let Some(d) = self.redecide(&stmt.analysis, &what) {
+                self.portals.remove(portal);
+                return Some(Denial::from(d));
+            }
+            if let Some(s) = self.statements.get_mut(statement) {
+                s.version = version;
+            }
         }
-        let qd = self
-            .store
-            .cache
-            .decide(&self.policy, &self.roles, &self.session, &sql);
-        if qd.decision.blocks() {
-            self.parsed.remove(statement);
-            self.session.forget_prepared(statement);
-            return Some(denial_of(&qd));
+        let allowed = Allowed {
+            analysis: stmt.analysis,
+            version,
+            hold: false,
+        };
+        // Re-binding a name (the unnamed portal, every time) reuses its entry.
+        match self.portals.get_mut(portal) {
+            Some(p) => *p = allowed,
+            None => {
+                self.portals.insert(portal.to_owned(), allowed);
+            }
         }
-        self.parsed.insert(statement.to_owned(), (sql, version));
         None
+    }
+
+    /// An Execute: a portal bound (or a cursor declared) under an earlier policy is
+    /// decided again.
+    pub fn on_execute(&mut self, portal: &str) -> Option<Denial> {
+        self.refresh();
+        self.decide_portal(portal, "Execute").map(Denial::from)
     }
 
     /// Close of a prepared statement.
     pub fn on_close_statement(&mut self, name: &str) {
         self.session.forget_prepared(name);
-        self.parsed.remove(name);
+        self.statements.remove(name);
+    }
+
+    /// Close of a portal.
+    pub fn on_close_portal(&mut self, name: &str) {
+        self.portals.remove(name);
     }
 
     /// Whether a FunctionCall message is refused. It names its function only by OID, so
@@ -492,7 +849,168 @@ impl Gate {
     }
 }
 
-/// The refusal for a blocking decision.
+impl From<Decision> for Denial {
+    fn from(d: Decision) -> Self {
+        Denial::policy(d.rule, d.reason)
+    }
+}
+
+/// The refusal for a blocking decision: 54000 when the string was over an analysis
+/// budget (length, nesting, time), 42501 otherwise.
 pub fn denial_of(qd: &QueryDecision) -> Denial {
-    Denial::policy(qd.decision.rule.clone(), qd.decision.reason.clone())
+    let mut d = Denial::policy(qd.decision.rule.clone(), qd.decision.reason.clone());
+    if qd.error.as_ref().is_some_and(AnalysisError::is_over_budget) {
+        d.code = "54000";
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const BEFORE: &str = r#"
+[[roles]]
+name = "reader"
+members = { everyone = true }
+allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"] } ]
+"#;
+
+    fn store(text: &str) -> (Arc<PolicyStore>, PathBuf) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "pgward-enforce-test-{}-{n}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("write policy");
+        let config = PolicyConfig {
+            file: path.clone(),
+            cache_entries: 100,
+            cache_bytes: 64 << 20,
+            max_statement_bytes: 1 << 20,
+            analysis_timeout_ms: 2000,
+            analysis_threads: 1,
+            watch_secs: 0,
+        };
+        let store = PolicyStore::open(&path, &config).expect("store");
+        (Arc::new(store), path)
+    }
+
+    fn gate(store: &Arc<PolicyStore>) -> Gate {
+        let who = Principal {
+            upn: "dana@contoso.com".into(),
+            ..Default::default()
+        };
+        Gate::new(Arc::clone(store), who)
+    }
+
+    /// Judges and, as the relay does when it forwards, commits.
+    fn run(g: &mut Gate, sql: &str) -> Arc<QueryDecision> {
+        let qd = g.judge(sql).expect("short strings are judged inline");
+        g.commit(&qd);
+        qd
+    }
+
+    fn blocks(g: &mut Gate, sql: &str) -> bool {
+        g.judge(sql).expect("judged").decision.blocks()
+    }
+
+    #[test]
+    fn a_reload_reaches_everything_opened_before_it() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        assert!(!run(&mut g, "PREPARE p AS SELECT * FROM salaries")
+            .decision
+            .blocks());
+        let qd = run(&mut g, "SELECT * FROM salaries");
+        g.parsed("s", &qd);
+        run(
+            &mut g,
+            "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM salaries",
+        );
+        run(
+            &mut g,
+            "DECLARE k CURSOR WITH HOLD FOR SELECT * FROM orders",
+        );
+        assert!(g.on_bind("q", "s").is_none());
+        assert!(g.on_execute("q").is_none());
+        assert!(!blocks(&mut g, "FETCH 1 FROM c"));
+
+        std::fs::write(&path, BEFORE.replace(", \"public.salaries\"", "")).expect("write");
+        store.reload();
+        assert!(blocks(&mut g, "FETCH 1 FROM c"), "FETCH of a cursor");
+        assert!(blocks(&mut g, "MOVE LAST IN c"), "MOVE of a cursor");
+        assert!(blocks(&mut g, "FETCH 1 FROM q"), "SQL FETCH of a portal");
+        assert!(blocks(&mut g, "EXECUTE p"), "EXECUTE of a SQL PREPARE");
+        assert!(g.on_bind("", "p").is_some(), "Bind of a SQL PREPARE");
+        assert!(g.on_bind("", "s").is_some(), "Bind of a protocol Parse");
+        assert!(g.on_execute("q").is_some(), "Execute of a portal");
+        assert!(g.on_execute("c").is_some(), "Execute of a cursor");
+        // What the new policy allows goes on.
+        assert!(!blocks(&mut g, "FETCH 1 FROM k"));
+        assert!(g.on_execute("k").is_none());
+        // A cursor declared in the same string is current.
+        assert!(!blocks(
+            &mut g,
+            "DECLARE n CURSOR FOR SELECT * FROM orders; FETCH n"
+        ));
+        // Names never seen, after a reload: refused.
+        let rule = |d: Option<Denial>| d.map(|d| d.rule);
+        assert_eq!(
+            rule(g.on_execute("never")).as_deref(),
+            Some("builtin.unknown_portal")
+        );
+        assert_eq!(
+            rule(g.on_bind("", "never")).as_deref(),
+            Some("builtin.unknown_prepared")
+        );
+        run(&mut g, "CLOSE k");
+        assert!(blocks(&mut g, "FETCH k"), "a closed cursor is unknown");
+        // Non-hold portals end with the transaction; hold cursors stay (and stay stale).
+        g.transaction_ended();
+        assert!(g.on_execute("q").is_some());
+        assert!(g.on_execute("c").is_some());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn unknown_names_pass_while_the_first_policy_holds() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        assert!(g.on_execute("opened_by_a_function").is_none());
+        assert!(g.on_bind("", "not_seen").is_none());
+        assert!(!blocks(&mut g, "FETCH 1 FROM opened_by_a_function"));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn over_budget_is_54000_and_long_strings_wait_for_the_pool() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        let long = format!("SELECT 1 /* {} */", "x".repeat(2 << 20));
+        let qd = g.judge(&long).expect("refused unread");
+        assert_eq!(qd.decision.rule, "builtin.analysis_budget");
+        assert_eq!(denial_of(&qd).code, "54000");
+        assert!(denial_of(&qd)
+            .message()
+            .starts_with("pgward refused this statement: statement is"));
+        // Over 4 KiB: not analysed on the runtime thread.
+        let big = format!("SELECT * FROM orders /* {} */", "y".repeat(8192));
+        assert!(g.needs_analysis(&big, false));
+        assert!(g.judge(&big).is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(g.analyse_ahead(&big));
+        assert!(!g.needs_analysis(&big, false));
+        let qd = g.judge(&big).expect("analysed ahead");
+        assert!(!qd.decision.blocks(), "{:?}", qd.decision);
+        g.commit(&qd);
+        // Cached now: no second analysis needed.
+        assert!(!g.needs_analysis(&big, false));
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -9,6 +9,7 @@
 //! pgward's cancel keys to upstream ones; `admin` serves /healthz, /readyz and /metrics.
 
 pub mod admin;
+pub mod analysis_pool;
 pub mod auth;
 pub mod cancel;
 pub mod catalogs;

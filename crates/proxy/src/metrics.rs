@@ -39,6 +39,9 @@ pub struct Metrics {
     audit_sink_backlog: Family<Labels, Gauge>,
     audit_sink_failing: Family<Labels, Gauge>,
     audit: Mutex<Option<pgward_audit::AuditLog>>,
+    /// Bytes the policy decision cache accounts for, copied in at each scrape.
+    policy_cache_bytes: Gauge,
+    policy: Mutex<Option<std::sync::Arc<crate::enforce::PolicyStore>>>,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -132,6 +135,12 @@ impl Metrics {
             "Statements denied (or, in observe mode, that would be), by the deciding rule",
             denials.clone(),
         );
+        let policy_cache_bytes = Gauge::default();
+        registry.register(
+            "policy_cache_bytes",
+            "Bytes the policy decision cache holds, as it accounts them (bounded by [policy] cache_bytes)",
+            policy_cache_bytes.clone(),
+        );
         let audit_sink_records = Family::<Labels, Counter>::default();
         let audit_sink_backlog = Family::<Labels, Gauge>::default();
         let audit_sink_failing = Family::<Labels, Gauge>::default();
@@ -175,6 +184,21 @@ impl Metrics {
             audit_sink_backlog,
             audit_sink_failing,
             audit: Mutex::new(None),
+            policy_cache_bytes,
+            policy: Mutex::new(None),
+        }
+    }
+
+    /// Reports the policy decision cache's size.
+    pub fn watch_policy(&self, store: Option<std::sync::Arc<crate::enforce::PolicyStore>>) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    fn sync_policy(&self) {
+        let store = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = store.as_ref() {
+            let bytes = i64::try_from(store.cache_bytes()).unwrap_or(i64::MAX);
+            self.policy_cache_bytes.set(bytes);
         }
     }
 
@@ -273,6 +297,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.sync_credentials();
+        self.sync_policy();
         self.sync_audit();
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -14,9 +14,10 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
+use pgward_policy::QueryDecision;
 use pgward_wire::backend::{self, Scanner};
 use pgward_wire::build::{self, Severity};
 use pgward_wire::frontend::{self, Framer};
@@ -25,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict};
+use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict, INLINE_ANALYSIS_BYTES};
 use crate::limits::Permit;
 use crate::metrics::Metrics;
 use crate::trail::{Audited, Trail};
@@ -376,9 +377,15 @@ where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
 {
+    // A message `judge` could not decide without analysis on the pool was left in the
+    // buffer: the next pass analyses it first, then decides it.
+    let mut deferred = false;
     loop {
         if !buf.is_empty() && link.expired.load(Ordering::Acquire) {
             return RelayEnd::TokenExpired;
+        }
+        if let Some(g) = gate.as_deref_mut() {
+            analyse_ahead(g, &framer, &buf, deferred).await;
         }
         // Frame every whole message in the buffer and decide the ones that carry SQL;
         // forward them as one write (zero-copy unless a message had to be replaced).
@@ -386,18 +393,31 @@ where
         let mut messages = 0u64;
         let mut terminated = false;
         let mut replaced: Option<(BytesMut, usize)> = None;
+        deferred = false;
         {
             let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(g), Phase::Idle(TxStatus::Idle)) = (gate.as_deref_mut(), conv.phase()) {
+                g.transaction_ended();
+            }
             loop {
                 let msg = match framer.peek(&buf[ready..]) {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-                let verdict = match decide(gate.as_deref_mut(), msg.tag, msg.body, &mut conv) {
-                    Ok(v) => v,
-                    Err(e) => return RelayEnd::ClientProtocol(e),
+                let judged = match gate.as_deref_mut().map(|g| judge(g, msg.tag, msg.body)) {
+                    Some(Judgement::Defer) => {
+                        deferred = true;
+                        break;
+                    }
+                    Some(Judgement::Decided(j)) => Some(j),
+                    Some(Judgement::NotSql) | None => None,
                 };
+                let verdict =
+                    match decide(gate.as_deref_mut(), msg.tag, msg.body, judged, &mut conv) {
+                        Ok(v) => v,
+                        Err(e) => return RelayEnd::ClientProtocol(e),
+                    };
                 conv.on_client_message(msg.tag);
                 let start = ready;
                 ready += msg.total_len;
@@ -433,6 +453,13 @@ where
         }
         if terminated {
             return RelayEnd::ClientTerminated;
+        }
+        if deferred {
+            // The rest of the buffer is whole messages: decide them before reading more.
+            continue;
+        }
+        if let Some(g) = gate.as_deref_mut() {
+            g.forget_ahead();
         }
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(READ_CHUNK);
@@ -554,12 +581,81 @@ where
     }
 }
 
-/// What happens to one client message: the policy decision, the audit log's readiness
-/// (fail-closed), and the statement units the audit trail needs.
+/// The SQL a Query or Parse carries (`None` for other messages, or a malformed one, which
+/// `decide` reports).
+fn statement_text(tag: u8, body: &[u8]) -> Option<&str> {
+    match tag {
+        b'Q' => frontend::query_text(body).ok(),
+        b'P' => frontend::parse_message(body).ok().map(|p| p.query),
+        _ => None,
+    }
+}
+
+/// Analyses, on the analysis pool, the long statements among the whole messages in `buf`
+/// that no cached decision covers, so that deciding them under the conversation lock
+/// takes microseconds. The runtime thread serves other sessions meanwhile. After a
+/// deferral (`force_first`) the first statement is analysed whatever the cache says, so
+/// every pass makes progress.
+async fn analyse_ahead(gate: &mut Gate, framer: &Framer, buf: &[u8], force_first: bool) {
+    let mut at = 0;
+    let mut first = true;
+    while let Ok(Some(msg)) = framer.peek(&buf[at..]) {
+        at += msg.total_len;
+        if msg.tag == b'X' {
+            break;
+        }
+        let Some(sql) = statement_text(msg.tag, msg.body) else {
+            continue;
+        };
+        let force = first && force_first;
+        first = false;
+        if !force && sql.len() <= INLINE_ANALYSIS_BYTES / 2 {
+            // Short even after pgward's application_name rewrite: decided inline.
+            continue;
+        }
+        let rewritten = gate.rewrite(sql);
+        let text = rewritten.as_deref().unwrap_or(sql);
+        if gate.needs_analysis(text, force) {
+            gate.analyse_ahead(text).await;
+        }
+    }
+}
+
+/// A statement message judged before anything about it is recorded or forwarded.
+enum Judgement {
+    /// Not a Query or Parse.
+    NotSql,
+    /// Long and not analysed yet: leave it in the buffer for `analyse_ahead`.
+    Defer,
+    Decided(Judged),
+}
+
+/// The text pgward decided (a client's plain SET application_name is rewritten) and the
+/// decision.
+struct Judged {
+    rewritten: Option<String>,
+    qd: Arc<QueryDecision>,
+}
+
+fn judge(gate: &mut Gate, tag: u8, body: &[u8]) -> Judgement {
+    let Some(sql) = statement_text(tag, body) else {
+        return Judgement::NotSql;
+    };
+    let rewritten = gate.rewrite(sql);
+    match gate.judge(rewritten.as_deref().unwrap_or(sql)) {
+        Some(qd) => Judgement::Decided(Judged { rewritten, qd }),
+        None => Judgement::Defer,
+    }
+}
+
+/// What happens to one client message: the policy decision (`judged`, for a Query or
+/// Parse), the audit log's readiness (fail-closed), and the statement units the audit
+/// trail needs.
 fn decide(
-    gate: Option<&mut Gate>,
+    mut gate: Option<&mut Gate>,
     tag: u8,
     body: &[u8],
+    judged: Option<Judged>,
     conv: &mut Conversation,
 ) -> Result<Verdict, WireError> {
     // Asked only for messages that would run something (CopyData etc. never need it).
@@ -585,9 +681,14 @@ fn decide(
                 }
                 return Ok(conv.denials.replace_query(d));
             }
-            let rewritten = gate.as_deref().and_then(|g| g.rewrite(sql));
+            let (rewritten, qd) = match judged {
+                Some(j) => (j.rewritten, Some(j.qd)),
+                None => (None, None),
+            };
             let sql = rewritten.as_deref().unwrap_or(sql);
-            let qd = gate.map(|g| g.decide(sql));
+            if let (Some(g), Some(qd)) = (gate, &qd) {
+                g.commit(qd);
+            }
             if let Some(t) = conv.trail.as_mut() {
                 t.on_query(sql, qd.as_deref(), None);
             }
@@ -611,13 +712,15 @@ fn decide(
                     .denials
                     .replace_parse(p.statement, Denial::audit_unavailable()));
             }
-            let rewritten = gate.as_deref().and_then(|g| g.rewrite(p.query));
+            let (rewritten, qd) = match judged {
+                Some(j) => (j.rewritten, Some(j.qd)),
+                None => (None, None),
+            };
             let query = rewritten.as_deref().unwrap_or(p.query);
-            let qd = gate.map(|g| {
-                let qd = g.decide(query);
-                g.parsed(p.statement, query, &qd);
-                qd
-            });
+            if let (Some(g), Some(qd)) = (gate, &qd) {
+                g.commit(qd);
+                g.parsed(p.statement, qd);
+            }
             let verdict = match (&qd, &rewritten) {
                 (Some(qd), _) if qd.decision.blocks() => {
                     conv.denials.replace_parse(p.statement, denial_of(qd))
@@ -642,21 +745,27 @@ fn decide(
             if let Some(d) = over_rate(conv) {
                 return Ok(conv.denials.replace_bind(portal, d));
             }
-            match gate.and_then(|g| g.on_bind(statement)) {
+            match gate.and_then(|g| g.on_bind(portal, statement)) {
                 Some(denial) => conv.denials.replace_bind(portal, denial),
                 None => Verdict::Forward,
             }
         }
         b'E' => {
+            let portal = frontend::execute_portal(body)?;
             if let Some(t) = conv.trail.as_mut() {
-                t.on_execute(frontend::execute_portal(body)?);
+                t.on_execute(portal);
             }
-            Verdict::Forward
+            match gate.and_then(|g| g.on_execute(portal)) {
+                Some(denial) => conv.denials.replace_execute(denial),
+                None => Verdict::Forward,
+            }
         }
         b'C' => {
             let (kind, name) = frontend::target(body, "Close")?;
-            if let (Some(g), b'S') = (gate, kind) {
-                g.on_close_statement(name);
+            match (gate.as_deref_mut(), kind) {
+                (Some(g), b'S') => g.on_close_statement(name),
+                (Some(g), b'P') => g.on_close_portal(name),
+                _ => {}
             }
             if let Some(t) = conv.trail.as_mut() {
                 t.on_close(kind, name);

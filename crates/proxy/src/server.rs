@@ -150,7 +150,7 @@ impl Server {
         };
         let throttle = FailureThrottle::new(config.listen.auth_failures_before_delay);
         let policy = match &config.policy {
-            Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p.cache_entries)?)),
+            Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p)?)),
             None => None,
         };
         let audit = match &config.audit {
@@ -185,6 +185,7 @@ impl Server {
                 let m = Metrics::new();
                 m.watch_credentials(credentials.clone());
                 m.watch_audit(audit_for_metrics);
+                m.watch_policy(policy.clone());
                 Arc::new(m)
             },
             hard_stop: CancellationToken::new(),

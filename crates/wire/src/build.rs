@@ -261,6 +261,14 @@ pub fn bind_without_params(buf: &mut BytesMut, portal: &str, statement: &str) {
     });
 }
 
+/// Execute of a portal; `max_rows` 0 means all rows.
+pub fn execute(buf: &mut BytesMut, portal: &str, max_rows: u32) {
+    framed(buf, b'E', |b| {
+        put_cstr(b, portal);
+        b.put_u32(max_rows);
+    });
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     framed(buf, b'X', |_| {});
 }

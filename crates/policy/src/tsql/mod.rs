@@ -225,7 +225,10 @@ enum Refusal {
 /// `builtin.not_understood`); one sqlparser rejects is a parse error.
 pub fn analyze_tsql(sql: &str, database: Option<&str>) -> Result<Analysis, AnalysisError> {
     if sql.len() > MAX_TSQL_LEN {
-        return Err(AnalysisError::TooLong(sql.len()));
+        return Err(AnalysisError::TooLong {
+            len: sql.len(),
+            limit: MAX_TSQL_LEN,
+        });
     }
     match read(sql, database) {
         Ok(a) => Ok(a),
