@@ -893,6 +893,7 @@ allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"]
             analysis_timeout_ms: 2000,
             analysis_threads: 1,
             watch_secs: 0,
+            catalog_refresh_secs: 60,
         };
         let store = PolicyStore::open(&path, &config).expect("store");
         (Arc::new(store), path)
