@@ -665,9 +665,11 @@ fn tsql_corpus_through_pgward() {
                 Ok(_) => panic!("denied case ran: {:?} ({})", c.sql, c.why),
                 Err(e) => e,
             };
-            assert_eq!(
-                e.code().map(|s| s.code()),
-                Some("42501"),
+            // A batch over the analysis budget (too long, too complex) is 54000, as in
+            // PostgreSQL sessions; every other denial 42501.
+            let code = e.code().map(|s| s.code());
+            assert!(
+                matches!(code, Some("42501" | "54000")),
                 "{:?} ({}): {e}",
                 c.sql,
                 c.why
