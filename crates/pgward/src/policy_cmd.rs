@@ -201,12 +201,7 @@ fn explain(a: &ExplainArgs) -> ExitCode {
 fn read_catalog(path: &std::path::Path) -> Result<pgward_policy::ServerCatalog, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let rows = text.lines().filter(|l| !l.is_empty()).map(|l| {
-        l.split('\t')
-            .map(|v| (!v.is_empty()).then(|| v.to_owned()))
-            .collect::<Vec<_>>()
-    });
-    pgward_policy::ServerCatalog::from_rows(rows).map_err(|e| format!("{}: {e}", path.display()))
+    pgward_policy::ServerCatalog::from_tsv(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn read_sql(arg: &str) -> Result<String, String> {

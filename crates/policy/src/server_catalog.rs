@@ -205,6 +205,17 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
         Ok(c)
     }
 
+    /// Builds the catalog from [`ServerCatalog::QUERY`]'s answer as tab-separated text, one
+    /// row a line, an empty value for NULL (`psql -At -F $'\t'`): for `policy explain
+    /// --catalog` and test fixtures.
+    pub fn from_tsv(text: &str) -> Result<ServerCatalog, CatalogError> {
+        ServerCatalog::from_rows(text.lines().filter(|l| !l.is_empty()).map(|l| {
+            l.split('\t')
+                .map(|v| (!v.is_empty()).then(|| v.to_owned()))
+                .collect::<Vec<_>>()
+        }))
+    }
+
     fn empty() -> ServerCatalog {
         ServerCatalog {
             version_num: 0,

@@ -113,12 +113,7 @@ allow = [ { name = "reader_tables", actions = ["select"], objects = ["public.ord
 fn pg15() -> Arc<ServerCatalog> {
     let dir = env!("CARGO_MANIFEST_DIR");
     let text = std::fs::read_to_string(format!("{dir}/tests/fixtures/pg15_catalog.tsv")).unwrap();
-    let rows = text.lines().map(|l| {
-        l.split('\t')
-            .map(|v| (!v.is_empty()).then(|| v.to_owned()))
-            .collect::<Vec<_>>()
-    });
-    Arc::new(ServerCatalog::from_rows(rows).unwrap())
+    Arc::new(ServerCatalog::from_tsv(&text).unwrap())
 }
 
 fn sessions(policy: &Policy) -> [SessionState; 2] {
