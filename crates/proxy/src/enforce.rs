@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +45,8 @@ pub struct PolicyStore {
     pool: AnalysisPool,
     /// `[policy] max_statement_bytes`.
     max_statement_bytes: usize,
+    /// The current policy's version, readable without the lock.
+    version: AtomicU64,
 }
 
 /// Reads and validates a policy file; the error lists every problem with its line.
@@ -62,6 +65,7 @@ impl PolicyStore {
         let policy = load_policy(path)?;
         Ok(Self {
             path: path.to_path_buf(),
+            version: AtomicU64::new(policy.version()),
             current: RwLock::new(Arc::new(policy)),
             modified: RwLock::new(modified(path)),
             cache: DecisionCache::with_limits(config.cache_entries, config.cache_bytes),
@@ -90,10 +94,12 @@ impl PolicyStore {
         match load_policy(&self.path) {
             Ok(policy) => {
                 let mode = policy.mode();
+                let version = policy.version();
                 match self.current.write() {
                     Ok(mut g) => *g = Arc::new(policy),
                     Err(p) => *p.into_inner() = Arc::new(policy),
                 }
+                self.version.store(version, Ordering::Release);
                 self.cache.clear();
                 info!(file = %self.path.display(), ?mode, "policy reloaded");
             }
@@ -294,6 +300,62 @@ impl Runs {
     }
 }
 
+/// Prepared statements or portals by name. The unnamed one, which most drivers use for
+/// every statement, is a field rather than a map entry: the hot path hashes nothing.
+#[derive(Debug, Default)]
+struct Names {
+    unnamed: Option<Allowed>,
+    named: HashMap<String, Allowed>,
+}
+
+impl Names {
+    fn get(&self, name: &str) -> Option<&Allowed> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Allowed> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+
+    fn insert(&mut self, name: &str, allowed: Allowed) {
+        if name.is_empty() {
+            self.unnamed = Some(allowed);
+        } else if let Some(slot) = self.named.get_mut(name) {
+            *slot = allowed;
+        } else {
+            self.named.insert(name.to_owned(), allowed);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.remove(name);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unnamed.is_none() && self.named.is_empty()
+    }
+
+    /// Keeps the entries (the unnamed one included) for which `keep` holds.
+    fn retain(&mut self, keep: impl Fn(&Allowed) -> bool) {
+        if self.unnamed.as_ref().is_some_and(|a| !keep(a)) {
+            self.unnamed = None;
+        }
+        self.named.retain(|_, a| keep(a));
+    }
+}
+
 /// One session's policy enforcement.
 pub struct Gate {
     store: Arc<PolicyStore>,
@@ -308,10 +370,10 @@ pub struct Gate {
     reloaded: bool,
     /// Prepared statements (protocol Parse, the unnamed one included, and SQL PREPARE),
     /// so a Bind after a reload is decided by the policy in force.
-    statements: HashMap<String, Allowed>,
+    statements: Names,
     /// Portals: protocol Bind and SQL DECLARE share PostgreSQL's one namespace, and both
     /// Execute and SQL FETCH/MOVE read either.
-    portals: HashMap<String, Allowed>,
+    portals: Names,
     /// Analyses of big strings done ahead on the analysis pool, by exact text; taken by
     /// `decide`.
     ahead: HashMap<Arc<str>, Result<Analysis, AnalysisError>>,
@@ -338,8 +400,8 @@ impl Gate {
             principal,
             roles,
             session,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: Names::default(),
+            portals: Names::default(),
             ahead: HashMap::new(),
             straggler: None,
             metrics: None,
@@ -391,6 +453,11 @@ impl Gate {
 
     /// Picks up a reloaded policy: roles are recomputed for it.
     fn refresh(&mut self) {
+        // Checked on every statement, Bind and Execute: one atomic load, no lock, unless
+        // the policy changed.
+        if self.store.version.load(Ordering::Acquire) == self.policy.version() {
+            return;
+        }
         let current = self.store.current();
         if current.version() != self.policy.version() {
             self.reloaded = true;
@@ -581,6 +648,10 @@ impl Gate {
     /// cursor's query under the current one (cursors declared earlier in the same string
     /// are current). Returns the denying decision, if any.
     fn check_portal_reads(&mut self, qd: &QueryDecision) -> Option<Arc<QueryDecision>> {
+        if !self.reloaded {
+            // Every cursor was opened under the policy in force.
+            return None;
+        }
         let mut declared_here: Vec<&str> = Vec::new();
         for (i, st) in qd.statements.iter().enumerate() {
             if let Some(name) = &st.analysis.fetches {
@@ -690,7 +761,7 @@ impl Gate {
                             version,
                             hold: true,
                         };
-                        self.statements.insert(name.clone(), allowed);
+                        self.statements.insert(name, allowed);
                     }
                 }
                 SessionEffect::Deallocate(Some(name)) => {
@@ -698,10 +769,10 @@ impl Gate {
                 }
                 // DEALLOCATE ALL leaves the unnamed statement (it is not in the server's
                 // table of prepared statements).
-                SessionEffect::Deallocate(None) => self.statements.retain(|n, _| n.is_empty()),
+                SessionEffect::Deallocate(None) => self.statements.named.clear(),
                 SessionEffect::DiscardAll => {
-                    self.statements.retain(|n, _| n.is_empty());
-                    self.portals.clear();
+                    self.statements.named.clear();
+                    self.portals = Names::default();
                 }
                 SessionEffect::DeclareCursor { name, hold, query } => {
                     let allowed = Allowed {
@@ -709,13 +780,13 @@ impl Gate {
                         version,
                         hold: *hold,
                     };
-                    self.portals.insert(name.clone(), allowed);
+                    self.portals.insert(name, allowed);
                 }
                 SessionEffect::CloseCursor(Some(name)) => {
                     self.portals.remove(name);
                 }
                 // CLOSE ALL closes protocol portals too (one namespace).
-                SessionEffect::CloseCursor(None) => self.portals.clear(),
+                SessionEffect::CloseCursor(None) => self.portals = Names::default(),
             }
         }
     }
@@ -724,7 +795,7 @@ impl Gate {
     /// cursors has ended.
     pub fn transaction_ended(&mut self) {
         if !self.portals.is_empty() {
-            self.portals.retain(|_, p| p.hold);
+            self.portals.retain(|p| p.hold);
         }
     }
 
@@ -761,13 +832,7 @@ impl Gate {
                     version: self.policy.version(),
                     hold: true,
                 };
-                // Re-parsing a name (the unnamed statement, every time) reuses its entry.
-                match self.statements.get_mut(name) {
-                    Some(s) => *s = allowed,
-                    None => {
-                        self.statements.insert(name.to_owned(), allowed);
-                    }
-                }
+                self.statements.insert(name, allowed);
             }
             _ => {
                 self.session.forget_prepared(name);
@@ -805,13 +870,7 @@ impl Gate {
             version,
             hold: false,
         };
-        // Re-binding a name (the unnamed portal, every time) reuses its entry.
-        match self.portals.get_mut(portal) {
-            Some(p) => *p = allowed,
-            None => {
-                self.portals.insert(portal.to_owned(), allowed);
-            }
-        }
+        self.portals.insert(portal, allowed);
         None
     }
 
@@ -819,6 +878,10 @@ impl Gate {
     /// decided again.
     pub fn on_execute(&mut self, portal: &str) -> Option<Denial> {
         self.refresh();
+        if !self.reloaded {
+            // Every portal was opened under the policy in force: nothing to decide again.
+            return None;
+        }
         self.decide_portal(portal, "Execute").map(Denial::from)
     }
 
@@ -868,7 +931,7 @@ pub fn denial_of(qd: &QueryDecision) -> Denial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     const BEFORE: &str = r#"
 [[roles]]

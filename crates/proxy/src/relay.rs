@@ -384,7 +384,9 @@ where
         if !buf.is_empty() && link.expired.load(Ordering::Acquire) {
             return RelayEnd::TokenExpired;
         }
-        if let Some(g) = gate.as_deref_mut() {
+        // A buffer this short holds no statement that needs the pool (the common case).
+        let may_hold_long = buf.len() > INLINE_ANALYSIS_BYTES / 2;
+        if let (Some(g), true) = (gate.as_deref_mut(), may_hold_long || deferred) {
             analyse_ahead(g, &framer, &buf, deferred).await;
         }
         // Frame every whole message in the buffer and decide the ones that carry SQL;
@@ -405,13 +407,16 @@ where
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-                let judged = match gate.as_deref_mut().map(|g| judge(g, msg.tag, msg.body)) {
-                    Some(Judgement::Defer) => {
-                        deferred = true;
-                        break;
-                    }
-                    Some(Judgement::Decided(j)) => Some(j),
-                    Some(Judgement::NotSql) | None => None,
+                let judged = match (gate.as_deref_mut(), msg.tag) {
+                    (Some(g), b'Q' | b'P') => match judge(g, msg.tag, msg.body) {
+                        Judgement::Defer => {
+                            deferred = true;
+                            break;
+                        }
+                        Judgement::Decided(j) => Some(j),
+                        Judgement::NotSql => None,
+                    },
+                    _ => None,
                 };
                 let verdict =
                     match decide(gate.as_deref_mut(), msg.tag, msg.body, judged, &mut conv) {
