@@ -172,9 +172,13 @@ fn hostile_statements_do_not_delay_other_sessions() {
         codes.iter().all(|c| c == "54000" || c == "42501"),
         "{codes:?}"
     );
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    // Generous bounds, so a loaded CI machine does not fail the test: without the pool one
+    // hostile statement held a runtime thread for seconds, so every other session on it
+    // waited that long. The measured figures are printed above and kept in
+    // docs/performance.md; this asserts the difference in kind.
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     assert!(
-        sign_ins[sign_ins.len() - 1] < Duration::from_secs(2),
+        sign_ins[sign_ins.len() - 1] < Duration::from_secs(5),
         "{sign_ins:?}"
     );
     // Nothing refused reached the server.
