@@ -468,6 +468,12 @@ impl Gate {
                 h.policy_changed(self.policy.version());
             }
         }
+        self.refresh_catalog();
+    }
+
+    /// Picks up a newer catalog (functions created through pgward by any session, a
+    /// refresh). Only decisions need it, not Bind or Execute: one read lock per decision.
+    fn refresh_catalog(&mut self) {
         if let Some(h) = &self.catalog {
             let have = self.session.catalog().map(|c| c.generation());
             if let Some(c) = h.newer_than(have) {
@@ -539,6 +545,7 @@ impl Gate {
             return false;
         }
         self.refresh();
+        self.refresh_catalog();
         force
             || !self
                 .store
@@ -584,6 +591,7 @@ impl Gate {
     /// forwarded.
     pub fn judge(&mut self, sql: &str) -> Option<Arc<QueryDecision>> {
         self.refresh();
+        self.refresh_catalog();
         let max = self.store.max_statement_bytes;
         if sql.len() > max {
             // Refused unread: not even hashed for the cache.
