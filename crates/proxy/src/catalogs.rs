@@ -4,13 +4,14 @@
 //!
 //! One catalog per (upstream, database), fetched with pgward's own login on a connection of
 //! its own. The first session to a database waits for it (a session is refused if it cannot
-//! be read: the policy cannot be decided without it); later it is refreshed in the
-//! background when it is older than `[policy] catalog_refresh_secs`, after DDL that pgward
-//! forwarded, and after a policy reload. Functions created through pgward are added at once
+//! be read: the policy cannot be decided without it); later it is read again in the
+//! background every `[policy] catalog_refresh_secs`, after DDL that pgward forwarded, and
+//! after a policy reload. A decision checks for a newer one with one atomic load. Functions created through pgward are added at once
 //! (before the refresh), so `(x).new_function` is decided as a call from the next statement
 //! on.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Entry {
     catalog: Arc<ServerCatalog>,
+    /// `catalog`'s generation, readable without the lock (the per-decision check).
+    generation: Arc<AtomicU64>,
     fetched: Instant,
     upstream: Arc<Upstream>,
     database: String,
@@ -49,6 +52,7 @@ pub struct ServerCatalogs {
 pub struct CatalogHandle {
     store: Arc<ServerCatalogs>,
     key: Key,
+    generation: Arc<AtomicU64>,
 }
 
 impl ServerCatalogs {
@@ -68,20 +72,16 @@ impl ServerCatalogs {
         database: &str,
     ) -> Result<CatalogHandle, String> {
         let key: Key = (upstream.name().to_owned(), database.to_owned());
-        let handle = CatalogHandle {
-            store: Arc::clone(self),
-            key: key.clone(),
-        };
-        if self.read(&key).is_some() {
-            return Ok(handle);
+        if let Some(h) = self.existing(&key) {
+            return Ok(h);
         }
         let gate = {
             let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(first.entry(key.clone()).or_default())
         };
         let _turn = gate.lock().await;
-        if self.read(&key).is_some() {
-            return Ok(handle);
+        if let Some(h) = self.existing(&key) {
+            return Ok(h);
         }
         let catalog = fetch(upstream, database).await?;
         info!(
@@ -91,10 +91,12 @@ impl ServerCatalogs {
             functions = catalog.function_count(),
             "upstream catalog read"
         );
+        let generation = Arc::new(AtomicU64::new(catalog.generation()));
         self.write().insert(
-            key,
+            key.clone(),
             Entry {
                 catalog: Arc::new(catalog),
+                generation: Arc::clone(&generation),
                 fetched: Instant::now(),
                 upstream: Arc::clone(upstream),
                 database: database.to_owned(),
@@ -102,12 +104,35 @@ impl ServerCatalogs {
                 again: false,
             },
         );
-        Ok(handle)
+        // Read again every refresh_every, off the decision path.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::downgrade(self);
+            let every = self.refresh_every;
+            let k = key.clone();
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(store) = store.upgrade() else { return };
+                    store.refresh(&k);
+                }
+            });
+        }
+        Ok(CatalogHandle {
+            store: Arc::clone(self),
+            key,
+            generation,
+        })
     }
 
-    fn read(&self, key: &Key) -> Option<Arc<ServerCatalog>> {
+    fn existing(self: &Arc<Self>, key: &Key) -> Option<CatalogHandle> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).map(|e| Arc::clone(&e.catalog))
+        entries.get(key).map(|e| CatalogHandle {
+            store: Arc::clone(self),
+            key: key.clone(),
+            generation: Arc::clone(&e.generation),
+        })
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Entry>> {
@@ -149,6 +174,7 @@ impl ServerCatalogs {
                 let Some(e) = entries.get_mut(&key) else { return };
                 match result {
                     Ok(c) => {
+                        e.generation.store(c.generation(), Ordering::Release);
                         e.catalog = Arc::new(c);
                         e.fetched = Instant::now();
                     }
@@ -193,20 +219,15 @@ impl ServerCatalogs {
 }
 
 impl CatalogHandle {
-    /// The catalog now in force, if it is not the one with generation `have` (on the hot
-    /// path: one read lock and a comparison). An old one is refreshed in the background.
+    /// The catalog now in force, if it is not the one with generation `have`: on the
+    /// decision path, one atomic load unless it changed.
     pub fn newer_than(&self, have: Option<u64>) -> Option<Arc<ServerCatalog>> {
-        let (catalog, old) = {
-            let entries = self.store.entries.read().unwrap_or_else(|p| p.into_inner());
-            let e = entries.get(&self.key)?;
-            let old = !e.refreshing && e.fetched.elapsed() >= self.store.refresh_every;
-            let newer = (have != Some(e.catalog.generation())).then(|| Arc::clone(&e.catalog));
-            (newer, old)
-        };
-        if old {
-            self.store.refresh(&self.key);
+        if have == Some(self.generation.load(Ordering::Acquire)) {
+            return None;
         }
-        catalog
+        let entries = self.store.entries.read().unwrap_or_else(|p| p.into_inner());
+        let e = entries.get(&self.key)?;
+        (have != Some(e.catalog.generation())).then(|| Arc::clone(&e.catalog))
     }
 
     /// A policy reload was seen: every catalog is read again (once per reload).
@@ -221,6 +242,7 @@ impl CatalogHandle {
             let mut entries = self.store.write();
             let e = entries.get_mut(&self.key)?;
             if let Some(c) = e.catalog.with_created(functions) {
+                e.generation.store(c.generation(), Ordering::Release);
                 e.catalog = Arc::new(c);
             }
             Arc::clone(&e.catalog)
