@@ -64,15 +64,40 @@ pub fn rewrite_set_application_name(sql: &str, caller: &str) -> Option<String> {
 }
 
 fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    // Compare whole windows only where the first byte matches: this runs on every
+    // statement, and most windows of most statements fail on their first byte.
+    let first = first.to_ascii_lowercase();
     haystack
         .as_bytes()
         .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        .any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contains_ignores_ascii_case() {
+        assert!(contains_ignore_ascii_case(
+            "SET Application_Name = 'x'",
+            "application_name"
+        ));
+        assert!(contains_ignore_ascii_case(
+            "application_name",
+            "application_name"
+        ));
+        assert!(!contains_ignore_ascii_case(
+            "SET applicationname = 'x'",
+            "application_name"
+        ));
+        assert!(!contains_ignore_ascii_case("app", "application_name"));
+        assert!(contains_ignore_ascii_case("x", ""));
+    }
 
     #[test]
     fn rewrites_a_plain_set() {
