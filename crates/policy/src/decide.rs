@@ -191,20 +191,25 @@ impl SessionState {
         self.catalog.as_ref()
     }
 
-    /// The functions a statement defines, as (schema, name): an unqualified one in every
-    /// schema the session has had on its path (where PostgreSQL creates it depends on which
-    /// path was in force).
+    /// Where an unqualified CREATE may put its object: the first schema of whichever path is
+    /// in force, so any schema seen on a path, and pg_catalog once a path put it first.
+    fn creation_schemas(&self) -> impl Iterator<Item = &str> {
+        self.seen_schemas
+            .iter()
+            .map(String::as_str)
+            .chain(self.system_first.then_some("pg_catalog"))
+    }
+
+    /// The functions a statement defines, as (schema, name), unqualified ones in every
+    /// schema an unqualified CREATE could use.
     pub fn defined_functions(&self, stmt: &StatementAnalysis) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for f in &stmt.defines_functions {
             match &f.schema {
                 Some(s) => out.push((s.clone(), f.name.clone())),
                 None => {
-                    for s in &self.seen_schemas {
-                        out.push((s.clone(), f.name.clone()));
-                    }
-                    if self.system_first {
-                        out.push(("pg_catalog".to_owned(), f.name.clone()));
+                    for s in self.creation_schemas() {
+                        out.push((s.to_owned(), f.name.clone()));
                     }
                 }
             }
@@ -735,10 +740,16 @@ impl Policy {
             .iter()
             .map(|Access { action, object }| {
                 let mut cands = resolve(object, session);
-                // With pg_catalog first on the path, an unqualified CREATE lands there.
-                if writes(*action) && session.system_first {
-                    if let ObjectRef::Relation { schema: None, name } = object {
-                        cands.push(Resolved::Rel("pg_catalog".to_owned(), name.clone()));
+                // An unqualified write may land in any schema an unqualified CREATE could use
+                // (pg_catalog too, once a path put it first).
+                if let (true, ObjectRef::Relation { schema: None, name }) =
+                    (writes(*action), object)
+                {
+                    for s in session.creation_schemas() {
+                        let c = Resolved::Rel(s.to_owned(), name.clone());
+                        if !cands.contains(&c) {
+                            cands.push(c);
+                        }
                     }
                 }
                 (*action, cands)
