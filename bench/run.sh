@@ -24,6 +24,9 @@
 #                   also pgward_policy_base: pgward+policy run by PGWARD_BASE_BIN (an earlier
 #                   build), to compare a change against what it replaces, interleaved
 #   PGWARD_BASE_BIN the binary of pgward_policy_base
+#                   also pgward_signed (TLS, token sign-in, policy) and pgward_walls (the same
+#                   with the second wall: a login of its own for the policy role, grants applied,
+#                   the caller recorded in pgward.callers); both also work as connect targets
 #   BENCH_CONNECT_TARGETS  targets of the connection-setup cell, pgbench -C -M simple -c 1
 #                   (default "direct pgward_conn pgward_token"; "" = skip the cell)
 #   BENCH_JOBS      pgbench -j for multi-client runs (default: min(clients, nproc))
@@ -238,6 +241,10 @@ EOF
     as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$PG_PORT" -U postgres -d postgres <<EOF
 CREATE ROLE $BENCH_USER LOGIN PASSWORD '$BENCH_PASSWORD';
 CREATE DATABASE $BENCH_DB OWNER $BENCH_USER;
+-- The second wall (pgward_walls): the policy role's own login, and what pgward's login needs
+-- to record callers (other backends' start times).
+CREATE ROLE bench_wall LOGIN PASSWORD '$BENCH_PASSWORD';
+GRANT pg_read_all_stats TO $BENCH_USER;
 EOF
 }
 
@@ -271,7 +278,7 @@ write_pgward_config() {
     local plaintext=true unauth=true
     case "$inst" in
         tlsdev) plaintext=false ;;
-        token) plaintext=false; unauth=false ;;
+        token | signed | walls) plaintext=false; unauth=false ;;
     esac
     {
         cat <<EOF
@@ -296,6 +303,9 @@ name = "main"
 host = "127.0.0.1"
 port = $PG_PORT
 tls = "disable"
+EOF
+        [[ "$inst" == walls ]] && printf 'identity_table = true\nrequire_role_login = true\n'
+        cat <<EOF
 [upstreams.credential]
 type = "password"
 user = "$BENCH_USER"
@@ -306,14 +316,23 @@ database = "$BENCH_DB"
 upstream = "main"
 upstream_database = "$BENCH_DB"
 EOF
+        if [[ "$inst" == walls ]]; then
+            printf '[upstreams.role_logins.bench_wall]\ntype = "password"\nuser = "bench_wall"\npassword_file = "%s"\n' "$WORK/upstream-password"
+        fi
         if [[ "$inst" == policy || "$inst" == policy_base || "$inst" == audit ]]; then
             printf '\n[policy]\nfile = "%s"\n' "$WORK/policy.toml"
+        fi
+        if [[ "$inst" == signed ]]; then
+            printf '\n[policy]\nfile = "%s"\n' "$WORK/policy-signed.toml"
+        fi
+        if [[ "$inst" == walls ]]; then
+            printf '\n[policy]\nfile = "%s"\napply_grants = true\n' "$WORK/policy-walls.toml"
         fi
         if [[ "$inst" == audit ]]; then
             # Default rotate_bytes, rotate_secs, fsync = "none", redaction = "types", failure_mode.
             printf '\n[audit]\nfile = "%s"\n' "$WORK/audit/pgward.jsonl"
         fi
-        if [[ "$inst" == token ]]; then
+        if [[ "$inst" == token || "$inst" == signed || "$inst" == walls ]]; then
             printf '\n[entra]\ntenant_id = "%s"\nauthority = "%s"\n' "$TOKEN_TENANT" "$ISSUER_URL"
         fi
     } >"$file"
@@ -332,6 +351,10 @@ name = "bench_reader"
 members = { users = ["$BENCH_USER"] }
 allow = [ { name = "pgbench_read", actions = ["select"], objects = ["public.pgbench_accounts", "public.pgbench_branches"] } ]
 EOF
+    # The signed-in targets: the same rule for the token's user; pgward_walls runs it as the
+    # role's own login.
+    sed "s/users = \[\"$BENCH_USER\"\]/users = [\"$TOKEN_USER\"]/" "$WORK/policy.toml" >"$WORK/policy-signed.toml"
+    sed 's/^allow = /upstream_role = "bench_wall"\nallow = /' "$WORK/policy-signed.toml" >"$WORK/policy-walls.toml"
 }
 
 pgward_instances() { # the instances the selected targets need
@@ -345,10 +368,12 @@ pgward_instances() { # the instances the selected targets need
             pgward_audit) need[audit]=1 ;;
             pgward_conn) need[tlsdev]=1 ;;
             pgward_token) need[token]=1 ;;
+            pgward_signed) need[signed]=1 ;;
+            pgward_walls) need[walls]=1 ;;
         esac
     done
     local i
-    for i in plain policy policy_base audit tlsdev token; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
+    for i in plain policy policy_base audit tlsdev token signed walls; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
     return 0
 }
 
@@ -440,12 +465,14 @@ target_label() {
         pgward_audit) echo "pgward+policy+audit" ;;
         pgward_conn) echo "pgward TLS unauthenticated" ;;
         pgward_token) echo "pgward TLS token" ;;
+        pgward_signed) echo "pgward TLS token+policy" ;;
+        pgward_walls) echo "pgward TLS token+policy+walls" ;;
     esac
 }
 
 # Prints the libpq environment for a target, one VAR=value per line.
 pgbench_env() {
-    if [[ "$1" == pgward_token ]]; then
+    if [[ "$1" == pgward_token || "$1" == pgward_signed || "$1" == pgward_walls ]]; then
         echo "PGUSER=$TOKEN_USER"
         echo "PGPASSWORD=$TOKEN"
     else
@@ -464,6 +491,8 @@ pgbench_env() {
         pgward_audit) echo "PGPORT=${PW_PORT[audit]}"; echo "PGSSLMODE=disable" ;;
         pgward_conn) echo "PGPORT=${PW_PORT[tlsdev]}"; echo "PGSSLMODE=require" ;;
         pgward_token) echo "PGPORT=${PW_PORT[token]}"; echo "PGSSLMODE=require" ;;
+        pgward_signed) echo "PGPORT=${PW_PORT[signed]}"; echo "PGSSLMODE=require" ;;
+        pgward_walls) echo "PGPORT=${PW_PORT[walls]}"; echo "PGSSLMODE=require" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -484,6 +513,8 @@ target_pid() {
         pgward_audit) echo "${PW_PID[audit]}" ;;
         pgward_conn) echo "${PW_PID[tlsdev]}" ;;
         pgward_token) echo "${PW_PID[token]}" ;;
+        pgward_signed) echo "${PW_PID[signed]}" ;;
+        pgward_walls) echo "${PW_PID[walls]}" ;;
         *) echo "" ;;
     esac
 }
@@ -860,7 +891,7 @@ main() {
     PW_PORT[plain]="$PGWARD_PORT"
     PW_ADMIN_PORT[plain]="$PGWARD_ADMIN_PORT"
     local inst
-    for inst in policy policy_base audit tlsdev token; do
+    for inst in policy policy_base audit tlsdev token signed walls; do
         PW_PORT[$inst]="$(free_port)"
         PW_ADMIN_PORT[$inst]="$(free_port)"
     done
@@ -870,17 +901,22 @@ main() {
     make_tls_cert
     write_policy
     mkdir -p "$WORK/audit"
-    if [[ " $BENCH_CONNECT_TARGETS " == *" pgward_token "* ]]; then start_issuer; fi
+    if [[ " $BENCH_TARGETS $BENCH_CONNECT_TARGETS " =~ " pgward_"(token|signed|walls)" " ]]; then start_issuer; fi
     local -a instances
     mapfile -t instances < <(pgward_instances)
     for inst in "${instances[@]}"; do start_pgward "$inst"; done
     if has_target pgbouncer; then start_pgbouncer; fi
+    if [[ -n "${PW_PID[walls]:-}" ]]; then
+        # pgward applies the grants and creates pgward.callers in the background at start.
+        wait_until 60 "pgward_walls grants" target_query pgward_walls "SELECT count(*) FROM public.pgbench_branches" \
+            || { tail -n 30 "$WORK/pgward-walls.log" >&2; die "pgward_walls does not answer"; }
+    fi
 
     local t
     for t in $BENCH_TARGETS $BENCH_CONNECT_TARGETS; do
         local ssl q="SELECT coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), '?')"
         # The policy targets may only read the pgbench tables.
-        [[ "$t" == pgward_policy || "$t" == pgward_policy_base || "$t" == pgward_audit ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
+        [[ "$t" == pgward_policy || "$t" == pgward_policy_base || "$t" == pgward_audit || "$t" == pgward_signed || "$t" == pgward_walls ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
         ssl="$(target_query "$t" "$q")" || die "cannot query through target $t"
         log "target $(target_label "$t"): OK (upstream session ssl=$ssl)"
     done

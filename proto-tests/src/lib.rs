@@ -102,6 +102,8 @@ pub struct PgwardOptions {
     /// Startup waits for /readyz (default); false waits for /healthz only (for tests
     /// where pgward is expected to start not ready).
     pub wait_ready: bool,
+    /// Extra keys of the `[[upstreams]]` entry (e.g. `identity_table = true`).
+    pub upstream_extra: Vec<String>,
 }
 
 impl Default for PgwardOptions {
@@ -123,6 +125,7 @@ impl Default for PgwardOptions {
             credential: None,
             env: Vec::new(),
             wait_ready: true,
+            upstream_extra: Vec::new(),
         }
     }
 }
@@ -221,6 +224,7 @@ host = "127.0.0.1"
 port = {pg_port}
 tls = "{upstream_tls}"
 {ca_line}
+{upstream_extra}
 [upstreams.credential]
 {credential}
 
@@ -239,6 +243,7 @@ upstream = "main"
 {extra_toml}
 "#,
             log_level = opts.log_level,
+            upstream_extra = opts.upstream_extra.join("\n"),
             extra_toml = opts.extra_toml,
             entra = opts.entra.as_deref().unwrap_or(""),
             policy = opts

@@ -31,9 +31,12 @@ enum PolicyCommand {
     /// Print the query pgward runs on an upstream database to read its catalog (names are
     /// resolved against it); its tab-separated answer is what `explain --catalog` reads.
     CatalogQuery,
-    /// Print the T-SQL that creates, in an Azure SQL database, a user per role with an
-    /// upstream_role and exactly the permissions the role's rules name (docs/azure-sql.md,
-    /// "A second wall inside SQL Server"). Exits 2 when the policy cannot be loaded.
+    /// The second wall: database privileges compiled from the policy. For PostgreSQL routes
+    /// (a --config with PostgreSQL upstreams): reads each routed database with pgward's own
+    /// login and prints what must change so each upstream_role holds exactly what its policy
+    /// roles allow (docs/security.md); --apply runs it and checks the database converged.
+    /// Otherwise the T-SQL for Azure SQL (docs/azure-sql.md). Exits 0 when done or nothing
+    /// is to change, 1 when --apply left differences, 2 on errors.
     Grants(GrantsArgs),
 }
 
@@ -49,6 +52,20 @@ pub struct GrantsArgs {
     /// The database user of pgward's own identity (it gets IMPERSONATE on each user).
     #[arg(long, value_name = "NAME", default_value = "pgward-identity")]
     pgward_user: String,
+    /// Which server's SQL: `postgres` (needs --config; connects to each routed database) or
+    /// `tsql`. Default: postgres when the config routes to a PostgreSQL upstream.
+    #[arg(long, value_parser = ["postgres", "tsql"])]
+    dialect: Option<String>,
+    /// PostgreSQL: run the changes (in one transaction per database), then read the
+    /// database again and report anything still different.
+    #[arg(long)]
+    apply: bool,
+    /// PostgreSQL: only this routed database (the name clients use).
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// PostgreSQL: leave PUBLIC's privileges alone (default: the config's [policy] keep_public).
+    #[arg(long)]
+    keep_public: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,13 +124,90 @@ fn grants(a: &GrantsArgs) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match load(&path) {
-        Ok(policy) => {
-            print!("{}", policy.tsql_grants(&a.pgward_user));
-            ExitCode::SUCCESS
+    let policy = match load(&path) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let config = match &a.config {
+        Some(c) => match Config::load(c) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("pgward: {e}");
+                return ExitCode::from(EXIT_ERROR);
+            }
+        },
+        None => None,
+    };
+    let postgres = match (a.dialect.as_deref(), &config) {
+        (Some("tsql"), _) => false,
+        (Some(_), None) => {
+            eprintln!("pgward: --dialect postgres reads the databases a --config routes to");
+            return ExitCode::from(EXIT_ERROR);
         }
-        Err(code) => code,
+        (Some(_), Some(_)) => true,
+        (None, Some(c)) => !pgward_proxy::grants::postgres_targets(c).is_empty(),
+        (None, None) => false,
+    };
+    if !postgres {
+        if a.apply {
+            eprintln!("pgward: --apply is for PostgreSQL; run the printed T-SQL as the database's Entra admin");
+            return ExitCode::from(EXIT_ERROR);
+        }
+        print!("{}", policy.tsql_grants(&a.pgward_user));
+        return ExitCode::SUCCESS;
     }
+    let Some(config) = config else {
+        return ExitCode::from(EXIT_ERROR);
+    };
+    match pg_grants(a, &config, &policy) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgward: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Prints (or applies) the plan for each routed PostgreSQL database.
+fn pg_grants(a: &GrantsArgs, config: &Config, policy: &Policy) -> Result<ExitCode, String> {
+    let keep_public = a.keep_public || config.policy.as_ref().is_some_and(|p| p.keep_public);
+    let mut targets = pgward_proxy::grants::postgres_targets(config);
+    if let Some(db) = &a.database {
+        let route = config
+            .route(db)
+            .ok_or_else(|| format!("no route for database {db:?}"))?;
+        targets.retain(|(u, d)| *u == route.upstream && d == route.upstream_database());
+    }
+    let rt = crate::runtime(1).map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut converged = true;
+        for (name, database) in &targets {
+            let cfg = config
+                .upstreams
+                .iter()
+                .find(|u| &u.name == name)
+                .ok_or_else(|| format!("unknown upstream {name:?}"))?;
+            let upstream = pgward_upstream::Upstream::new(cfg.clone())?;
+            upstream.start_credential();
+            println!("-- upstream {name}, database {database}");
+            if a.apply {
+                let done =
+                    pgward_proxy::grants::apply(&upstream, database, policy, keep_public).await?;
+                println!("-- applied {} statement(s)", done.ran);
+                print!("{}", done.remaining.script(policy.version()));
+                converged &= done.remaining.statements.is_empty();
+            } else {
+                let plan =
+                    pgward_proxy::grants::plan(&upstream, database, policy, keep_public).await?;
+                print!("{}", plan.script(policy.version()));
+            }
+        }
+        Ok(if converged {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_DENY)
+        })
+    })
 }
 
 /// Reads and compiles a policy file; every problem goes to standard error.

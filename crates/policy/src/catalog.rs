@@ -61,6 +61,21 @@ pub const RESET_ALL_SETTINGS: &[&str] = &[
     "search_path",
 ];
 
+/// pgward's own schema on the upstream (the caller identity, docs/azure.md): nothing in it
+/// may be created, changed or dropped through pgward.
+pub const PGWARD_SCHEMA: &str = "pgward";
+
+/// The caller identity functions pgward installs in its schema; calling them is part of the
+/// baseline.
+pub const PGWARD_IDENTITY_FUNCTIONS: &[&str] = &[
+    "caller",
+    "caller_oid",
+    "caller_tid",
+    "caller_upn",
+    "caller_appid",
+    "caller_roles",
+];
+
 /// Functions denied unless a held role allows them by name (`functions = [...]` in an allow
 /// rule whose name part is not just `*`). Patterns: `*` matches any characters; a pattern with
 /// a schema matches only calls written or resolved to that schema.

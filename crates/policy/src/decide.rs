@@ -10,7 +10,8 @@ use crate::analyze::{
 };
 use crate::catalog::{
     is_builtin_function, is_catalog_relation, CATALOG_EXCLUDED, INFORMATION_SCHEMA_EXCLUDED,
-    INFORMATION_SCHEMA_FUNCTIONS, PROTECTED_SETTINGS, RESET_ALL_SETTINGS, SYSTEM_SCHEMAS,
+    INFORMATION_SCHEMA_FUNCTIONS, PGWARD_IDENTITY_FUNCTIONS, PGWARD_SCHEMA, PROTECTED_SETTINGS,
+    RESET_ALL_SETTINGS, SYSTEM_SCHEMAS,
 };
 use crate::policy::{Mode, Part, Pattern, Policy, Rule};
 use crate::server_catalog::ServerCatalog;
@@ -473,7 +474,7 @@ fn is_on(v: &str) -> bool {
 
 /// An object after name resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Resolved {
+pub(crate) enum Resolved {
     Rel(String, String),
     Schema(String),
     All,
@@ -519,7 +520,7 @@ fn resolve(o: &ObjectRef, session: &SessionState) -> Vec<Resolved> {
 /// or database-wide operation touches whatever the pattern names); allow patterns narrowly
 /// (only `schema.*` allows a schema-wide operation, only `"*"` a database-wide one, and a pseudo
 /// kind such as `setting` must be named literally).
-fn object_matches(p: &Pattern, o: &Resolved, deny: bool, exact_name: bool) -> bool {
+pub(crate) fn object_matches(p: &Pattern, o: &Resolved, deny: bool, exact_name: bool) -> bool {
     let Some((schema, name)) = &p.parts else {
         return deny || !matches!(o, Resolved::Pseudo(..));
     };
@@ -543,7 +544,7 @@ fn object_matches(p: &Pattern, o: &Resolved, deny: bool, exact_name: bool) -> bo
     }
 }
 
-fn function_matches(p: &Pattern, candidates: &[(String, String)]) -> bool {
+pub(crate) fn function_matches(p: &Pattern, candidates: &[(String, String)]) -> bool {
     let Some((schema, name)) = &p.parts else {
         return false;
     };
@@ -763,14 +764,14 @@ impl Policy {
                     // Writing pg_settings is a change of settings, decided as such below.
                     Resolved::Rel(s, n) if s == "pg_catalog" && n == "pg_settings" => false,
                     Resolved::Rel(s, _) | Resolved::Schema(s) => {
-                        SYSTEM_SCHEMAS.contains(&s.as_str())
+                        SYSTEM_SCHEMAS.contains(&s.as_str()) || s == PGWARD_SCHEMA
                     }
                     _ => false,
                 };
                 if system {
                     return Decision::deny(
                         "builtin.system_schema",
-                        format!("{action} on {c}: objects in the server's system schemas cannot be created, changed or dropped through pgward"),
+                        format!("{action} on {c}: objects in the server's system schemas and in pgward's own schema cannot be created, changed or dropped through pgward"),
                     );
                 }
                 if let (Resolved::Rel(s, n), Some(cat)) = (c, &session.catalog) {
@@ -1025,6 +1026,15 @@ impl Policy {
         }
         if stmt.kind == "DoStmt" || session.is_builtin(f) {
             // Built-in functions that are not dangerous are part of the baseline.
+            return Ok(None);
+        }
+        // pgward's caller identity functions (docs/azure.md): they read the caller's own row.
+        // Nothing but pgward's login can create in its schema, through pgward or not.
+        if !cands.is_empty()
+            && cands
+                .iter()
+                .all(|(s, n)| s == PGWARD_SCHEMA && PGWARD_IDENTITY_FUNCTIONS.contains(&n.as_str()))
+        {
             return Ok(None);
         }
         // Any other function (user-defined, from an extension) runs code pgward does not see:

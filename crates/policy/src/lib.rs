@@ -29,6 +29,7 @@ mod caller_name;
 pub mod catalog;
 mod decide;
 mod explain;
+mod pg_grants;
 mod policy;
 mod server_catalog;
 pub mod tsql;
@@ -45,5 +46,6 @@ pub use decide::{
     Decision, Principal, QueryDecision, RoleSet, SessionState, StatementDecision, Verdict,
 };
 pub use explain::explain_decision;
+pub use pg_grants::{GrantPlan, GrantsQuery};
 pub use policy::{Mode, Policy, PolicyError, PolicyProblem};
 pub use server_catalog::{CatalogError, ServerCatalog};

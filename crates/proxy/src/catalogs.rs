@@ -219,6 +219,12 @@ impl ServerCatalogs {
 }
 
 impl CatalogHandle {
+    /// The generation of the catalog in force: it changes each time the catalog is read
+    /// again (on a timer, after DDL through pgward, after a reload).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The catalog now in force, if it is not the one with generation `have`: on the
     /// decision path, one atomic load unless it changed.
     pub fn newer_than(&self, have: Option<u64>) -> Option<Arc<ServerCatalog>> {

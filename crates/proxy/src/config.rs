@@ -108,6 +108,14 @@ pub struct PolicyConfig {
     /// is read again in the background; DDL through pgward and reloads also refresh it.
     #[serde(default = "default_catalog_refresh_secs")]
     pub catalog_refresh_secs: u64,
+    /// Bring every PostgreSQL route's database to the privileges the policy grants (the
+    /// second wall, docs/security.md) at start and after each reload, with pgward's own login.
+    #[serde(default)]
+    pub apply_grants: bool,
+    /// With the grants: leave PUBLIC's privileges as they are (by default, what not every
+    /// upstream_role may do is revoked from PUBLIC, which every role holds).
+    #[serde(default)]
+    pub keep_public: bool,
 }
 
 fn default_catalog_refresh_secs() -> u64 {
@@ -275,6 +283,9 @@ impl Config {
                 fix(p);
             }
             u.credential.resolve_paths(base);
+            for c in u.role_logins.values_mut() {
+                c.resolve_paths(base);
+            }
         }
     }
 
@@ -417,6 +428,20 @@ impl Config {
                 // sent as if it were one.
                 p.push(format!(
                     "upstream {:?}: kind = \"azure-sql\" needs an Azure credential type (managed-identity, workload-identity, client-secret, azure-cli), not \"password\"",
+                    u.name
+                ));
+            }
+            if u.kind == pgward_upstream::UpstreamKind::AzureSql
+                && (!u.role_logins.is_empty() || u.identity_table)
+            {
+                p.push(format!(
+                    "upstream {:?}: role_logins and identity_table are for PostgreSQL upstreams; azure-sql sessions run as their role's database user (EXECUTE AS USER, docs/azure-sql.md)",
+                    u.name
+                ));
+            }
+            if u.identity_table && u.role_logins.is_empty() {
+                p.push(format!(
+                    "upstream {:?}: identity_table needs role_logins: a session that runs as pgward's own login owns pgward.callers and could rewrite it",
                     u.name
                 ));
             }

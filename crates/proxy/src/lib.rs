@@ -11,10 +11,12 @@
 pub mod admin;
 pub mod analysis_pool;
 pub mod auth;
+pub mod caller_identity;
 pub mod cancel;
 pub mod catalogs;
 pub mod config;
 pub mod enforce;
+pub mod grants;
 pub mod handshake;
 pub mod limits;
 pub mod metrics;

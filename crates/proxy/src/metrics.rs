@@ -18,6 +18,7 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     cancels: Family<Labels, Counter>,
     auth: Family<Labels, Counter>,
+    grants: Family<Labels, Counter>,
     pub sessions_active: Gauge,
     pub bytes_to_upstream: Counter,
     pub bytes_to_client: Counter,
@@ -71,6 +72,7 @@ impl Metrics {
         let errors = Family::<Labels, Counter>::default();
         let cancels = Family::<Labels, Counter>::default();
         let auth = Family::<Labels, Counter>::default();
+        let grants = Family::<Labels, Counter>::default();
         let bytes = Family::<Labels, Counter>::default();
         let messages = Family::<Labels, Counter>::default();
         let sessions_active = Gauge::default();
@@ -105,6 +107,11 @@ impl Metrics {
             "auth",
             "Client sign-in attempts by result (ok, or the failure reason's label)",
             auth.clone(),
+        );
+        registry.register(
+            "grants_apply",
+            "Runs of [policy] apply_grants by result (applied, not_converged, failed)",
+            grants.clone(),
         );
         registry.register(
             "handshake_seconds",
@@ -172,6 +179,7 @@ impl Metrics {
             errors,
             cancels,
             auth,
+            grants,
             sessions_active,
             handshake_seconds,
             token_refreshes,
@@ -271,6 +279,11 @@ impl Metrics {
 
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&label("kind", kind)).inc();
+    }
+
+    /// Counts a run of `[policy] apply_grants` by result (applied, not_converged, failed).
+    pub fn grants(&self, result: &str) {
+        self.grants.get_or_create(&label("result", result)).inc();
     }
 
     pub fn auth(&self, result: &str) {

@@ -178,6 +178,7 @@ impl Server {
             throttle,
             policy: policy.clone(),
             catalogs,
+            callers: Default::default(),
             upstreams,
             handshake,
             cancels: Arc::new(CancelRegistry::default()),
@@ -263,6 +264,14 @@ impl Server {
                     }
                 });
             }
+        }
+        if shared
+            .config
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.apply_grants)
+        {
+            tokio::spawn(keep_grants_applied(shared.clone()));
         }
         let limit = Arc::new(Semaphore::new(shared.config.listen.max_connections));
         let tracker = TaskTracker::new();
@@ -371,9 +380,15 @@ impl pgward_entra::GraphTokenSource for GraphTokens {
 async fn start_credentials(
     upstreams: &HashMap<String, Arc<Upstream>>,
 ) -> Vec<(String, pgward_upstream::TokenSource)> {
+    // pgward's own credential per upstream, and each role login's (`name/role`).
     let list: Vec<_> = upstreams
         .iter()
-        .map(|(name, u)| (name.clone(), u.credential().clone()))
+        .flat_map(|(name, u)| {
+            std::iter::once((name.clone(), u.credential().clone())).chain(
+                u.role_credentials()
+                    .map(move |(role, c)| (format!("{name}/{role}"), c.clone())),
+            )
+        })
         .collect();
     let mut waits = tokio::task::JoinSet::new();
     for (name, source) in &list {
@@ -417,4 +432,79 @@ async fn refuse_over_limit(mut tcp: TcpStream) {
         let _ = tcp.shutdown().await;
     })
     .await;
+}
+
+/// `[policy] apply_grants`: brings every PostgreSQL route's database to the policy's
+/// privileges now, after every reload, and each time a catalog is read again (both are
+/// checked each second), which also undoes grants changed by hand. A failure is
+/// logged and counted, and tried again after a minute or at the next reload; pgward's own
+/// check keeps deciding meanwhile.
+async fn keep_grants_applied(shared: Arc<Shared>) {
+    let (Some(store), Some(cfg)) = (shared.policy.clone(), shared.config.policy.clone()) else {
+        return;
+    };
+    let targets = crate::grants::postgres_targets(&shared.config);
+    // The catalogs' generations: objects created since the last run (a table a role made
+    // through pgward) get their grants when the catalog is next read, within a second of
+    // DDL through pgward and at least every catalog_refresh_secs.
+    let mut handles = Vec::new();
+    let mut applied_catalogs: Vec<u64> = Vec::new();
+    let mut applied_version: Option<u64> = None;
+    // After a failure: when to try the same version again.
+    let mut retry: Option<(u64, std::time::Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let policy = store.current();
+        let version = policy.version();
+        if handles.len() < targets.len() {
+            handles.clear();
+            for (u, d) in &targets {
+                if let Some(upstream) = shared.upstreams.get(u) {
+                    if let Ok(h) = shared.catalogs.handle(upstream, d).await {
+                        handles.push(h);
+                    }
+                }
+            }
+        }
+        let catalogs: Vec<u64> = handles.iter().map(|h| h.generation()).collect();
+        if applied_version == Some(version) && applied_catalogs == catalogs {
+            continue;
+        }
+        if matches!(retry, Some((v, at)) if v == version && std::time::Instant::now() < at) {
+            continue;
+        }
+        let mut ok = true;
+        for (upstream_name, database) in &targets {
+            let Some(upstream) = shared.upstreams.get(upstream_name) else {
+                continue;
+            };
+            match crate::grants::apply(upstream, database, &policy, cfg.keep_public).await {
+                Ok(a) if a.remaining.statements.is_empty() => {
+                    shared.metrics.grants("applied");
+                    info!(upstream = %upstream_name, database = %database, statements = a.ran, "database privileges match the policy");
+                    for n in &a.remaining.notes {
+                        info!(upstream = %upstream_name, database = %database, "grants: {n}");
+                    }
+                }
+                Ok(a) => {
+                    ok = false;
+                    shared.metrics.grants("not_converged");
+                    warn!(upstream = %upstream_name, database = %database, left = a.remaining.statements.len(), "database privileges do not match the policy after applying");
+                }
+                Err(e) => {
+                    ok = false;
+                    shared.metrics.grants("failed");
+                    warn!(upstream = %upstream_name, database = %database, error = %e, "cannot apply the policy's privileges");
+                }
+            }
+        }
+        if ok {
+            applied_version = Some(version);
+            applied_catalogs = catalogs;
+            retry = None;
+        } else {
+            retry = Some((version, std::time::Instant::now() + Duration::from_secs(60)));
+        }
+    }
 }

@@ -35,6 +35,8 @@ pub struct Shared {
     pub policy: Option<Arc<PolicyStore>>,
     /// The upstream databases' own catalogs, which the policy resolves names against.
     pub catalogs: Arc<crate::catalogs::ServerCatalogs>,
+    /// pgward's own connections that record callers (`[[upstreams]] identity_table`).
+    pub callers: crate::caller_identity::CallerIdentities,
     pub audit: Option<pgward_audit::AuditLog>,
     /// Numbers sessions for the audit log.
     pub next_session: std::sync::atomic::AtomicU64,
@@ -342,13 +344,30 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         }
     };
     let upstream_role = gate.as_ref().and_then(Gate::upstream_role);
+    // The second wall: a role with a login of its own signs in as it (no role to SET ROLE
+    // back to); otherwise pgward's login runs SET ROLE to it, or runs as itself.
+    let role_login = upstream_role
+        .as_deref()
+        .filter(|r| upstream.has_role_login(r))
+        .map(str::to_owned);
+    if upstream.config().require_role_login && role_login.is_none() {
+        shared.metrics.error("no_role_login");
+        let message = match &upstream_role {
+            Some(r) => format!("upstream {:?} requires a login of its own for upstream_role {r:?}, and none is configured (require_role_login)", upstream.name()),
+            None => format!("upstream {:?} requires every session to run as its policy role's own login, and none of your roles names an upstream_role (require_role_login)", upstream.name()),
+        };
+        info!("refused: {message}");
+        record_failure(&info, message.clone()).await;
+        refuse(&mut stream, "42501", &message).await;
+        return;
+    }
     let upstream_params = upstream_startup_params(
         &forwarded,
         &principal,
         application_name.as_deref(),
         identity.as_ref(),
         gate.as_ref().map(Gate::role_names).unwrap_or_default(),
-        upstream_role.as_deref(),
+        upstream_role.as_deref().filter(|_| role_login.is_none()),
         gate.as_ref().map(Gate::search_path_setting),
     );
     if upstream.config().kind == pgward_upstream::UpstreamKind::AzureSql {
@@ -392,7 +411,11 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         }
     }
     let session = match upstream
-        .connect(route.upstream_database(), &upstream_params)
+        .connect_as(
+            route.upstream_database(),
+            &upstream_params,
+            role_login.as_deref(),
+        )
         .await
     {
         Ok(s) => s,
@@ -404,6 +427,49 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
             return;
         }
     };
+    // The caller, where no statement of the session can rewrite it, before its first one.
+    if upstream.config().identity_table {
+        let recorded = match (&session.key, &identity) {
+            (Some(key), Some(id)) => {
+                let login = role_login
+                    .as_deref()
+                    .unwrap_or_else(|| upstream.credential().user());
+                let caller = crate::caller_identity::Caller {
+                    oid: &id.oid,
+                    tid: &id.tid,
+                    upn: &principal.upn,
+                    appid: id.appid.as_deref().unwrap_or(""),
+                    roles: gate.as_ref().map(Gate::role_names).unwrap_or_default(),
+                };
+                shared
+                    .callers
+                    .record(
+                        &upstream,
+                        route.upstream_database(),
+                        key.pid,
+                        login,
+                        &caller,
+                    )
+                    .await
+            }
+            (None, _) => {
+                Err("the upstream sent no backend key, so its backend cannot be named".into())
+            }
+            (_, None) => Err("no verified identity to record".into()),
+        };
+        if let Err(e) = recorded {
+            shared.metrics.error("caller_identity");
+            warn!(error = %e, "cannot record the caller on the upstream; refusing the session");
+            record_failure(&info, e).await;
+            refuse(
+                &mut stream,
+                "08006",
+                "pgward cannot record your identity on the upstream database",
+            )
+            .await;
+            return;
+        }
+    }
 
     let audit = shared.audit.as_ref().map(|log| log.session(&info));
     if let Some(a) = &audit {

@@ -20,6 +20,20 @@ pub struct UpstreamConfig {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
     pub credential: CredentialConfig,
+    /// Per policy `upstream_role`, the login its sessions sign in with instead of pgward's own
+    /// (the second wall: a session then holds only that role's privileges, with no role to
+    /// `SET ROLE` to). The credential's `user` must be the role's name. docs/security.md.
+    #[serde(default)]
+    pub role_logins: std::collections::BTreeMap<String, CredentialConfig>,
+    /// Refuse a session whose policy role has no login in `role_logins` (instead of running it
+    /// as pgward's own login, with `SET ROLE` to its upstream_role if it names one).
+    #[serde(default)]
+    pub require_role_login: bool,
+    /// Record each session's caller in `pgward.callers` over pgward's own connection before
+    /// the client's first statement, for `pgward.caller_oid()` and friends (docs/azure.md).
+    /// A session is refused (08006) when the record cannot be written.
+    #[serde(default)]
+    pub identity_table: bool,
 }
 
 fn default_port() -> u16 {

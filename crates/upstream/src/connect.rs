@@ -2,6 +2,7 @@
 //! pgward's credential (SCRAM-SHA-256, MD5 or cleartext, as the server asks), and the
 //! server's ParameterStatus / BackendKeyData up to the first ReadyForQuery.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
-use crate::credential::{token_source, Secret, TokenSource};
+use crate::credential::{role_token_sources, token_source, Secret, TokenSource};
 use crate::stream::UpstreamStream;
 use crate::tls;
 
@@ -129,6 +130,8 @@ pub struct Upstream {
     cfg: UpstreamConfig,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     credential: TokenSource,
+    /// `role_logins`: the credential of each policy upstream_role that signs in as itself.
+    role_credentials: HashMap<String, TokenSource>,
 }
 
 impl Upstream {
@@ -136,6 +139,7 @@ impl Upstream {
         // Builds the credential only; fetching starts with `start_credential` (or the
         // first connect), so `pgward check` can construct upstreams offline.
         let credential = token_source(&cfg)?;
+        let role_credentials = role_token_sources(&cfg)?;
         let tls =
             match tls::client_config(&cfg).map_err(|e| format!("upstream {}: {e}", cfg.name))? {
                 Some(config) => Some((
@@ -148,6 +152,7 @@ impl Upstream {
             cfg,
             tls,
             credential,
+            role_credentials,
         })
     }
 
@@ -168,6 +173,19 @@ impl Upstream {
     /// a Tokio runtime; a no-op for a password).
     pub fn start_credential(&self) {
         self.credential.start();
+        for c in self.role_credentials.values() {
+            c.start();
+        }
+    }
+
+    /// Whether sessions of `role` sign in as that role (`role_logins`).
+    pub fn has_role_login(&self, role: &str) -> bool {
+        self.role_credentials.contains_key(role)
+    }
+
+    /// The role logins' credentials, by role (health and metrics).
+    pub fn role_credentials(&self) -> impl Iterator<Item = (&str, &TokenSource)> {
+        self.role_credentials.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -181,9 +199,34 @@ impl Upstream {
         database: &str,
         params: &[(String, String)],
     ) -> Result<UpstreamSession, ConnectError> {
-        tokio::time::timeout(self.timeout(), self.connect_inner(database, params))
-            .await
-            .map_err(|_| self.timeout_err())?
+        self.connect_as(database, params, None).await
+    }
+
+    /// Like [`Upstream::connect`], signed in as `role`'s own login (`role_logins`) when
+    /// given; an unknown role is an error, never a fallback to pgward's own login.
+    pub async fn connect_as(
+        &self,
+        database: &str,
+        params: &[(String, String)],
+        role: Option<&str>,
+    ) -> Result<UpstreamSession, ConnectError> {
+        let credential = match role {
+            None => &self.credential,
+            Some(r) => self
+                .role_credentials
+                .get(r)
+                .ok_or_else(|| ConnectError::Credential {
+                    upstream: self.cfg.name.clone(),
+                    kind: "role login".to_owned(),
+                    detail: format!("no role_logins entry for {r:?}"),
+                })?,
+        };
+        tokio::time::timeout(
+            self.timeout(),
+            self.connect_inner(database, params, credential),
+        )
+        .await
+        .map_err(|_| self.timeout_err())?
     }
 
     async fn open_stream(&self) -> Result<UpstreamStream, ConnectError> {
@@ -243,21 +286,21 @@ impl Upstream {
         &self,
         database: &str,
         params: &[(String, String)],
+        credential: &TokenSource,
     ) -> Result<UpstreamSession, ConnectError> {
         // The cached token (never a wait on the identity endpoint while one is valid);
         // without one, fail at once with 08001 rather than connect for nothing.
-        let password = self
-            .credential
+        let password = credential
             .current()
             .await
             .map_err(|e| ConnectError::Credential {
                 upstream: self.cfg.name.clone(),
-                kind: self.credential.kind().to_owned(),
+                kind: credential.kind().to_owned(),
                 detail: e.to_string(),
             })?;
         let mut stream = self.open_stream().await?;
         let mut out = BytesMut::new();
-        let user = self.credential.user();
+        let user = credential.user();
         let mut startup: Vec<(&str, &str)> = vec![("user", user), ("database", database)];
         startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         build::startup_message(&mut out, startup);
@@ -272,7 +315,7 @@ impl Upstream {
             match tag {
                 b'R' => {
                     let req = backend::auth_request(&body).map_err(|e| self.protocol_err(e))?;
-                    self.answer_auth(req, &password, &mut scram, &mut out)?;
+                    self.answer_auth(req, user, &password, &mut scram, &mut out)?;
                     if !out.is_empty() {
                         self.send(&mut stream, &mut out).await?;
                     }
@@ -291,7 +334,7 @@ impl Upstream {
                 b'E' => {
                     let fields = backend::error_fields(&body);
                     if fields.code.starts_with("28") {
-                        return Err(self.rejected(fields.message));
+                        return Err(self.rejected(user, fields.message));
                     }
                     return Err(ConnectError::Server {
                         upstream: self.cfg.name.clone(),
@@ -324,6 +367,7 @@ impl Upstream {
     fn answer_auth(
         &self,
         req: AuthRequest<'_>,
+        user: &str,
         password: &Secret,
         scram: &mut Option<ScramSha256>,
         out: &mut BytesMut,
@@ -333,7 +377,7 @@ impl Upstream {
             AuthRequest::Ok => {}
             AuthRequest::Cleartext => build::password_message(out, password),
             AuthRequest::Md5 { salt } => {
-                let hash = md5_hash(self.credential.user().as_bytes(), password, salt);
+                let hash = md5_hash(user.as_bytes(), password, salt);
                 build::password_message(out, hash.as_bytes());
             }
             AuthRequest::Sasl { mechanisms } => {
@@ -354,7 +398,7 @@ impl Upstream {
                 let s = scram
                     .as_mut()
                     .ok_or_else(|| self.protocol_err("SASL continue before SASL start"))?;
-                s.update(data).map_err(|e| self.auth_err(e))?;
+                s.update(data).map_err(|e| self.auth_err(user, e))?;
                 build::sasl_response(out, s.message());
             }
             AuthRequest::SaslFinal(data) => {
@@ -363,7 +407,7 @@ impl Upstream {
                     .ok_or_else(|| self.protocol_err("SASL final before SASL start"))?;
                 // Verifies the server signature: a server that doesn't know the password
                 // can't impersonate the upstream.
-                s.finish(data).map_err(|e| self.auth_err(e))?;
+                s.finish(data).map_err(|e| self.auth_err(user, e))?;
             }
             AuthRequest::Other(code) => {
                 return Err(ConnectError::UnsupportedAuth {
@@ -375,14 +419,14 @@ impl Upstream {
         Ok(())
     }
 
-    fn auth_err(&self, e: impl std::fmt::Display) -> ConnectError {
-        self.rejected(format!("SCRAM exchange failed: {e}"))
+    fn auth_err(&self, user: &str, e: impl std::fmt::Display) -> ConnectError {
+        self.rejected(user, format!("SCRAM exchange failed: {e}"))
     }
 
-    fn rejected(&self, message: String) -> ConnectError {
+    fn rejected(&self, user: &str, message: String) -> ConnectError {
         ConnectError::AuthRejected {
             upstream: self.cfg.name.clone(),
-            user: self.credential.user().to_owned(),
+            user: user.to_owned(),
             message,
         }
     }

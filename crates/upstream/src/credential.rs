@@ -5,6 +5,27 @@ pub use pgward_credentials::{Health, Secret, TokenSource};
 
 use crate::config::UpstreamConfig;
 
+/// Builds (without contacting anything) the token source of each role login of an upstream.
+pub fn role_token_sources(
+    cfg: &UpstreamConfig,
+) -> Result<std::collections::HashMap<String, TokenSource>, String> {
+    let mut out = std::collections::HashMap::new();
+    for (role, c) in &cfg.role_logins {
+        if c.user() != role {
+            return Err(format!(
+                "upstream {}: role_logins.{role}: the login's user must be the role's own name ({role:?}), not {:?}",
+                cfg.name,
+                c.user()
+            ));
+        }
+        let name = format!("{}/{role}", cfg.name);
+        let source = TokenSource::new(&name, c, cfg.kind.token_scope())
+            .map_err(|e| format!("upstream {}: role_logins.{role}: {e}", cfg.name))?;
+        out.insert(role.clone(), source);
+    }
+    Ok(out)
+}
+
 /// Builds (without contacting anything) the token source for an upstream.
 pub fn token_source(cfg: &UpstreamConfig) -> Result<TokenSource, String> {
     TokenSource::new(&cfg.name, &cfg.credential, cfg.kind.token_scope())
@@ -26,6 +47,9 @@ mod tests {
             ca_file: None,
             connect_timeout_secs: 10,
             credential,
+            role_logins: Default::default(),
+            require_role_login: false,
+            identity_table: false,
         }
     }
 

@@ -14,5 +14,6 @@ mod tls;
 
 pub use config::{CredentialConfig, TlsMode, UpstreamConfig, UpstreamKind};
 pub use connect::{BackendKey, ConnectError, Upstream, UpstreamSession};
-pub use credential::{token_source, Health, Secret, TokenSource};
+pub use credential::{role_token_sources, token_source, Health, Secret, TokenSource};
+pub use query::{quote_ident, quote_literal, Row};
 pub use stream::UpstreamStream;

@@ -1,11 +1,11 @@
-//! pgward's own queries on an upstream (the server catalog it decides against): one simple
-//! Query on a connection of pgward's own, rows as text.
+//! pgward's own queries on an upstream (the server catalog it decides against, the caller
+//! identity table, grants): simple Query on a connection of pgward's own, rows as text.
 
 use bytes::{Buf, BytesMut};
 use pgward_wire::{backend, build};
 use tokio::io::AsyncWriteExt;
 
-use crate::connect::{read_backend_message, ConnectError, Upstream};
+use crate::connect::{read_backend_message, ConnectError, Upstream, UpstreamSession};
 
 /// Largest single row message accepted (catalog rows are a few hundred bytes).
 const MAX_ROW: usize = 1 << 20;
@@ -13,17 +13,46 @@ const MAX_ROW: usize = 1 << 20;
 /// Most rows one query may return: a bound on memory whatever the server sends.
 const MAX_ROWS: usize = 2_000_000;
 
+/// A row of text values (`None` for NULL).
+pub type Row = Vec<Option<String>>;
+
 impl Upstream {
     /// Runs `sql` (one statement, simple protocol) on a new connection to `database` signed in
     /// with pgward's own credential, and returns every row's values as text (`None` for
     /// NULL). The connection is closed afterwards. Bounded by the upstream's connect timeout.
-    pub async fn query_rows(
+    pub async fn query_rows(&self, database: &str, sql: &str) -> Result<Vec<Row>, ConnectError> {
+        let mut session = self.own_session(database, "pgward (catalog)").await?;
+        let rows = self.query_on(&mut session, sql).await;
+        let mut bye = BytesMut::new();
+        build::terminate(&mut bye);
+        let _ = session.stream.write_all(&bye).await;
+        rows
+    }
+
+    /// A connection of pgward's own to `database` (its own credential), for its own
+    /// queries: UTF-8 and standard-conforming strings, whatever the server's defaults, so
+    /// the literals pgward writes are read as written.
+    pub async fn own_session(
         &self,
         database: &str,
+        application_name: &str,
+    ) -> Result<UpstreamSession, ConnectError> {
+        let params = [
+            ("application_name".to_owned(), application_name.to_owned()),
+            ("client_encoding".to_owned(), "UTF8".to_owned()),
+            ("standard_conforming_strings".to_owned(), "on".to_owned()),
+        ];
+        self.connect(database, &params).await
+    }
+
+    /// Runs `sql` (simple protocol; several statements run as one implicit transaction) on
+    /// a session of pgward's own and returns the rows. Bounded by the connect timeout; on
+    /// any error other than the server's the session must be dropped.
+    pub async fn query_on(
+        &self,
+        session: &mut UpstreamSession,
         sql: &str,
-    ) -> Result<Vec<Vec<Option<String>>>, ConnectError> {
-        let params = [("application_name".to_owned(), "pgward (catalog)".to_owned())];
-        let mut session = self.connect(database, &params).await?;
+    ) -> Result<Vec<Row>, ConnectError> {
         tokio::time::timeout(self.timeout(), async {
             let mut out = BytesMut::new();
             build::query(&mut out, sql);
@@ -54,9 +83,6 @@ impl Upstream {
                     _ => {}
                 }
             }
-            let mut bye = BytesMut::new();
-            build::terminate(&mut bye);
-            let _ = session.stream.write_all(&bye).await;
             match failed {
                 Some(fields) => Err(ConnectError::Server {
                     upstream: self.name().to_owned(),
@@ -68,6 +94,37 @@ impl Upstream {
         .await
         .map_err(|_| self.timeout_err())?
     }
+}
+
+/// `text` as a SQL string literal for pgward's own sessions (standard_conforming_strings
+/// on, UTF-8): quotes doubled, NUL (which no text value can hold) removed.
+pub fn quote_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\0' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `name` as a quoted SQL identifier: `"` doubled, NUL removed.
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' => out.push_str("\"\""),
+            '\0' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A DataRow's values as text.
@@ -99,7 +156,13 @@ fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::data_row;
+    use super::{data_row, quote_ident, quote_literal};
+
+    #[test]
+    fn quoting_keeps_text_whole() {
+        assert_eq!(quote_literal("o'brien\\x\0y"), "'o''brien\\xy'");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
 
     #[test]
     fn data_rows_decode() {
