@@ -1346,7 +1346,7 @@ impl Walker {
                 self.visit_children(node);
             }
             NodeRef::RenameStmt(s) if s.relation.is_none() && s.object.is_none() => {
-                self.rename_by_name(s.rename_type, &s.subname);
+                self.rename_by_name(s.rename_type, &s.subname, &s.newname);
             }
             NodeRef::RenameStmt(s) => {
                 self.object_stmt(A::Alter, s.rename_type, s.relation.as_ref(), &s.object);
@@ -1857,7 +1857,7 @@ impl Walker {
     }
 
     /// ALTER SCHEMA/ROLE/DATABASE ... RENAME names the object only by its old name.
-    fn rename_by_name(&mut self, objtype: i32, old: &str) {
+    fn rename_by_name(&mut self, objtype: i32, old: &str, new: &str) {
         use pb::ObjectType as T;
         let object = match T::try_from(objtype) {
             Ok(T::ObjectSchema) => ObjectRef::Schema(old.to_owned()),
@@ -1878,6 +1878,11 @@ impl Walker {
                 return;
             }
         };
+        // A renamed schema is a new namespace: decided like creating it (its name may be
+        // one nothing may be created under, such as pgward's own).
+        if let ObjectRef::Schema(_) = &object {
+            self.access(Action::Create, ObjectRef::Schema(new.to_owned()));
+        }
         self.access(Action::Alter, object);
     }
 
