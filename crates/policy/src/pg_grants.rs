@@ -669,9 +669,16 @@ fn create_schemas(roles: &[&Role], schema_exists: &dyn Fn(&str) -> bool) -> bool
 mod tests {
     use super::*;
 
-    fn row(cols: [&str; 8]) -> Vec<Option<String>> {
-        cols.iter()
-            .map(|c| (!c.is_empty()).then(|| (*c).to_owned()))
+    /// Rows of the grants query, one per line, columns separated by `|` (empty = NULL).
+    fn rows(text: &str) -> Vec<Vec<Option<String>>> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                l.split('|')
+                    .map(|c| (!c.is_empty()).then(|| c.to_owned()))
+                    .collect()
+            })
             .collect()
     }
 
@@ -696,91 +703,25 @@ mod tests {
         .unwrap()
     }
 
+    const SERVER: &str = "
+        me||pgward|||||
+        role||pgward||SUPERUSER|||
+        role||pgw_analyst|||||
+        role||pgw_writer||CREATEDB|||
+        member||pg_read_all_data||||pgw_analyst|
+        schema|public||||pg_database_owner|PUBLIC|USAGE
+        rel|public|orders||r|pgward|pgward|SELECT
+        rel|public|orders||r|pgward|pgw_analyst|DELETE
+        rel|public|salaries||r|pgward||
+        rel|public|orders_id_seq||S|pgward||
+        seqdep|public|orders|public|orders_id_seq|||
+        fn|public|report||f|pgward|PUBLIC|EXECUTE
+        fn|public|other|x integer|f|pgward|PUBLIC|EXECUTE
+        fn|pg_catalog|set_config|text, text, boolean|f|postgres|PUBLIC|EXECUTE
+        fn|pg_catalog|lower|text|f|postgres|PUBLIC|EXECUTE";
+
     fn server() -> Vec<Vec<Option<String>>> {
-        vec![
-            row(["me", "", "pgward", "", "", "", "", ""]),
-            row(["role", "", "pgward", "", "SUPERUSER", "", "", ""]),
-            row(["role", "", "pgw_analyst", "", "", "", "", ""]),
-            row(["role", "", "pgw_writer", "", "CREATEDB", "", "", ""]),
-            row([
-                "member",
-                "",
-                "pg_read_all_data",
-                "",
-                "",
-                "",
-                "pgw_analyst",
-                "",
-            ]),
-            row([
-                "schema",
-                "public",
-                "",
-                "",
-                "",
-                "pg_database_owner",
-                "PUBLIC",
-                "USAGE",
-            ]),
-            row([
-                "rel", "public", "orders", "", "r", "pgward", "pgward", "SELECT",
-            ]),
-            row([
-                "rel",
-                "public",
-                "orders",
-                "",
-                "r",
-                "pgward",
-                "pgw_analyst",
-                "DELETE",
-            ]),
-            row(["rel", "public", "salaries", "", "r", "pgward", "", ""]),
-            row(["rel", "public", "orders_id_seq", "", "S", "pgward", "", ""]),
-            row([
-                "seqdep",
-                "public",
-                "orders",
-                "public",
-                "orders_id_seq",
-                "",
-                "",
-                "",
-            ]),
-            row([
-                "fn", "public", "report", "", "f", "pgward", "PUBLIC", "EXECUTE",
-            ]),
-            row([
-                "fn",
-                "public",
-                "other",
-                "x integer",
-                "f",
-                "pgward",
-                "PUBLIC",
-                "EXECUTE",
-            ]),
-            row([
-                "fn",
-                "pg_catalog",
-                "set_config",
-                "text, text, boolean",
-                "f",
-                "postgres",
-                "PUBLIC",
-                "EXECUTE",
-            ]),
-            row([
-                "fn",
-                "pg_catalog",
-                "lower",
-                "text",
-                "f",
-                "postgres",
-                "PUBLIC",
-                "EXECUTE",
-            ]),
-        ]
+        rows(SERVER)
     }
 
     #[test]
@@ -821,82 +762,19 @@ mod tests {
 
     #[test]
     fn a_converged_database_needs_nothing() {
-        let rows = vec![
-            row(["me", "", "pgward", "", "", "", "", ""]),
-            row(["role", "", "pgward", "", "SUPERUSER", "", "", ""]),
-            row(["role", "", "pgw_analyst", "", "", "", "", ""]),
-            row(["role", "", "pgw_writer", "", "", "", "", ""]),
-            row([
-                "rel",
-                "public",
-                "orders",
-                "",
-                "r",
-                "pgward",
-                "pgw_analyst",
-                "SELECT",
-            ]),
-            row([
-                "rel",
-                "public",
-                "orders",
-                "",
-                "r",
-                "pgward",
-                "pgw_writer",
-                "SELECT",
-            ]),
-            row([
-                "rel",
-                "public",
-                "orders",
-                "",
-                "r",
-                "pgward",
-                "pgw_writer",
-                "INSERT",
-            ]),
-            row([
-                "rel",
-                "public",
-                "orders",
-                "",
-                "r",
-                "pgward",
-                "pgw_writer",
-                "UPDATE",
-            ]),
-            row([
-                "rel",
-                "public",
-                "orders",
-                "",
-                "r",
-                "pgward",
-                "pgw_writer",
-                "DELETE",
-            ]),
-            row([
-                "schema",
-                "public",
-                "",
-                "",
-                "",
-                "pgward",
-                "pgw_analyst",
-                "USAGE",
-            ]),
-            row([
-                "schema",
-                "public",
-                "",
-                "",
-                "",
-                "pgward",
-                "pgw_writer",
-                "USAGE",
-            ]),
-        ];
+        let rows = rows(
+            "me||pgward|||||
+             role||pgward||SUPERUSER|||
+             role||pgw_analyst|||||
+             role||pgw_writer|||||
+             rel|public|orders||r|pgward|pgw_analyst|SELECT
+             rel|public|orders||r|pgward|pgw_writer|SELECT
+             rel|public|orders||r|pgward|pgw_writer|INSERT
+             rel|public|orders||r|pgward|pgw_writer|UPDATE
+             rel|public|orders||r|pgward|pgw_writer|DELETE
+             schema|public||||pgward|pgw_analyst|USAGE
+             schema|public||||pgward|pgw_writer|USAGE",
+        );
         let plan = policy().pg_grants(&rows, false).unwrap();
         assert!(plan.statements.is_empty(), "{:?}", plan.statements);
         assert!(plan.script(1).contains("nothing to change"));
@@ -904,8 +782,7 @@ mod tests {
 
     #[test]
     fn objects_the_applier_cannot_change_are_reported_not_planned() {
-        let mut rows = server();
-        rows[1] = row(["role", "", "pgward", "", "CREATEROLE", "", "", ""]);
+        let rows = rows(&SERVER.replace("role||pgward||SUPERUSER", "role||pgward||CREATEROLE"));
         let plan = policy().pg_grants(&rows, false).unwrap();
         let s = plan.statements.join("\n");
         assert!(!s.contains("set_config"), "{s}");
