@@ -1,9 +1,10 @@
 //! The FunctionCall protocol message, which drivers' large-object APIs send (psycopg2's
 //! `lobject` through libpq's lo_* functions, psql's `\lo_import`, pgjdbc's
 //! LargeObjectManager): decided as a call of the function its OID names on the upstream, so a
-//! role allowed `lo_*` by name can use these APIs, a role that is not gets 42501, and a call of
-//! a dangerous function, a user-defined function not allowed, or an OID the server's catalog
-//! doesn't list stays refused. Each call is audited with the function's name and arguments.
+//! role allowed the large-object functions by name can use these APIs, a role that is not gets
+//! 42501, and a call of the server-side lo_import, of another dangerous function, of a
+//! user-defined function no rule allows, or of an OID the server's catalog doesn't list stays
+//! refused. Each call is audited with the function's name and arguments.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,8 @@ search_path = ["public"]
 name = "lo_user"
 members = { users = ["alice@contoso.com"] }
 allow = [
-  { name = "large_objects", functions = ["lo_*", "loread", "lowrite"] },
+  # What drivers' large-object APIs call (docs/policy.md); not the server-side lo_import/lo_export.
+  { name = "large_objects", functions = ["lo_creat", "lo_create", "lo_open", "lo_close", "loread", "lowrite", "lo_lseek", "lo_lseek64", "lo_tell", "lo_tell64", "lo_truncate", "lo_truncate64", "lo_unlink"] },
   { name = "read_orders", actions = ["select"], objects = ["public.orders"] },
 ]
 
@@ -220,12 +222,22 @@ fn function_calls_pgward_cannot_allow_are_refused() {
     let read_file = oid_of(&s.db, "pg_catalog.pg_read_file(text)");
     let report = oid_of(&s.db, "public.report(int)");
     let lo_creat = oid_of(&s.db, "pg_catalog.lo_creat(int)");
+    let server_import = oid_of(&s.db, "pg_catalog.lo_import(text)");
     let mut c = session(s.pgward.port, "alice@contoso.com");
     // A dangerous function the role does not name (it names only lo_*).
     c.write_all(&function_call(read_file, &[Some(b"postgresql.conf")]))
         .unwrap();
     let msgs = read_until_ready(&mut c);
     assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert!(
+        errors(&msgs).starts_with("42501") && errors(&msgs).contains("builtin.dangerous_function"),
+        "{}",
+        errors(&msgs)
+    );
+    // The server-side lo_import (it reads the server's files), which the rule does not name.
+    c.write_all(&function_call(server_import, &[Some(b"/etc/hostname")]))
+        .unwrap();
+    let msgs = read_until_ready(&mut c);
     assert!(
         errors(&msgs).starts_with("42501") && errors(&msgs).contains("builtin.dangerous_function"),
         "{}",
