@@ -336,13 +336,13 @@ fn forged_cancel_keys_do_nothing() {
         .expect("BackendKeyData")
         .1
         .clone();
-    // The key is pgward's, not the upstream's.
+    // The pid is the upstream backend's; the secret is pgward's (tests/backend_pid.rs).
     let upstream_pid = db.sql(
         "postgres",
         &format!("SELECT pid FROM pg_stat_activity WHERE usename = '{PROXY_ROLE}'"),
     );
     let shown_pid = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-    assert_ne!(shown_pid.to_string(), upstream_pid);
+    assert_eq!(shown_pid.to_string(), upstream_pid);
 
     s.write_all(&raw::query("SELECT pg_sleep(1.5)")).unwrap();
     let cancel = |pid: u32, secret: [u8; 4]| {
@@ -357,7 +357,7 @@ fn forged_cancel_keys_do_nothing() {
     wrong[0] ^= 0xff;
     cancel(shown_pid, wrong);
     cancel(shown_pid ^ 1, [key[4], key[5], key[6], key[7]]);
-    cancel(upstream_pid.parse().unwrap(), [0; 4]);
+    cancel(shown_pid, [0; 4]);
     let msgs = read_until_ready(&mut s);
     assert!(
         !msgs.iter().any(|m| m.0 == b'E'),

@@ -20,7 +20,13 @@ struct Env {
 }
 
 fn env(opts: PgwardOptions, entra_extra: &str) -> Env {
+    env_with(opts, entra_extra, |_| {})
+}
+
+/// `env`, with the issuer set up by `prepare` before pgward first reads it.
+fn env_with(opts: PgwardOptions, entra_extra: &str, prepare: impl FnOnce(&DevIssuer)) -> Env {
     let (rt, issuer) = start_issuer(TENANT, 1);
+    prepare(&issuer);
     let entra = format!(
         "{}unknown_kid_min_interval_secs = 1\n{entra_extra}",
         entra_section(TENANT, &issuer)
@@ -367,4 +373,96 @@ fn tokio_postgres_signs_in_with_a_token_over_tls() {
             .expect("expired token accepted");
         assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
     });
+}
+
+/// A token exactly as Azure issues it: a v1 token's `iss` is the v1 discovery document's
+/// issuer, on another host than the authority (here a sovereign cloud's
+/// `https://sts.chinacloudapi.cn/{tid}/` behind an authority on 127.0.0.1). psql signs in
+/// with it; the same token claiming the authority's own host, or the public cloud's
+/// sts.windows.net, is refused.
+#[test]
+fn azure_shaped_v1_tokens_with_the_issuer_from_discovery() {
+    let opts = PgwardOptions {
+        listen_extra: vec!["auth_failures_before_delay = 1000".into()],
+        ..Default::default()
+    };
+    let env = env_with(opts, "", |iss| {
+        iss.set_v1_issuer(Some("https://sts.chinacloudapi.cn/{tenantid}/"))
+    });
+    let alice = TokenSpec::user("alice@contoso.com").v1();
+    // (The stand-in's v1 tokens carry its v1 issuer, as Azure's do.)
+    assert_eq!(
+        env.issuer.issuer_v1(TENANT),
+        format!("https://sts.chinacloudapi.cn/{TENANT}/")
+    );
+    let token = env.mint(&alice);
+    assert_eq!(
+        env.psql_as("alice@contoso.com", &token, "verify-full")
+            .unwrap(),
+        PROXY_ROLE
+    );
+    for iss in [
+        format!("{}/{TENANT}/", env.issuer.authority()),
+        format!("https://sts.windows.net/{TENANT}/"),
+        format!("https://sts.chinacloudapi.cn/{OTHER_TENANT}/"),
+    ] {
+        let mut spec = alice.clone();
+        spec.iss = Some(iss);
+        env.refused(
+            "alice@contoso.com",
+            &env.mint(&spec),
+            "wrong_issuer",
+            "wrong issuer",
+        );
+    }
+}
+
+/// Discovery unreachable from the start: /readyz says why, and every sign-in is refused
+/// with 28000, the reason in the audit record; once discovery answers, sign-in works.
+#[test]
+fn discovery_unreachable_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let env = env_with(
+        PgwardOptions {
+            wait_ready: false,
+            extra_toml: format!("[audit]\nfile = \"{}\"\n", audit_path.display()),
+            ..Default::default()
+        },
+        "",
+        |iss| iss.set_discovery_available(false),
+    );
+    let (status, body) = env.pgward.admin_get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("openid-configuration"), "{body}");
+    let token = env.mint(&TokenSpec::user("alice@contoso.com"));
+    env.refused(
+        "alice@contoso.com",
+        &token,
+        "keys_unavailable",
+        "signing keys unavailable",
+    );
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    let failed: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["event"] == "auth_failed")
+        .collect();
+    assert!(
+        failed.iter().any(|r| r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("openid-configuration"))),
+        "{failed:?}"
+    );
+    assert!(!text.contains(&token), "token in the audit log");
+
+    // The issuer comes back: the background retry (5 s after the failed start) loads it.
+    env.issuer.set_discovery_available(true);
+    assert!(wait_until(Duration::from_secs(20), || env
+        .pgward
+        .admin_get("/readyz")
+        .is_some_and(|(s, _)| s == 200)));
+    assert!(env
+        .psql_as("alice@contoso.com", &token, "verify-full")
+        .is_ok());
 }

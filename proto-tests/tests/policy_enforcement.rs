@@ -177,7 +177,9 @@ fn extended_protocol_is_decided_at_parse() {
 fn function_call_messages_are_refused() {
     let (_db, pgward, _dir) = start(POLICY);
     let mut s = session(pgward.port, "alice@contoso.com");
-    // FunctionCall for oid 2624 (pg_read_file): refused without reaching the server.
+    // FunctionCall for oid 2624 (pg_read_file): decided as a call of pg_catalog.pg_read_file,
+    // a dangerous function no rule names, and refused without reaching the server
+    // (tests/function_call.rs has the rest).
     let mut body = 2624u32.to_be_bytes().to_vec();
     body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 10]);
     body.extend_from_slice(b"postgresql");
@@ -186,7 +188,7 @@ fn function_call_messages_are_refused() {
     let msgs = read_until_ready(&mut s);
     assert_eq!(tags(&msgs), "EZ");
     assert!(
-        error_text(&msgs).contains("builtin.function_call"),
+        error_text(&msgs).contains("builtin.dangerous_function"),
         "{}",
         error_text(&msgs)
     );

@@ -68,15 +68,17 @@ ensure_apt_packages() {
 # Python clients for the proto-tests, in target/pyenv (pinned majors).
 ensure_python_clients() {
     local py=target/pyenv/bin/python
-    if [ -x "$py" ] && "$py" -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
+    # psycopg2 too: its lobject API is what tests/function_call.rs drives.
+    if [ -x "$py" ] && "$py" -c 'import psycopg, asyncpg, psycopg2' >/dev/null 2>&1; then
         ensure_recipe_clients
         return 0
     fi
-    step "creating target/pyenv with psycopg 3 and asyncpg (pip)"
+    step "creating target/pyenv with psycopg 3, psycopg2 and asyncpg (pip)"
     mkdir -p target
-    python3 -m venv target/pyenv || die "python3 -m venv failed (apt-get install -y python3-venv)"
+    [ -x "$py" ] || python3 -m venv target/pyenv || die "python3 -m venv failed (apt-get install -y python3-venv)"
     target/pyenv/bin/pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29,<1' \
-        || die "pip could not install psycopg and asyncpg"
+        'psycopg2-binary>=2.9,<3' \
+        || die "pip could not install psycopg, psycopg2 and asyncpg"
     ensure_recipe_clients
 }
 

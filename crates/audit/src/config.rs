@@ -60,6 +60,14 @@ pub struct AuditConfig {
     pub postgres: Option<crate::sinks::PostgresSinkConfig>,
     /// `[audit.azure_monitor]`: every record to Azure Monitor Logs (Logs Ingestion API).
     pub azure_monitor: Option<crate::sinks::AzureMonitorConfig>,
+    /// A file of signed checkpoints of the chain head, kept where the log's storage cannot
+    /// rewrite it (docs/audit.md, "The witness"); `pgward audit verify --witness` reads it.
+    pub witness_file: Option<PathBuf>,
+    /// The witness's HMAC key (at least 32 bytes); required with `witness_file`.
+    pub witness_key_file: Option<PathBuf>,
+    /// Seconds between checkpoints (default 10): records younger than the newest
+    /// checkpoint can be cut off undetected, so this is the window.
+    pub witness_interval_secs: u64,
 }
 
 impl Default for AuditConfig {
@@ -75,6 +83,9 @@ impl Default for AuditConfig {
             stdout: false,
             postgres: None,
             azure_monitor: None,
+            witness_file: None,
+            witness_key_file: None,
+            witness_interval_secs: 10,
         }
     }
 }
@@ -90,9 +101,16 @@ impl AuditConfig {
         if self.file.is_relative() {
             self.file = base.join(&self.file);
         }
-        if let Some(k) = &self.hmac_key_file {
-            if k.is_relative() {
-                self.hmac_key_file = Some(base.join(k));
+        for p in [
+            &mut self.hmac_key_file,
+            &mut self.witness_file,
+            &mut self.witness_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
         if let Some(pg) = &mut self.postgres {
@@ -120,6 +138,27 @@ impl AuditConfig {
                 p.push(e.to_string());
             }
         }
+        match (&self.witness_file, &self.witness_key_file) {
+            (Some(w), Some(_)) => {
+                if let Err(e) = self.witness() {
+                    p.push(e.to_string());
+                }
+                if *w == self.file {
+                    p.push("audit.witness_file must not be the audit file itself".to_string());
+                }
+                if self.witness_interval_secs == 0 {
+                    p.push("audit.witness_interval_secs must be at least 1".to_string());
+                }
+            }
+            (Some(_), None) => p.push(
+                "audit.witness_file needs audit.witness_key_file (checkpoints are authenticated)"
+                    .to_string(),
+            ),
+            (None, Some(_)) => {
+                p.push("audit.witness_key_file is set but audit.witness_file is not".to_string())
+            }
+            (None, None) => {}
+        }
         if let Some(pg) = &self.postgres {
             p.extend(pg.problems());
         }
@@ -135,6 +174,26 @@ impl AuditConfig {
             return Ok(None);
         };
         read_key_file(path).map(Some)
+    }
+}
+
+impl AuditConfig {
+    /// The witness file and its key, if configured.
+    pub fn witness(&self) -> Result<Option<(PathBuf, Vec<u8>)>, crate::AuditError> {
+        match (&self.witness_file, &self.witness_key_file) {
+            (Some(w), Some(k)) => Ok(Some((
+                w.clone(),
+                read_key_file(k).map_err(|e| {
+                    crate::AuditError::Config(
+                        e.to_string().replace("hmac_key_file", "witness_key_file"),
+                    )
+                })?,
+            ))),
+            (None, None) => Ok(None),
+            _ => Err(crate::AuditError::Config(
+                "audit.witness_file and audit.witness_key_file go together".to_string(),
+            )),
+        }
     }
 }
 
@@ -198,5 +257,31 @@ mod tests {
         let good = dir.path().join("good");
         std::fs::write(&good, format!("{}\n", "k".repeat(40))).unwrap();
         assert_eq!(read_key_file(&good).unwrap().len(), 40);
+    }
+
+    #[test]
+    fn witness_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("wkey");
+        std::fs::write(&key, "w".repeat(40)).unwrap();
+        let mut c: AuditConfig = toml::from_str(
+            "witness_file = \"w/witness.jsonl\"\nwitness_key_file = \"wkey\"\nwitness_interval_secs = 5\n",
+        )
+        .unwrap();
+        c.resolve_paths(dir.path());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.witness().unwrap().unwrap().1.len(), 40);
+        assert_eq!(AuditConfig::default().witness_interval_secs, 10);
+        let no_key = AuditConfig {
+            witness_file: Some(dir.path().join("w")),
+            ..AuditConfig::default()
+        };
+        assert_eq!(no_key.problems().len(), 1);
+        let itself = AuditConfig {
+            witness_file: Some(c.file.clone()),
+            witness_interval_secs: 0,
+            ..c.clone()
+        };
+        assert_eq!(itself.problems().len(), 2, "{:?}", itself.problems());
     }
 }

@@ -118,6 +118,9 @@ pub enum Protocol {
     Simple,
     /// Parse/Bind/Execute (recorded at Execute).
     Extended,
+    /// A FunctionCall message (drivers' large-object APIs): `sql` renders the call of the
+    /// function its OID names, `params` are its arguments.
+    FunctionCall,
 }
 
 /// The policy decision for a statement.

@@ -29,6 +29,7 @@ mod sink;
 pub mod sinks;
 mod time;
 mod verify;
+mod witness;
 mod writer;
 
 pub use chain::GENESIS;
@@ -46,7 +47,10 @@ pub use sinks::{
     AccessTokens, AzureMonitorConfig, PostgresSinkConfig, ShippingSink, SinkMonitor, SinkStatus,
 };
 pub use time::{TimeParseError, Timestamp};
-pub use verify::{run_verify, verify, Finding, FindingKind, VerifyArgs, VerifyReport};
+pub use verify::{
+    run_verify, verify, verify_with_witness, Finding, FindingKind, VerifyArgs, VerifyReport,
+};
+pub use witness::{read_witness, Checkpoint, Witness};
 pub use writer::{
     archived_files, log_files, Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog,
     StatementHead,

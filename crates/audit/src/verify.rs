@@ -43,6 +43,9 @@ pub enum FindingKind {
     Key,
     /// A file ends with a partial line (crash during a write). Not a problem.
     TornTail,
+    /// A line of the witness file is not a checkpoint authenticated by the witness key
+    /// (edited, forged, another key), or the witness holds none.
+    Witness,
     /// Something an auditor should know that is not a break (the files start mid-chain,
     /// the last file has no `audit_stop`).
     Note,
@@ -64,6 +67,7 @@ impl FindingKind {
             FindingKind::Malformed => "MALFORMED",
             FindingKind::Key => "KEY",
             FindingKind::TornTail => "TORN TAIL",
+            FindingKind::Witness => "WITNESS",
             FindingKind::Note => "NOTE",
         }
     }
@@ -136,18 +140,35 @@ struct ChainFields {
     key_id: Option<String>,
 }
 
-struct Entry {
-    file: usize,
-    line: u64,
-    seq: u64,
+pub(crate) struct Entry {
+    pub(crate) file: usize,
+    pub(crate) line: u64,
+    pub(crate) seq: u64,
     event: String,
     prev_hash: String,
-    hash: String,
+    pub(crate) hash: String,
     predecessor: Option<Predecessor>,
 }
 
 /// Verifies `files` (oldest first) as one chain; `key` for HMAC-keyed logs.
 pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> io::Result<VerifyReport> {
+    verify_entries(files, key).map(|(report, _)| report)
+}
+
+/// [`verify`], then holds the files against a witness ([`crate::read_witness`]): TRUNCATED
+/// when they end before its newest checkpoint (with the first missing `seq`), CHANGED when a
+/// checkpointed record differs.
+pub fn verify_with_witness(
+    files: &[PathBuf],
+    key: Option<&[u8]>,
+    witness: &crate::Witness,
+) -> io::Result<VerifyReport> {
+    let (mut report, entries) = verify_entries(files, key)?;
+    crate::witness::check(files, &entries, witness, &mut report);
+    Ok(report)
+}
+
+fn verify_entries(files: &[PathBuf], key: Option<&[u8]>) -> io::Result<(VerifyReport, Vec<Entry>)> {
     let keyed = key.map(|k| Hasher::new(Some(k)));
     let plain = Hasher::Sha256;
     let mut report = VerifyReport {
@@ -267,7 +288,7 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> io::Result<VerifyReport>
         }
     }
     check_chain(files, &entries, &mut report);
-    Ok(report)
+    Ok((report, entries))
 }
 
 fn check_chain(files: &[PathBuf], entries: &[Entry], report: &mut VerifyReport) {
@@ -459,6 +480,10 @@ pub struct VerifyArgs {
     pub files: Vec<PathBuf>,
     /// HMAC key file for keyed logs.
     pub key_file: Option<PathBuf>,
+    /// A witness file (`[audit] witness_file`) to hold the files against.
+    pub witness: Option<PathBuf>,
+    /// The witness's key file (`[audit] witness_key_file`); required with `witness`.
+    pub witness_key_file: Option<PathBuf>,
 }
 
 /// Runs `pgward audit verify`: prints every finding and a summary line. The CLI exits
@@ -472,8 +497,20 @@ pub fn run_verify(args: &VerifyArgs, out: &mut impl Write) -> Result<VerifyRepor
     if args.files.is_empty() {
         return Err(AuditError::Config("no audit files to verify".to_string()));
     }
-    let report = verify(&args.files, key.as_deref())
-        .map_err(|e| AuditError::io(Path::new("(audit files)"), "read", &e))?;
+    let witness = match (&args.witness, &args.witness_key_file) {
+        (Some(w), Some(k)) => Some(crate::read_witness(w, &crate::config::read_key_file(k)?)?),
+        (Some(_), None) => {
+            return Err(AuditError::Config(
+                "--witness needs the witness key (--witness-key-file)".to_string(),
+            ))
+        }
+        (None, _) => None,
+    };
+    let report = match &witness {
+        Some(w) => verify_with_witness(&args.files, key.as_deref(), w),
+        None => verify(&args.files, key.as_deref()),
+    }
+    .map_err(|e| AuditError::io(Path::new("(audit files)"), "read", &e))?;
     let w = |out: &mut dyn Write, s: String| {
         writeln!(out, "{s}").map_err(|e| AuditError::io(Path::new("(output)"), "write", &e))
     };

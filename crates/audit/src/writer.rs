@@ -91,6 +91,8 @@ pub struct AuditLogBuilder {
     failure_mode: FailureMode,
     sinks: Vec<(Box<dyn Sink>, bool)>,
     monitors: Vec<crate::sinks::SinkMonitor>,
+    /// Witness file, its key, and the checkpoint interval (crate::witness).
+    witness: Option<(PathBuf, Vec<u8>, Duration)>,
 }
 
 impl AuditLogBuilder {
@@ -107,7 +109,15 @@ impl AuditLogBuilder {
             failure_mode: FailureMode::Refuse,
             sinks: Vec::new(),
             monitors: Vec::new(),
+            witness: None,
         }
+    }
+
+    /// Checkpoints of the chain head every `every` (and at close) in `path`, authenticated
+    /// with `key` (see crate::witness and docs/audit.md).
+    pub fn witness(mut self, path: impl Into<PathBuf>, key: Vec<u8>, every: Duration) -> Self {
+        self.witness = Some((path.into(), key, every));
+        self
     }
 
     /// The active file (without one, records only go to the sinks).
@@ -199,6 +209,33 @@ impl AuditLogBuilder {
             progress: Arc::default(),
         };
         w.recover()?;
+        let witness = match &self.witness {
+            Some((path, key, _)) => {
+                let log = w.path.clone().unwrap_or_default();
+                let ww = crate::witness::WitnessWriter::open(path, key, &self.instance, &log)?;
+                // The log ends before what the witness saw: its tail was cut off while pgward
+                // was down. Said in the log's own audit_start and the server log; the records
+                // are gone, so carrying on is all there is to do.
+                if let Ok(seen) = crate::witness::read_witness(path, key) {
+                    if let Some(head) = seen.head().filter(|h| h.seq > w.seq) {
+                        let note = format!(
+                            "; the log ends at seq {} but the witness recorded seq {} at {}: records {}..={} were cut off",
+                            w.seq, head.seq, head.ts, w.seq + 1, head.seq
+                        );
+                        tracing::error!(
+                            log_seq = w.seq,
+                            witness_seq = head.seq,
+                            "the audit log is shorter than its witness says: its tail was cut off"
+                        );
+                        if let Some(h) = w.header.as_mut() {
+                            h.reason.push_str(&note);
+                        }
+                    }
+                }
+                Some(ww)
+            }
+            None => None,
+        };
         // The first audit_start must be on disk before the proxy accepts clients: an
         // unwritable log is a startup error, not a surprise at the first statement.
         match w.ensure_header() {
@@ -218,6 +255,19 @@ impl AuditLogBuilder {
             .name("pgward-audit".to_string())
             .spawn(move || run(&shared, rx))
             .map_err(|e| AuditError::Config(format!("cannot start the audit writer: {e}")))?;
+        let witness = match (witness, &self.witness) {
+            (Some(ww), Some((_, _, every))) => {
+                let shared = writer.clone();
+                // The head is what was written: `seq`/`last_hash` advance only after a write.
+                let head: crate::witness::Head = Box::new(move || {
+                    let w = lock_writer(&shared);
+                    (w.seq, w.last_hash.clone())
+                });
+                let (stop, thread) = crate::witness::spawn(ww, head, *every)?;
+                Some(crate::witness::Running::new(stop, thread))
+            }
+            _ => None,
+        };
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx,
@@ -230,6 +280,7 @@ impl AuditLogBuilder {
                 redaction: self.redaction,
                 failure_mode: self.failure_mode,
                 thread: Mutex::new(Some(thread)),
+                witness,
             }),
         })
     }
@@ -266,6 +317,8 @@ struct Inner {
     redaction: Redaction,
     failure_mode: FailureMode,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The witness checkpoint thread, if `[audit] witness_file` is set.
+    witness: Option<Arc<crate::witness::Running>>,
 }
 
 /// The audit log handle. Cheap to clone; share it between sessions.
@@ -302,6 +355,9 @@ impl AuditLog {
         }
         for s in crate::sinks::from_config(cfg, tokens)? {
             b = b.shipping_sink(s);
+        }
+        if let Some((path, key)) = cfg.witness()? {
+            b = b.witness(path, key, Duration::from_secs(cfg.witness_interval_secs));
         }
         b.open()
     }
@@ -449,6 +505,10 @@ impl AuditLog {
         let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = handle {
             let _ = h.join();
+        }
+        // The last checkpoint names audit_stop.
+        if let Some(w) = &self.inner.witness {
+            w.finish();
         }
         res
     }

@@ -37,6 +37,7 @@ fn run_verify_on(path: PathBuf, key_file: Option<PathBuf>) -> (VerifyReport, Str
         &VerifyArgs {
             files: vec![path],
             key_file,
+            ..VerifyArgs::default()
         },
         &mut out,
     )

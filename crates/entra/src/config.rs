@@ -86,8 +86,10 @@ pub struct EntraConfig {
     #[serde(default = "default_unknown_kid_interval")]
     pub unknown_kid_min_interval_secs: u64,
     /// Override of the v1 issuer, with `{tenantid}` standing for the token's tenant.
-    /// Default: `https://sts.windows.net/{tenantid}/` for `login.microsoftonline.com`,
-    /// otherwise `{authority}/{tenantid}/`.
+    /// Default: the `issuer` of the authority's v1 discovery document
+    /// (`{authority}/{tenant_id}/.well-known/openid-configuration`), which Azure answers with
+    /// `https://sts.windows.net/{tenant}/` in the public cloud and its own host in sovereign
+    /// clouds, whatever the authority's host. With the override that document is not read.
     #[serde(default)]
     pub v1_issuer: Option<String>,
 }
@@ -282,7 +284,8 @@ impl EntraConfig {
         self.authority.trim_end_matches('/')
     }
 
-    /// The OIDC discovery document URL for the home tenant.
+    /// The OIDC (v2) discovery document URL for the home tenant: its `issuer` is the issuer
+    /// v2 access tokens carry, its `jwks_uri` the signing keys.
     pub fn discovery_url(&self) -> String {
         format!(
             "{}/{}/v2.0/.well-known/openid-configuration",
@@ -291,23 +294,14 @@ impl EntraConfig {
         )
     }
 
-    /// The v1 issuer template (`{tenantid}` stands for the token's tenant).
-    pub(crate) fn v1_issuer_template(&self) -> String {
-        if let Some(t) = &self.v1_issuer {
-            return t.clone();
-        }
-        let is_public_cloud = Url::parse(&self.authority)
-            .ok()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| h.eq_ignore_ascii_case("login.microsoftonline.com"))
-            })
-            .unwrap_or(false);
-        if is_public_cloud {
-            "https://sts.windows.net/{tenantid}/".to_string()
-        } else {
-            format!("{}/{{tenantid}}/", self.authority_base())
-        }
+    /// The OIDC v1 discovery document URL for the home tenant: its `issuer` is the issuer v1
+    /// access tokens carry.
+    pub fn v1_discovery_url(&self) -> String {
+        format!(
+            "{}/{}/.well-known/openid-configuration",
+            self.authority_base(),
+            self.tenant_id
+        )
     }
 
     /// The grace after `exp` before a session is ended.
@@ -335,8 +329,8 @@ mod tests {
         assert_eq!(cfg.groups_overage, GroupsOverage::Refuse);
         assert!(cfg.problems().is_empty());
         assert_eq!(
-            cfg.v1_issuer_template(),
-            "https://sts.windows.net/{tenantid}/"
+            cfg.v1_discovery_url(),
+            format!("https://login.microsoftonline.com/{T}/.well-known/openid-configuration")
         );
     }
 
@@ -398,11 +392,11 @@ mod tests {
     }
 
     #[test]
-    fn dev_v1_issuer_follows_authority() {
+    fn discovery_urls_follow_the_authority() {
         let cfg = EntraConfig::new(T, "http://127.0.0.1:5555/");
         assert_eq!(
-            cfg.v1_issuer_template(),
-            "http://127.0.0.1:5555/{tenantid}/"
+            cfg.v1_discovery_url(),
+            format!("http://127.0.0.1:5555/{T}/.well-known/openid-configuration")
         );
         assert_eq!(
             cfg.discovery_url(),

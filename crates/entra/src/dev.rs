@@ -1,10 +1,14 @@
 //! A local development token issuer: an Entra stand-in for `pgward demo`, `pgward token`
 //! and tests.
 //!
-//! It generates an RSA-2048 key at start and serves, on loopback only, OIDC discovery at
-//! `/{tenant}/v2.0/.well-known/openid-configuration`, the JWKS at
-//! `/{tenant}/discovery/v2.0/keys`, and a mint endpoint `POST /pgward-dev/token` (body: a
-//! JSON [`TokenSpec`], answer `{"access_token": ...}`). Its tokens are trusted only by a
+//! It generates an RSA-2048 key at start and serves, on loopback only, what Entra serves:
+//! OIDC discovery for v2 at `/{tenant}/v2.0/.well-known/openid-configuration` (issuer
+//! `{authority}/{tenant}/v2.0`, JWKS at `/{tenant}/discovery/v2.0/keys`) and for v1 at
+//! `/{tenant}/.well-known/openid-configuration` (issuer `{authority}/{tenant}/` unless
+//! [`DevIssuer::set_v1_issuer`] names another host, as Azure's `https://sts.windows.net/{tenant}/`
+//! and sovereign clouds' do; JWKS at `/{tenant}/discovery/keys`); for `common` and
+//! `organizations` the issuers say `{tenantid}`, as Azure's do. And a mint endpoint
+//! `POST /pgward-dev/token` (body: a JSON [`TokenSpec`], answer `{"access_token": ...}`). Its tokens are trusted only by a
 //! validator whose `entra.authority` is this issuer's [`DevIssuer::authority`]: nothing
 //! about it is built into the validator.
 //!
@@ -214,8 +218,13 @@ struct DevState {
     pending: Option<usize>,
     next_kid: u32,
     jwks_fetches: u64,
+    v1_jwks_fetches: u64,
     jwks_available: bool,
     jwks_delay: Duration,
+    /// Both discovery documents answer (false: 503).
+    discovery_available: bool,
+    /// The v1 issuer with `{tenantid}`; `None`: `{authority}/{tenantid}/`.
+    v1_issuer: Option<String>,
 }
 
 /// What the server task and the [`DevIssuer`] handle share.
@@ -361,8 +370,11 @@ impl DevIssuer {
             pending: None,
             next_kid: 2,
             jwks_fetches: 0,
+            v1_jwks_fetches: 0,
             jwks_available: true,
             jwks_delay: Duration::ZERO,
+            discovery_available: true,
+            v1_issuer: None,
         }));
         let core = Core {
             authority: format!("http://{addr}"),
@@ -402,8 +414,7 @@ impl DevIssuer {
         self.core.issuer_v2(tid)
     }
 
-    /// The v1 issuer for `tid`: `{authority}/{tid}/` (the validator's default v1 form for
-    /// an authority that is not login.microsoftonline.com).
+    /// The v1 issuer for `tid`: `{authority}/{tid}/`, or what [`DevIssuer::set_v1_issuer`] set.
     pub fn issuer_v1(&self, tid: &str) -> String {
         self.core.issuer_v1(tid)
     }
@@ -499,9 +510,26 @@ impl DevIssuer {
         }
     }
 
-    /// How many times the JWKS was requested.
+    /// How many times the (v2) JWKS was requested.
     pub fn jwks_fetch_count(&self) -> u64 {
         self.lock().jwks_fetches
+    }
+
+    /// How many times the v1 JWKS (`/{tenant}/discovery/keys`) was requested.
+    pub fn v1_jwks_fetch_count(&self) -> u64 {
+        self.lock().v1_jwks_fetches
+    }
+
+    /// The v1 issuer its v1 discovery document names and its v1 tokens carry, with
+    /// `{tenantid}` for the tenant: e.g. `https://sts.chinacloudapi.cn/{tenantid}/`, a host
+    /// other than the authority's, as Azure's clouds do. `None` restores `{authority}/{tenantid}/`.
+    pub fn set_v1_issuer(&self, template: Option<&str>) {
+        self.lock().v1_issuer = template.map(str::to_owned);
+    }
+
+    /// Makes both discovery documents answer 503 (false) or work again (true).
+    pub fn set_discovery_available(&self, available: bool) {
+        self.lock().discovery_available = available;
     }
 
     /// Makes the JWKS endpoint answer 503 (false) or work again (true).
@@ -591,7 +619,10 @@ impl Core {
     }
 
     fn issuer_v1(&self, tid: &str) -> String {
-        format!("{}/{tid}/", self.authority)
+        match &lock_state(&self.state).v1_issuer {
+            Some(t) => t.replace("{tenantid}", tid),
+            None => format!("{}/{tid}/", self.authority),
+        }
     }
 
     fn mint(&self, spec: &TokenSpec) -> Result<String, DevError> {
@@ -789,52 +820,98 @@ async fn handle(core: Core, req: Request<Incoming>) -> Result<Response<Body>, In
         (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"])
             if tenant_ok(tenant) =>
         {
+            // Azure names the tenant in a tenant's document, `{tenantid}` in common's.
             let t = if crate::config::is_guid(tenant) {
                 tenant.to_string()
             } else {
                 "{tenantid}".into()
             };
-            respond(
-                StatusCode::OK,
-                &json!({
-                    "issuer": format!("{authority}/{t}/v2.0"),
-                    "jwks_uri": format!("{authority}/{tenant}/discovery/v2.0/keys"),
-                    "token_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/token"),
-                    "authorization_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
-                    "response_types_supported": ["code", "id_token", "token"],
-                    "subject_types_supported": ["pairwise"],
-                    "id_token_signing_alg_values_supported": ["RS256"],
-                }),
-            )
-        }
-        (&Method::GET, [tenant, "discovery", "v2.0", "keys"]) if tenant_ok(tenant) => {
-            let (available, delay, keys) = {
-                let mut st = lock_state(&core.state);
-                st.jwks_fetches += 1;
-                let keys: Vec<Value> = st
-                    .keys
-                    .iter()
-                    .filter(|k| k.published)
-                    .map(|k| jwk_of(&k.kid, &k.pair))
-                    .collect();
-                (st.jwks_available, st.jwks_delay, keys)
-            };
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            if available {
-                respond(StatusCode::OK, &json!({ "keys": keys }))
-            } else {
+            if !lock_state(&core.state).discovery_available {
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "jwks disabled by test"}),
+                    &json!({"error": "discovery disabled by test"}),
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    &json!({
+                        "issuer": core.issuer_v2(&t),
+                        "jwks_uri": format!("{authority}/{tenant}/discovery/v2.0/keys"),
+                        "token_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/token"),
+                        "authorization_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
+                        "response_types_supported": ["code", "id_token", "token"],
+                        "subject_types_supported": ["pairwise"],
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                    }),
                 )
             }
+        }
+        (&Method::GET, [tenant, ".well-known", "openid-configuration"]) if tenant_ok(tenant) => {
+            let t = if crate::config::is_guid(tenant) {
+                tenant.to_string()
+            } else {
+                "{tenantid}".into()
+            };
+            if !lock_state(&core.state).discovery_available {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "discovery disabled by test"}),
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    &json!({
+                        "issuer": core.issuer_v1(&t),
+                        "jwks_uri": format!("{authority}/{tenant}/discovery/keys"),
+                        "token_endpoint": format!("{authority}/{tenant}/oauth2/token"),
+                        "authorization_endpoint": format!("{authority}/{tenant}/oauth2/authorize"),
+                        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+                        "subject_types_supported": ["pairwise"],
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                    }),
+                )
+            }
+        }
+        (&Method::GET, [tenant, "discovery", "v2.0", "keys"]) if tenant_ok(tenant) => {
+            jwks(&core, false).await
+        }
+        (&Method::GET, [tenant, "discovery", "keys"]) if tenant_ok(tenant) => {
+            jwks(&core, true).await
         }
         (&Method::POST, ["pgward-dev", "token"]) => mint_endpoint(&core, req).await,
         _ => respond(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     };
     Ok(resp)
+}
+
+/// The JWKS (the same keys for v1 and v2, as Entra publishes them), counted per version.
+async fn jwks(core: &Core, v1: bool) -> Response<Body> {
+    let (available, delay, keys) = {
+        let mut st = lock_state(&core.state);
+        if v1 {
+            st.v1_jwks_fetches += 1;
+        } else {
+            st.jwks_fetches += 1;
+        }
+        let keys: Vec<Value> = st
+            .keys
+            .iter()
+            .filter(|k| k.published)
+            .map(|k| jwk_of(&k.kid, &k.pair))
+            .collect();
+        (st.jwks_available, st.jwks_delay, keys)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if available {
+        respond(StatusCode::OK, &json!({ "keys": keys }))
+    } else {
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "jwks disabled by test"}),
+        )
+    }
 }
 
 async fn mint_endpoint(core: &Core, req: Request<Incoming>) -> Response<Body> {

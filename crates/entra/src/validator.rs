@@ -60,7 +60,8 @@ struct Inner {
     audiences: Vec<String>,
     /// alias (lower case) -> oid (lower case)
     aliases: HashMap<String, String>,
-    v1_issuer: String,
+    /// `v1_issuer` from the configuration; without it the v1 discovery document decides.
+    v1_override: Option<String>,
     keys: RwLock<KeyState>,
     /// Serialises fetches: one discovery+JWKS fetch in flight at a time.
     fetch: Mutex<FetchState>,
@@ -74,9 +75,18 @@ struct Inner {
 #[derive(Default)]
 struct KeyState {
     keys: Option<Arc<HashMap<String, DecodingKey>>>,
-    /// The discovery `issuer` with the tenant replaced by `{tenantid}`.
+    /// The v2 discovery `issuer` with the tenant replaced by `{tenantid}`.
     v2_issuer: Option<String>,
+    /// The v1 discovery `issuer` likewise (`None` with the `v1_issuer` override).
+    v1_issuer: Option<String>,
     last_error: Option<String>,
+}
+
+/// What one discovery + JWKS round loaded.
+struct Loaded {
+    v2_issuer: String,
+    v1_issuer: Option<String>,
+    keys: HashMap<String, DecodingKey>,
 }
 
 #[derive(Default)]
@@ -120,7 +130,7 @@ impl Validator {
                 .iter()
                 .map(|(a, o)| (a.to_lowercase(), o.to_ascii_lowercase()))
                 .collect(),
-            v1_issuer: cfg.v1_issuer_template(),
+            v1_override: cfg.v1_issuer.clone(),
             cfg,
             http,
             graph,
@@ -157,12 +167,12 @@ impl Validator {
         &self.inner.cfg
     }
 
-    /// How many JWKS fetches were attempted since start (for metrics and tests).
+    /// How many discovery + JWKS rounds were attempted since start (for metrics and tests).
     pub fn jwks_fetch_count(&self) -> u64 {
         self.inner.jwks_fetches.load(Ordering::Relaxed)
     }
 
-    /// Fetches discovery and JWKS now (what the background task does hourly).
+    /// Fetches the discovery documents and JWKS now (what the background task does hourly).
     /// Returns whether it succeeded; on failure the previous keys are kept.
     pub async fn refresh_now(&self) -> bool {
         self.inner.refresh("requested").await
@@ -404,10 +414,17 @@ impl Inner {
         {
             let mut ks = self.keys.write().unwrap_or_else(|p| p.into_inner());
             match result {
-                Ok((v2_issuer, keys)) => {
-                    tracing::info!(why, keys = keys.len(), "loaded Entra signing keys");
-                    ks.keys = Some(Arc::new(keys));
-                    ks.v2_issuer = Some(v2_issuer);
+                Ok(loaded) => {
+                    tracing::info!(
+                        why,
+                        keys = loaded.keys.len(),
+                        v2_issuer = %loaded.v2_issuer,
+                        v1_issuer = loaded.v1_issuer.as_deref().or(self.v1_override.as_deref()).unwrap_or(""),
+                        "loaded Entra discovery documents and signing keys"
+                    );
+                    ks.keys = Some(Arc::new(loaded.keys));
+                    ks.v2_issuer = Some(loaded.v2_issuer);
+                    ks.v1_issuer = loaded.v1_issuer;
                     ks.last_error = None;
                 }
                 Err(e) => {
@@ -423,24 +440,60 @@ impl Inner {
         ok
     }
 
-    async fn fetch_keys(&self) -> Result<(String, HashMap<String, DecodingKey>), String> {
-        let discovery_url = self.cfg.discovery_url();
-        let doc = send_json(self.http.get(&discovery_url)).await?;
+    /// One discovery document: its issuer as a template (`{tenantid}` for the tenant) and
+    /// its JWKS URL.
+    async fn discover(&self, url: &str) -> Result<(String, String), String> {
+        let doc = send_json(self.http.get(url)).await?;
         let issuer = doc
             .get("issuer")
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("{discovery_url}: no issuer"))?;
+            .ok_or_else(|| format!("{url}: no issuer"))?;
         let jwks_uri = doc
             .get("jwks_uri")
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("{discovery_url}: no jwks_uri"))?;
-        check_endpoint_url("jwks_uri", jwks_uri).map_err(|e| format!("{discovery_url}: {e}"))?;
-        let v2_issuer = issuer_template(issuer, &self.cfg.tenant_id);
+            .ok_or_else(|| format!("{url}: no jwks_uri"))?;
+        check_endpoint_url("jwks_uri", jwks_uri).map_err(|e| format!("{url}: {e}"))?;
+        let template = issuer_template(issuer, &self.cfg.tenant_id);
+        // The issuer is compared with the token's tid substituted: one that doesn't name the
+        // tenant would bind tokens of every tenant to it. Entra's always names it.
+        let parsed = reqwest::Url::parse(issuer).ok();
+        let is_url = parsed
+            .as_ref()
+            .is_some_and(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some());
+        if !is_url || !template.contains("{tenantid}") {
+            return Err(format!(
+                "{url}: issuer {issuer:?} is not a URL naming tenant {}",
+                self.cfg.tenant_id
+            ));
+        }
+        Ok((template, jwks_uri.to_owned()))
+    }
+
+    /// The v2 and (unless overridden) v1 discovery documents, then the signing keys both
+    /// name. Any failure fails the whole round: the previous state stays in force.
+    async fn fetch_keys(&self) -> Result<Loaded, String> {
+        let (v2_issuer, v2_jwks) = self.discover(&self.cfg.discovery_url()).await?;
+        let v1 = match self.v1_override {
+            Some(_) => None,
+            None => Some(self.discover(&self.cfg.v1_discovery_url()).await?),
+        };
 
         self.jwks_fetches.fetch_add(1, Ordering::Relaxed);
-        let jwks = send_json(self.http.get(jwks_uri)).await?;
-        let keys = parse_jwks(&jwks).map_err(|e| format!("{jwks_uri}: {e}"))?;
-        Ok((v2_issuer, keys))
+        let jwks = send_json(self.http.get(&v2_jwks)).await?;
+        let mut keys = parse_jwks(&jwks).map_err(|e| format!("{v2_jwks}: {e}"))?;
+        if let Some((_, v1_jwks)) = v1.as_ref().filter(|(_, u)| *u != v2_jwks) {
+            // Entra publishes the same keys under both; a key only one set names still
+            // verifies only tokens that pass every other check.
+            let jwks = send_json(self.http.get(v1_jwks)).await?;
+            for (kid, key) in parse_jwks(&jwks).map_err(|e| format!("{v1_jwks}: {e}"))? {
+                keys.entry(kid).or_insert(key);
+            }
+        }
+        Ok(Loaded {
+            v2_issuer,
+            v1_issuer: v1.map(|(issuer, _)| issuer),
+            keys,
+        })
     }
 
     fn check_claims(
@@ -497,10 +550,14 @@ impl Inner {
         let iss = required_str(claims, "iss")?;
         // Exact comparison; the tenant is substituted as the token spells it in tid.
         let matches = |template: &str| template.replace("{tenantid}", tid_raw) == iss;
-        let v2_template = self.read_keys().v2_issuer.clone();
+        let (v2_template, v1_template) = {
+            let ks = self.read_keys();
+            let v1 = self.v1_override.clone().or_else(|| ks.v1_issuer.clone());
+            (ks.v2_issuer.clone(), v1)
+        };
         let token_version = if v2_template.as_deref().is_some_and(matches) {
             2
-        } else if matches(&self.v1_issuer) {
+        } else if v1_template.as_deref().is_some_and(matches) {
             1
         } else {
             return Err(AuthError::WrongIssuer(Shown::new(iss)));
@@ -664,6 +721,15 @@ mod tests {
         assert_eq!(
             issuer_template("https://login.microsoftonline.com/{tenantid}/v2.0", t),
             "https://login.microsoftonline.com/{tenantid}/v2.0"
+        );
+        // v1, from a sovereign cloud's discovery: another host than the authority's.
+        assert_eq!(
+            issuer_template(&format!("https://sts.chinacloudapi.cn/{t}/"), t),
+            "https://sts.chinacloudapi.cn/{tenantid}/"
+        );
+        assert_eq!(
+            issuer_template("https://sts.example/", t),
+            "https://sts.example/"
         );
     }
 

@@ -751,3 +751,120 @@ async fn validate_cost() {
     }
     println!("validate: {:?} per token", start.elapsed() / n);
 }
+
+/// Azure's v1 tokens carry the issuer of the authority's v1 discovery document, which is on
+/// another host than the authority (`https://sts.windows.net/{tid}/`, a sovereign cloud's own):
+/// accepted from discovery, whatever the authority's host; nothing else is.
+#[tokio::test]
+async fn v1_issuer_comes_from_discovery_on_another_host() {
+    let iss = issuer().await;
+    iss.set_v1_issuer(Some("https://sts.chinacloudapi.cn/{tenantid}/"));
+    let v = validator_with(&iss, |_| {}).await;
+    let tok = iss.mint(&TokenSpec::user(ALICE).v1()).unwrap();
+    let id = v.validate(&tok, ALICE).await.unwrap();
+    assert_eq!(id.token_version, 1);
+    assert_eq!(
+        iss.v1_jwks_fetch_count(),
+        1,
+        "the v1 document's JWKS was read"
+    );
+    let with_iss = |i: String, tid: &str| {
+        let mut s = TokenSpec::user(ALICE).v1();
+        s.iss = Some(i);
+        s.tid = Some(tid.into());
+        iss.mint(&s).unwrap()
+    };
+    for bad in [
+        // The authority's own host (what pgward derived before), the public cloud's v1
+        // issuer, another tenant's issuers under the home tid, a case variant.
+        format!("{}/{TENANT}/", iss.authority()),
+        format!("https://sts.windows.net/{TENANT}/"),
+        format!("https://sts.chinacloudapi.cn/{OTHER_TENANT}/"),
+        iss.issuer_v2(OTHER_TENANT),
+        format!("https://STS.chinacloudapi.cn/{TENANT}/"),
+        format!("https://sts.chinacloudapi.cn/{TENANT}"),
+    ] {
+        let err = refused(&v, &with_iss(bad.clone(), TENANT), ALICE).await;
+        assert!(matches!(err, AuthError::WrongIssuer(_)), "{bad}: {err}");
+    }
+    // A guest tenant allowed by config: its v1 issuer follows its tid, not the home one's.
+    let multi = validator_with(&iss, |c| {
+        c.allowed_tenants = Some(vec![TENANT.into(), OTHER_TENANT.into()])
+    })
+    .await;
+    let guest = format!("https://sts.chinacloudapi.cn/{OTHER_TENANT}/");
+    multi
+        .validate(&with_iss(guest.clone(), OTHER_TENANT), ALICE)
+        .await
+        .unwrap();
+    let err = refused(&multi, &with_iss(guest, TENANT), ALICE).await;
+    assert!(matches!(err, AuthError::WrongIssuer(_)), "{err}");
+}
+
+/// `v1_issuer` in the configuration wins over discovery (and the v1 document is not read).
+#[tokio::test]
+async fn v1_issuer_override_wins_over_discovery() {
+    let iss = issuer().await;
+    iss.set_v1_issuer(Some("https://sts.chinacloudapi.cn/{tenantid}/"));
+    let v = validator_with(&iss, |c| {
+        c.v1_issuer = Some("https://sts.example.net/{tenantid}/".into())
+    })
+    .await;
+    let discovered = iss.mint(&TokenSpec::user(ALICE).v1()).unwrap();
+    let err = refused(&v, &discovered, ALICE).await;
+    assert!(matches!(err, AuthError::WrongIssuer(_)), "{err}");
+    let mut s = TokenSpec::user(ALICE).v1();
+    s.iss = Some(format!("https://sts.example.net/{TENANT}/"));
+    assert_eq!(
+        v.validate(&iss.mint(&s).unwrap(), ALICE)
+            .await
+            .unwrap()
+            .token_version,
+        1
+    );
+    assert_eq!(iss.v1_jwks_fetch_count(), 0);
+}
+
+/// Without its discovery documents pgward signs nobody in (and says why); once they answer
+/// it does; a later outage keeps the documents and keys already read, like the JWKS.
+#[tokio::test]
+async fn discovery_unreachable_fails_closed() {
+    let iss = issuer().await;
+    iss.set_discovery_available(false);
+    let v = Validator::start(iss.config(), client()).await.unwrap();
+    assert!(!v.is_ready());
+    let why = v.last_error().unwrap();
+    assert!(
+        why.contains("openid-configuration") && why.contains("503"),
+        "{why}"
+    );
+    let tok = iss.mint(&TokenSpec::user(ALICE)).unwrap();
+    let err = refused(&v, &tok, ALICE).await;
+    assert!(matches!(err, AuthError::KeysUnavailable(_)), "{err}");
+    assert_eq!(iss.jwks_fetch_count(), 0, "no keys without discovery");
+
+    iss.set_discovery_available(true);
+    assert!(v.refresh_now().await);
+    assert!(v.is_ready());
+    v.validate(&tok, ALICE).await.unwrap();
+
+    iss.set_discovery_available(false);
+    assert!(!v.refresh_now().await);
+    v.validate(&tok, ALICE).await.unwrap();
+    v.validate(&iss.mint(&TokenSpec::user(ALICE).v1()).unwrap(), ALICE)
+        .await
+        .unwrap();
+    assert!(v.last_error().is_some());
+}
+
+/// A discovery document whose issuer does not name the tenant would accept that issuer for
+/// every tenant's tokens: refused.
+#[tokio::test]
+async fn a_discovery_issuer_not_naming_the_tenant_is_refused() {
+    let iss = issuer().await;
+    iss.set_v1_issuer(Some("https://sts.example.net/shared/"));
+    let v = Validator::start(iss.config(), client()).await.unwrap();
+    assert!(!v.is_ready());
+    let why = v.last_error().unwrap();
+    assert!(why.contains("is not a URL naming tenant"), "{why}");
+}

@@ -134,6 +134,14 @@ struct VerifyCmd {
     /// HMAC key file of a keyed chain (default with --config: its `[audit] hmac_key_file`).
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// A witness file of signed chain-head checkpoints (`[audit] witness_file`): the files
+    /// must reach its newest checkpoint (else TRUNCATED, with the first missing seq) and hold
+    /// the records it names (default with --config: its witness, if any).
+    #[arg(long, value_name = "FILE")]
+    witness: Option<PathBuf>,
+    /// The witness's key file (default with --config: its `[audit] witness_key_file`).
+    #[arg(long, value_name = "FILE", requires = "witness")]
+    witness_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -298,7 +306,27 @@ fn verify_args(c: &VerifyCmd) -> Result<VerifyArgs, Failure> {
         (None, Some(cfg)) if c.files.is_empty() => audit_config(cfg)?.hmac_key_file,
         _ => None,
     };
-    Ok(VerifyArgs { files, key_file })
+    // With --config the log's own witness is checked unless another is named.
+    let configured = match &c.source.config {
+        Some(cfg) => {
+            let a = audit_config(cfg)?;
+            (a.witness_file, a.witness_key_file)
+        }
+        None => (None, None),
+    };
+    let witness = c.witness.clone().or(configured.0);
+    let witness_key_file = c.witness_key_file.clone().or(configured.1);
+    if witness.is_some() && witness_key_file.is_none() {
+        return Err(Failure::Usage(
+            "--witness needs --witness-key-file (the key its checkpoints are signed with)".into(),
+        ));
+    }
+    Ok(VerifyArgs {
+        files,
+        key_file,
+        witness,
+        witness_key_file,
+    })
 }
 
 fn verify(c: &VerifyCmd) -> Result<ExitCode, Failure> {
@@ -517,6 +545,28 @@ mod tests {
         let v = verify_args(&v).unwrap();
         assert_eq!(v.files, [PathBuf::from("x")]);
         assert_eq!(v.key_file, Some(PathBuf::from("k")));
+        assert_eq!(v.witness, None);
+        let AuditCommand::Verify(v) = parse(&[
+            "verify",
+            "x",
+            "--witness",
+            "w.jsonl",
+            "--witness-key-file",
+            "wk",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        let v = verify_args(&v).unwrap();
+        assert_eq!(v.witness, Some(PathBuf::from("w.jsonl")));
+        assert_eq!(v.witness_key_file, Some(PathBuf::from("wk")));
+        let AuditCommand::Verify(v) = parse(&["verify", "x", "--witness", "w.jsonl"]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(verify_args(&v), Err(Failure::Usage(m)) if m.contains("--witness-key-file"))
+        );
 
         let AuditCommand::Tail(t) = parse(&[
             "tail", "--config", cfg_s, "-n", "3", "-f", "--user", "bob", "--format", "json",

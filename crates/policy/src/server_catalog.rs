@@ -1,7 +1,7 @@
 //! What the upstream server really has, read from its own catalog: which functions and
 //! relations are built in *in its version*, which names anyone created, which operators and
 //! casts run code that is neither built in nor from an extension, which views write settings,
-//! and which sequence an OID names.
+//! and which sequence or function an OID names.
 //!
 //! pgward's parser is PostgreSQL 17's, but the upstream may be 11–17 and holds objects
 //! created after initdb. Deciding by a list compiled for another version resolves names
@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::analyze::FunctionRef;
 
@@ -55,6 +56,9 @@ pub struct ServerCatalog {
     casts: HashMap<String, Vec<FunctionRef>>,
     /// Sequence OID → (schema, name), for `nextval(16415)` and `nextval('16415')`.
     sequences: HashMap<u32, (String, String)>,
+    /// Function OID → (schema, name): the FunctionCall protocol message names its function
+    /// only by OID (drivers' large-object APIs), and is decided as a call of that name.
+    function_oids: HashMap<u32, (Arc<str>, Arc<str>)>,
 }
 
 /// Why catalog rows could not be read.
@@ -84,6 +88,9 @@ SELECT 'f', n.nspname, p.proname,
        NULL
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
  GROUP BY n.nspname, p.proname
+UNION ALL
+SELECT 'i', p.oid::pg_catalog.text, n.nspname, p.proname, NULL
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 UNION ALL
 SELECT 'r', n.nspname, c.relname, CASE WHEN c.oid < 16384 THEN 'b' ELSE '' END, NULL
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -137,6 +144,7 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
     {
         let mut c = ServerCatalog::empty();
         let mut saw_version = false;
+        let mut schemas: HashMap<String, Arc<str>> = HashMap::new();
         for row in rows {
             let col = |i: usize| row.get(i).and_then(|v| v.as_deref()).unwrap_or("");
             match col(0) {
@@ -152,6 +160,21 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
                         privileged: col(3).contains('p'),
                     };
                     c.add_function(col(1), col(2), flags);
+                }
+                "i" => {
+                    let oid = col(1).parse().map_err(|_| {
+                        CatalogError(format!("function OID {:?} is not a number", col(1)))
+                    })?;
+                    // Schema names repeat thousands of times: one allocation per schema.
+                    let schema = match schemas.get(col(2)) {
+                        Some(s) => Arc::clone(s),
+                        None => {
+                            let s: Arc<str> = Arc::from(col(2));
+                            schemas.insert(col(2).to_owned(), Arc::clone(&s));
+                            s
+                        }
+                    };
+                    c.function_oids.insert(oid, (schema, Arc::from(col(3))));
                 }
                 "r" => {
                     if col(1) == "pg_catalog" {
@@ -228,6 +251,7 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
             operators: HashMap::new(),
             casts: HashMap::new(),
             sequences: HashMap::new(),
+            function_oids: HashMap::new(),
         }
     }
 
@@ -344,6 +368,11 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
         self.casts.get(type_name).map_or(&[], Vec::as_slice)
     }
 
+    /// The function an OID names, as (schema, name).
+    pub fn function_by_oid(&self, oid: u32) -> Option<(&str, &str)> {
+        self.function_oids.get(&oid).map(|(s, n)| (&**s, &**n))
+    }
+
     /// The sequence an OID names.
     pub fn sequence(&self, oid: u32) -> Option<(&str, &str)> {
         self.sequences
@@ -373,6 +402,8 @@ mod tests {
             row(&["r", "pg_catalog", "pg_class", "b"]),
             row(&["r", "information_schema", "fake", ""]),
             row(&["s", "16415", "hr", "payroll_seq"]),
+            row(&["i", "952", "pg_catalog", "lo_open"]),
+            row(&["i", "16500", "public", "report"]),
             row(&["o", "===", "public", "public", "leak"]),
             row(&["c", "mytype", "public", "to_mytype"]),
             row(&["w", "public", "v"]),
@@ -389,6 +420,9 @@ mod tests {
         assert!(c.is_builtin_relation("pg_catalog", "pg_class"));
         assert!(!c.is_builtin_relation("information_schema", "fake"));
         assert_eq!(c.sequence(16415), Some(("hr", "payroll_seq")));
+        assert_eq!(c.function_by_oid(952), Some(("pg_catalog", "lo_open")));
+        assert_eq!(c.function_by_oid(16500), Some(("public", "report")));
+        assert_eq!(c.function_by_oid(1), None);
         assert_eq!(c.operator_functions(None, "===").count(), 1);
         assert_eq!(c.operator_functions(Some("other"), "===").count(), 0);
         assert_eq!(c.cast_functions("mytype").len(), 1);
@@ -406,5 +440,11 @@ mod tests {
         assert!(ServerCatalog::from_rows(vec![row(&["v", "x"])]).is_err());
         assert!(ServerCatalog::from_rows(vec![row(&["v", "150000"])]).is_err());
         assert!(ServerCatalog::from_rows(vec![row(&["v", "150000"]), row(&["?"])]).is_err());
+        assert!(ServerCatalog::from_rows(vec![
+            row(&["v", "150000"]),
+            row(&["f", "pg_catalog", "x", "b"]),
+            row(&["i", "x", "pg_catalog", "x"]),
+        ])
+        .is_err());
     }
 }

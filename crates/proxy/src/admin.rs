@@ -66,7 +66,9 @@ impl Readiness {
         if let Some(v) = &self.validator {
             if !v.is_ready() {
                 let why = v.last_error().unwrap_or_else(|| "not fetched yet".into());
-                p.push(format!("Entra signing keys not loaded: {why}"));
+                p.push(format!(
+                    "Entra discovery documents and signing keys not loaded: {why}"
+                ));
             }
         }
         for (name, source) in &self.credentials {

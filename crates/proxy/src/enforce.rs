@@ -36,6 +36,9 @@ use crate::config::PolicyConfig;
 /// longer ones on the analysis pool.
 pub const INLINE_ANALYSIS_BYTES: usize = 4096;
 
+/// PostgreSQL's FUNC_MAX_ARGS: a FunctionCall with more arguments fails on the server.
+const MAX_FUNCTION_ARGS: usize = 100;
+
 /// The current policy and the decision cache, shared by all sessions.
 pub struct PolicyStore {
     path: PathBuf,
@@ -951,19 +954,78 @@ impl Gate {
         self.portals.remove(name);
     }
 
-    /// Whether a FunctionCall message is refused. It names its function only by OID, so
-    /// pgward cannot tell `lower()` from `pg_read_file()`: refused whenever a policy
-    /// enforces.
-    pub fn refuses_function_call(&self) -> Option<Denial> {
-        let denial = Denial::policy(
-            "builtin.function_call".into(),
-            "the FunctionCall protocol message names functions only by OID; call the function in SQL instead".into(),
+    /// Decides a FunctionCall message as the SQL call of the function its OID names on the
+    /// upstream (`SELECT "schema"."name"($1, …)`, resolved through the server's catalog), so
+    /// every rule about calling that function applies: dangerous ones need an allow rule
+    /// naming them, deny rules on the name or its schema win. Returns the text the audit
+    /// records and the policy's decision (pass it to `commit` when forwarded), or pgward's own
+    /// denial when the OID names nothing the catalog lists: a FunctionCall pgward cannot
+    /// attribute never runs (unless the policy only observes).
+    pub fn judge_function_call(
+        &mut self,
+        oid: u32,
+        nargs: usize,
+    ) -> (String, Result<Arc<QueryDecision>, Decision>) {
+        self.refresh();
+        self.refresh_catalog();
+        let named = self
+            .session
+            .catalog()
+            .and_then(|c| c.function_by_oid(oid))
+            .map(|(schema, name)| (schema.to_owned(), name.to_owned()));
+        let Some((schema, name)) = named else {
+            // Perhaps created since the catalog was read: read it again, so a retry after
+            // the refresh is decided by name.
+            if let Some(h) = &self.catalog {
+                h.changed();
+            }
+            let text = format!("FunctionCall of function OID {oid}");
+            let reason = format!(
+                "the FunctionCall message names function OID {oid}, which the upstream catalog does not list"
+            );
+            return (text, self.function_call_refusal(reason));
+        };
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let args: Vec<String> = (1..=nargs).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {}.{}({})",
+            quote(&schema),
+            quote(&name),
+            args.join(", ")
         );
-        if self.policy.mode() == pgward_policy::Mode::Observe {
-            warn!(rule = %denial.rule, "policy would deny a FunctionCall (observe mode)");
-            return None;
+        if nargs > MAX_FUNCTION_ARGS {
+            // PostgreSQL refuses more (FUNC_MAX_ARGS); the text would not be judged inline.
+            let reason = format!(
+                "a FunctionCall with {nargs} arguments (PostgreSQL allows {MAX_FUNCTION_ARGS})"
+            );
+            return (sql, self.function_call_refusal(reason));
         }
-        Some(denial)
+        match self.judge(&sql) {
+            Some(qd) => (sql, Ok(qd)),
+            None => {
+                let reason = "the FunctionCall could not be decided".to_owned();
+                let refusal = self.function_call_refusal(reason);
+                (sql, refusal)
+            }
+        }
+    }
+
+    /// pgward's own denial of a FunctionCall it cannot attribute (rule
+    /// `builtin.function_call`); it blocks unless the policy only observes.
+    fn function_call_refusal(&self, reason: String) -> Result<Arc<QueryDecision>, Decision> {
+        let d = Decision {
+            verdict: pgward_policy::Verdict::Deny,
+            rule: "builtin.function_call".to_owned(),
+            reason,
+            enforced: self.policy.mode() == pgward_policy::Mode::Enforce,
+        };
+        if let Some(m) = &self.metrics {
+            m.decision(false, !d.blocks(), &d.rule);
+        }
+        if !d.blocks() {
+            warn!(rule = %d.rule, reason = %d.reason, "policy would deny a FunctionCall (observe mode)");
+        }
+        Err(d)
     }
 }
 

@@ -100,7 +100,7 @@ impl Metrics {
         );
         registry.register(
             "cancel_requests",
-            "Cancel requests by result (forwarded, unknown_key, failed)",
+            "Cancel requests by result (forwarded, unknown_key, throttled, failed)",
             cancels.clone(),
         );
         registry.register(

@@ -784,17 +784,35 @@ fn decide(
             Verdict::Forward
         }
         b'F' => {
-            let denial = if audit_down(conv) {
-                Some(Denial::audit_unavailable())
-            } else {
-                gate.and_then(|g| g.refuses_function_call())
+            let call = frontend::function_call(body)?;
+            let early =
+                over_rate(conv).or_else(|| audit_down(conv).then(Denial::audit_unavailable));
+            let (text, decided) = match (&early, gate) {
+                (Some(_), _) => (format!("FunctionCall of function OID {}", call.oid), None),
+                (None, Some(g)) => {
+                    let (text, decided) = g.judge_function_call(call.oid, call.args.len());
+                    if let Ok(qd) = &decided {
+                        g.commit(qd);
+                    }
+                    (text, Some(decided))
+                }
+                // No policy: nothing resolves the OID, and nothing needs to.
+                (None, None) => (format!("FunctionCall of function OID {}", call.oid), None),
+            };
+            let denial = match (early, &decided) {
+                (Some(d), _) => Some(d),
+                (None, Some(Ok(qd))) if qd.decision.blocks() => Some(denial_of(qd)),
+                (None, Some(Err(d))) if d.blocks() => Some(Denial::from(d.clone())),
+                _ => None,
             };
             if let Some(t) = conv.trail.as_mut() {
-                let audited = match &denial {
-                    Some(d) => Audited::refused(&d.rule),
-                    None => Audited::default(),
+                let (qd, refused) = match (&denial, &decided) {
+                    (Some(d), None | Some(Err(_))) => (None, Some(Audited::refused(&d.rule))),
+                    (_, Some(Ok(qd))) => (Some(&**qd), None),
+                    (None, Some(Err(d))) => (None, Some(Audited::observed(d))),
+                    (None, None) => (None, None),
                 };
-                t.on_function_call(audited);
+                t.on_function_call(&text, qd, refused, &call.args);
             }
             match denial {
                 Some(d) => conv.denials.replace_query(d),

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::{self, ClientAuth, FailureThrottle};
-use crate::cancel::CancelRegistry;
+use crate::cancel::{CancelRegistry, Lookup, Target};
 use crate::config::Config;
 use crate::enforce::{Gate, PolicyStore};
 use crate::handshake::{self, ClientStartup, Handshake, HandshakeConfig};
@@ -65,7 +65,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
         Ok(Ok(Handshake::Cancel { pid, secret })) => {
-            forward_cancel(pid, &secret, &shared).await;
+            forward_cancel(pid, &secret, peer, &shared).await;
             return;
         }
         Ok(Ok(Handshake::Session(s))) => *s,
@@ -83,13 +83,9 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .await;
 }
 
-async fn forward_cancel(pid: u32, secret: &[u8], shared: &Shared) {
-    if crate::tds_session::forward_cancel(pid, secret) {
-        shared.metrics.cancel("forwarded");
-        return;
-    }
-    match shared.cancels.lookup(pid, secret) {
-        Some((upstream, key)) => match upstream.cancel(&key).await {
+async fn forward_cancel(pid: u32, secret: &[u8], peer: SocketAddr, shared: &Shared) {
+    match shared.cancels.lookup_from(peer.ip(), pid, secret) {
+        Lookup::Found(Target::Postgres { upstream, key }) => match upstream.cancel(&key).await {
             Ok(()) => {
                 shared.metrics.cancel("forwarded");
                 debug!(pid, upstream = upstream.name(), "cancel forwarded");
@@ -99,10 +95,20 @@ async fn forward_cancel(pid: u32, secret: &[u8], shared: &Shared) {
                 warn!(pid, error = %e, "cancel could not be forwarded");
             }
         },
-        None => {
+        Lookup::Found(Target::Signal(signal)) => {
+            // Wakes only a batch that is running: a cancel between batches is a no-op.
+            signal.notify_waiters();
+            shared.metrics.cancel("forwarded");
+            debug!(pid, "cancel signalled to an azure-sql session");
+        }
+        Lookup::Unknown => {
             // Like PostgreSQL: no answer, so a guesser learns nothing.
             shared.metrics.cancel("unknown_key");
             debug!(pid, "cancel with unknown key ignored");
+        }
+        Lookup::Throttled => {
+            shared.metrics.cancel("throttled");
+            debug!(%peer, "cancel ignored: too many unknown keys from this address");
         }
     }
 }

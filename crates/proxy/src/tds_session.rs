@@ -9,8 +9,7 @@
 //! (psql's meta-commands) get a clear 0A000. Audit records are the same as for PostgreSQL
 //! sessions. docs/azure-sql.md describes the limits.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -19,7 +18,6 @@ use pgward_upstream::{TlsMode, Upstream};
 use pgward_wire::build::{self, Severity};
 use pgward_wire::frontend::{self, Framer};
 use pgward_wire::TxStatus;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -49,67 +47,6 @@ const UNSUPPORTED_EXTENDED: &str = "extended protocol is not supported for azure
 const UNSUPPORTED_COPY: &str = "COPY is not supported for azure-sql upstreams";
 const UNSUPPORTED_CATALOG: &str = "PostgreSQL catalog queries (pg_catalog, psql's \\d meta-commands) do not translate to azure-sql upstreams; query INFORMATION_SCHEMA or sys views in T-SQL instead";
 const UNSUPPORTED_TX_IN_BATCH: &str = "send transaction control (BEGIN, COMMIT, ROLLBACK) as a statement of its own on azure-sql upstreams";
-
-/// Cancel keys of azure-sql sessions: pid → (secret, the session's cancel signal).
-type CancelMap = HashMap<u32, ([u8; 4], Arc<Notify>)>;
-
-fn cancels() -> &'static Mutex<CancelMap> {
-    static MAP: OnceLock<Mutex<CancelMap>> = OnceLock::new();
-    MAP.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-fn lock_cancels() -> std::sync::MutexGuard<'static, CancelMap> {
-    cancels().lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A registered cancel key; dropping it retires the key.
-struct CancelKey {
-    pid: u32,
-    secret: [u8; 4],
-    signal: Arc<Notify>,
-}
-
-impl CancelKey {
-    fn new() -> Self {
-        let signal = Arc::new(Notify::new());
-        let mut map = lock_cancels();
-        loop {
-            let mut b = [0u8; 8];
-            // The OS RNG failing is not recoverable in a security proxy.
-            getrandom::fill(&mut b).expect("OS random number generator unavailable");
-            let pid = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff;
-            let secret = [b[4], b[5], b[6], b[7]];
-            if pid != 0 && !map.contains_key(&pid) {
-                map.insert(pid, (secret, signal.clone()));
-                return Self {
-                    pid,
-                    secret,
-                    signal,
-                };
-            }
-        }
-    }
-}
-
-impl Drop for CancelKey {
-    fn drop(&mut self) {
-        lock_cancels().remove(&self.pid);
-    }
-}
-
-/// A CancelRequest for an azure-sql session: signals it (the running batch gets a TDS
-/// attention). Returns false when the key is not one of these sessions'.
-pub fn forward_cancel(pid: u32, secret: &[u8]) -> bool {
-    let map = lock_cancels();
-    match map.get(&pid) {
-        Some((s, signal)) if secret.len() == 4 && bool::from(s.ct_eq(secret)) => {
-            // Wakes only a batch that is running: a cancel between batches is a no-op.
-            signal.notify_waiters();
-            true
-        }
-        _ => false,
-    }
-}
 
 async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
     fatal(stream, code, message).await;
@@ -228,7 +165,9 @@ pub async fn run(start: Start<'_>, shared: &Shared) {
         }
     }
 
-    let key = CancelKey::new();
+    // No upstream pid to show: the cancel registry chooses one (and the secret).
+    let signal = Arc::new(Notify::new());
+    let key = shared.cancels.register_signal(signal.clone());
     let mut greeting = BytesMut::with_capacity(512);
     build::authentication_ok(&mut greeting);
     for (k, v) in [
@@ -267,7 +206,7 @@ pub async fn run(start: Start<'_>, shared: &Shared) {
         tx: TxStatus::Idle,
         skip_to_sync: false,
         database,
-        signal: key.signal.clone(),
+        signal,
         bytes_in: 0,
         bytes_out: 0,
     };

@@ -51,6 +51,11 @@ impl Audited {
         }
     }
 
+    /// Denied by pgward itself but not enforced (observe mode).
+    pub fn observed(d: &pgward_policy::Decision) -> Self {
+        Self::from_policy(d, &[])
+    }
+
     /// Refused by pgward itself (not the policy), e.g. the audit log cannot write.
     pub fn refused(rule: &str) -> Self {
         Self {
@@ -331,14 +336,43 @@ impl Trail {
         self.batches.push_back(open.units);
     }
 
-    /// A denied FunctionCall: a batch of one refused unit.
-    pub fn on_function_call(&mut self, audited: Audited) {
+    /// A FunctionCall: a batch of one unit (the server answers it with its own
+    /// ReadyForQuery), recorded as the call of the function its OID names (`sql`), with its
+    /// arguments as parameters per the redaction setting (their types are not in the
+    /// message: recorded as unknown).
+    pub fn on_function_call(
+        &mut self,
+        sql: &str,
+        decision: Option<&QueryDecision>,
+        refused: Option<Audited>,
+        args: &[(Option<&[u8]>, bool)],
+    ) {
+        let audited = match (refused, decision) {
+            (Some(a), _) => a,
+            (None, Some(d)) => {
+                let accesses: Vec<_> = d
+                    .statements
+                    .iter()
+                    .flat_map(|s| s.analysis.accesses.iter().cloned())
+                    .collect();
+                Audited::from_policy(&d.decision, &accesses)
+            }
+            (None, None) => Audited::default(),
+        };
+        let params = Params::capture(
+            self.redaction,
+            args.iter().map(|(value, binary)| ParamIn {
+                type_oid: 0,
+                value: *value,
+                binary: *binary,
+            }),
+        );
         let mut batch = std::mem::take(&mut self.open).units;
         batch.push_back(self.unit(
-            "(FunctionCall protocol message)",
-            Protocol::Extended,
+            sql,
+            Protocol::FunctionCall,
             &audited,
-            None,
+            params.as_ref(),
             Instant::now(),
         ));
         self.batches.push_back(batch);

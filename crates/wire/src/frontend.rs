@@ -225,15 +225,24 @@ pub fn bind_params(body: &[u8]) -> Result<(&str, &str, BindParams<'_>), WireErro
         take_cstr(&mut rest).ok_or(bad("unterminated statement"))?,
         WHAT,
     )?;
-    let take_u16 = |r: &mut &[u8]| -> Result<usize, WireError> {
-        if r.len() < 2 {
-            return Err(bad("short"));
-        }
-        let v = u16::from_be_bytes([r[0], r[1]]) as usize;
-        *r = &r[2..];
-        Ok(v)
-    };
-    let nformats = take_u16(&mut rest)?;
+    let params = take_params(&mut rest, WHAT)?;
+    Ok((portal, statement, params))
+}
+
+fn take_u16(r: &mut &[u8], what: &'static str) -> Result<usize, WireError> {
+    if r.len() < 2 {
+        return Err(WireError::malformed(what, "short"));
+    }
+    let v = u16::from_be_bytes([r[0], r[1]]) as usize;
+    *r = &r[2..];
+    Ok(v)
+}
+
+/// Format codes then parameter values, as Bind and FunctionCall carry them (the same
+/// layout): consumed from `rest`.
+fn take_params<'a>(rest: &mut &'a [u8], what: &'static str) -> Result<BindParams<'a>, WireError> {
+    let bad = |d| WireError::malformed(what, d);
+    let nformats = take_u16(rest, what)?;
     if rest.len() < nformats * 2 {
         return Err(bad("short format codes"));
     }
@@ -241,8 +250,8 @@ pub fn bind_params(body: &[u8]) -> Result<(&str, &str, BindParams<'_>), WireErro
         .chunks_exact(2)
         .map(|c| c == [0, 1])
         .collect();
-    rest = &rest[nformats * 2..];
-    let nparams = take_u16(&mut rest)?;
+    *rest = &rest[nformats * 2..];
+    let nparams = take_u16(rest, what)?;
     if nformats > 1 && nformats != nparams {
         return Err(bad("format codes do not match parameters"));
     }
@@ -252,7 +261,7 @@ pub fn bind_params(body: &[u8]) -> Result<(&str, &str, BindParams<'_>), WireErro
             return Err(bad("short parameter"));
         }
         let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        rest = &rest[4..];
+        *rest = &rest[4..];
         let binary = match nformats {
             0 => false,
             1 => formats[0],
@@ -267,9 +276,32 @@ pub fn bind_params(body: &[u8]) -> Result<(&str, &str, BindParams<'_>), WireErro
             return Err(bad("parameter longer than the message"));
         }
         params.push((Some(&rest[..len]), binary));
-        rest = &rest[len..];
+        *rest = &rest[len..];
     }
-    Ok((portal, statement, params))
+    Ok(params)
+}
+
+/// A FunctionCall ('F') message: the function's OID and its arguments (value, binary?).
+/// The result format code that ends the message is checked, not returned.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FunctionCall<'a> {
+    pub oid: u32,
+    pub args: BindParams<'a>,
+}
+
+pub fn function_call(body: &[u8]) -> Result<FunctionCall<'_>, WireError> {
+    const WHAT: &str = "FunctionCall";
+    if body.len() < 4 {
+        return Err(WireError::malformed(WHAT, "short"));
+    }
+    let oid = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let mut rest = &body[4..];
+    let args = take_params(&mut rest, WHAT)?;
+    take_u16(&mut rest, WHAT)?;
+    if !rest.is_empty() {
+        return Err(WireError::malformed(WHAT, "bytes after the result format"));
+    }
+    Ok(FunctionCall { oid, args })
 }
 
 /// The portal name of an Execute ('E') message.
@@ -308,6 +340,32 @@ mod tests {
         v.put_i32(4 + body.len() as i32);
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn function_call_arguments_and_truncations() {
+        // lo_open(16400, 262144): oid 952, one format code (binary), two int4 arguments,
+        // one NULL-free text result.
+        let mut body = 952u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0, 1, 0, 1, 0, 2]);
+        body.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0x40, 0x10]);
+        body.extend_from_slice(&[0, 0, 0, 4, 0, 4, 0, 0]);
+        body.extend_from_slice(&[0, 1]);
+        let f = function_call(&body).unwrap();
+        assert_eq!(f.oid, 952);
+        assert_eq!(f.args.len(), 2);
+        assert!(f.args.iter().all(|(v, binary)| *binary && v.is_some()));
+        // Every truncation is an error, never a panic; so is a trailing byte.
+        for n in 0..body.len() {
+            assert!(function_call(&body[..n]).is_err(), "truncated at {n}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(function_call(&longer).is_err());
+        // A NULL argument.
+        let mut null = 2624u32.to_be_bytes().to_vec();
+        null.extend_from_slice(&[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        assert_eq!(function_call(&null).unwrap().args, vec![(None, false)]);
     }
 
     #[test]
