@@ -1335,8 +1335,6 @@ const CONTROLLED: &[(&str, &str)] = &[
     ("SET search_path = hr", "builtin.protected_setting"),
     ("SET search_path TO DEFAULT", "builtin.protected_setting"),
     ("RESET search_path", "builtin.protected_setting"),
-    ("RESET ALL", "builtin.protected_setting"),
-    ("DISCARD ALL", "builtin.protected_setting"),
     // set_config() with a literal name is decided as that setting.
     (
         "SELECT set_config('search_path', 'hr', false)",
@@ -1481,13 +1479,12 @@ fn settings_are_controlled() {
     let r = w.query("SELECT name FROM sales.leads");
     assert_eq!(r.single(), Some("lead one"), "{r:?}");
     // set_config of search_path is the same as SET for her; a computed name is not, and
-    // RESET ALL, standard_conforming_strings and role stay out of reach.
+    // standard_conforming_strings and role stay out of reach.
     for (sql, rule) in [
         (
             "SELECT set_config(lower('SEARCH_PATH'), 'hr', false)",
             "builtin.dangerous_function",
         ),
-        ("RESET ALL", "builtin.protected_setting"),
         (
             "SET standard_conforming_strings = off",
             "builtin.protected_setting",
