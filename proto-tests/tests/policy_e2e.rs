@@ -565,7 +565,7 @@ fn parse_marker(index: usize) -> String {
 #[test]
 fn corpus_reader_is_faithful() {
     let cases = load_corpus();
-    assert_eq!(cases.len(), 544, "corpus size changed: update this test");
+    assert_eq!(cases.len(), 575, "corpus size changed: update this test");
     let denies = cases.iter().filter(|c| c.verdict == "deny").count();
     let allows = cases.iter().filter(|c| c.verdict == "allow").count();
     assert_eq!(denies + allows, cases.len());

@@ -253,8 +253,16 @@ impl SessionState {
     /// Updates the state after a statement was allowed and sent: search_path changes,
     /// PREPARE / DEALLOCATE / DISCARD ALL and standard_conforming_strings.
     pub fn apply(&mut self, stmt: &StatementAnalysis) {
-        // A function's SET clause applies while the function runs, not to the session.
-        let session_settings = !matches!(stmt.kind, "CreateFunctionStmt" | "AlterFunctionStmt");
+        // A function's SET clause applies while the function runs, not to the session; ALTER
+        // DATABASE/ROLE/SYSTEM ... SET to later sessions.
+        let session_settings = !matches!(
+            stmt.kind,
+            "CreateFunctionStmt"
+                | "AlterFunctionStmt"
+                | "AlterDatabaseSetStmt"
+                | "AlterRoleSetStmt"
+                | "AlterSystemStmt"
+        );
         for s in stmt.settings.iter().filter(|_| session_settings) {
             match s {
                 SettingChange::Set {

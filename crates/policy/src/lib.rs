@@ -35,6 +35,7 @@ pub mod tsql;
 #[rustfmt::skip]
 mod walk_gen;
 
+pub use walk_gen::STATEMENT_KINDS;
 pub use analyze::{
     analyze, analyze_limited, Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef,
     SessionEffect, SettingChange, StatementAnalysis, MAX_SQL_LEN, PSEUDO_KINDS,

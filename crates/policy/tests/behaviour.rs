@@ -398,12 +398,19 @@ fn analysis_shapes() {
             name: "Jobs".into()
         }
     );
-    assert!(
-        analyze("ALTER SYSTEM SET x = 1").unwrap().statements[0]
-            .not_understood
-            .len()
-            == 1
+    // ALTER SYSTEM writes a server file and changes the setting for every later session.
+    let a = analyze("ALTER SYSTEM SET x = 1").unwrap();
+    let acts: Vec<Action> = a.statements[0].accesses.iter().map(|a| a.action).collect();
+    assert_eq!(acts, [Action::CopyFile]);
+    assert_eq!(a.statements[0].accesses[0].object, ObjectRef::All);
+    assert_eq!(
+        a.statements[0].settings,
+        [SettingChange::Set {
+            name: "x".into(),
+            value: Some(vec!["1".into()])
+        }]
     );
+    assert!(a.statements[0].not_understood.is_empty());
     assert!(analyze("SELEC 1").is_err());
     // A NUL byte cannot reach libpg_query (C strings): refused, never truncated.
     assert!(analyze("SELECT * FROM orders WHERE id = 1\0; DELETE FROM salaries").is_err());
