@@ -156,12 +156,19 @@ impl PgError {
     }
 
     /// A refusal by pgward's policy (not PostgreSQL's own "permission denied").
+    /// A refusal by pgward: 42501 naming the rule, or 42601 for text PostgreSQL's parser
+    /// rejects (pgward parses every string before anything is sent, so a 42601 is always
+    /// its refusal, `builtin.parse_error`, answered as the server would).
     fn is_policy_denial(&self) -> bool {
-        self.code == "42501" && self.message.starts_with("pgward policy denied")
+        (self.code == "42501" && self.message.starts_with("pgward policy denied"))
+            || self.code == "42601"
     }
 
     /// The rule named in `pgward policy denied this statement (rule <rule>): <reason>`.
     fn rule(&self) -> Option<&str> {
+        if self.code == "42601" {
+            return Some("builtin.parse_error");
+        }
         let rest = self.message.split_once("(rule ")?.1;
         Some(rest.split_once(')')?.0)
     }

@@ -332,7 +332,17 @@ pub struct Analysis {
 /// Why a query string could not be analysed at all; the query is denied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnalysisError {
-    /// PostgreSQL's parser rejected it.
+    /// PostgreSQL's parser rejected it: the parser's own message and the 1-based character
+    /// position it points at in the whole string (0: none), which a client gets as the
+    /// server would send them (SQLSTATE 42601).
+    Syntax {
+        /// The parser's message, e.g. `syntax error at or near "SELEC"`.
+        message: String,
+        /// The cursor position (ErrorResponse field `P`), 0 when there is none.
+        position: u32,
+    },
+    /// The string could not be parsed for another reason (a T-SQL parse failure, a NUL
+    /// byte, pgward's own parser thread failing).
     Parse(String),
     /// Longer than pgward accepts (`[policy] max_statement_bytes`).
     TooLong {
@@ -354,13 +364,17 @@ impl AnalysisError {
     /// Whether the string was refused for what analysing it would cost (length, nesting,
     /// time), not for what it says: SQLSTATE 54000 (program limit exceeded) in the proxy.
     pub fn is_over_budget(&self) -> bool {
-        !matches!(self, AnalysisError::Parse(_))
+        !matches!(self, AnalysisError::Parse(_) | AnalysisError::Syntax { .. })
     }
 }
 
 impl fmt::Display for AnalysisError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            AnalysisError::Syntax { message, position } if *position > 0 => {
+                write!(f, "{message} (at character {position})")
+            }
+            AnalysisError::Syntax { message, .. } => f.write_str(message),
             AnalysisError::Parse(e) => write!(f, "syntax error: {e}"),
             AnalysisError::TooLong { len, limit } => write!(
                 f,
@@ -404,14 +418,32 @@ const MAX_CLAUSE_CHAIN: usize = 200;
 /// [`BIG_SQL`].
 const MAX_PARENS: usize = 1000;
 
-/// Maps pg_query's errors. Its protobuf decoder stops at 100 nested messages (about 45 levels
-/// of expression nesting); such a statement is reported as too complex, not as a syntax error.
+/// Maps pg_query's errors (of its scanner). Its protobuf decoder stops at 100 nested
+/// messages (about 45 levels of expression nesting); such a statement is reported as too
+/// complex, not as a syntax error.
 fn parse_error(e: pg_query::Error) -> AnalysisError {
     match e {
         pg_query::Error::Decode(_) => AnalysisError::TooComplex,
         pg_query::Error::Parse(m) | pg_query::Error::Scan(m) => AnalysisError::Parse(m),
         other => AnalysisError::Parse(other.to_string()),
     }
+}
+
+/// Maps the parser's failures (see [`crate::parser`]).
+fn parse_failure(e: crate::parser::ParseFailure) -> AnalysisError {
+    use crate::parser::ParseFailure as F;
+    match e {
+        F::Syntax { message, position } => AnalysisError::Syntax { message, position },
+        F::Decode => AnalysisError::TooComplex,
+        F::Nul => AnalysisError::Parse("the statement contains a NUL byte".to_owned()),
+    }
+}
+
+/// Parses with PostgreSQL's parser. A scan error in [`check_complexity`] (an unterminated
+/// literal, say) is left to the parser, which reports it with its position as the server
+/// does.
+fn parse_sql(sql: &str) -> Result<pb::ParseResult, AnalysisError> {
+    crate::parser::parse(sql).map_err(parse_failure)
 }
 
 /// Refuses, after a linear scan, input whose parse would cost more than linear time:
@@ -421,7 +453,22 @@ fn parse_error(e: pg_query::Error) -> AnalysisError {
 /// inside and resumes the outer one after it.
 fn check_complexity(sql: &str) -> Result<(), AnalysisError> {
     use pb::Token as T;
-    let scan = pg_query::scan(sql).map_err(parse_error)?;
+    let scan = match pg_query::scan(sql) {
+        Ok(scan) => scan,
+        Err(e) => {
+            // The parser will stop where the scanner stops (or earlier), and the client is
+            // owed its message and position: check what it would read before that point.
+            // A prefix that still fails to scan is refused rather than parsed unchecked.
+            return match crate::parser::scan_error_offset(sql) {
+                Some(end) if end < sql.len() => match sql.get(..end).map(check_complexity) {
+                    Some(Ok(())) => Err(parse_error(e)),
+                    Some(Err(AnalysisError::Parse(_))) | None => Err(AnalysisError::TooComplex),
+                    Some(Err(other)) => Err(other),
+                },
+                _ => Err(AnalysisError::TooComplex),
+            };
+        }
+    };
     // Per open nesting level: (expression chain, clause chain).
     let mut outer: Vec<(usize, usize)> = Vec::new();
     let (mut chain, mut clauses) = (0usize, 0usize);
@@ -504,12 +551,12 @@ fn check_complexity(sql: &str) -> Result<(), AnalysisError> {
     Ok(())
 }
 
-fn parse_on_big_stack(sql: &str) -> Result<pg_query::ParseResult, AnalysisError> {
+fn parse_on_big_stack(sql: &str) -> Result<pb::ParseResult, AnalysisError> {
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("pgward-parse".to_owned())
             .stack_size(BIG_STACK)
-            .spawn_scoped(scope, || pg_query::parse(sql).map_err(parse_error))
+            .spawn_scoped(scope, || parse_sql(sql))
             .map_err(|e| AnalysisError::Parse(format!("cannot start parser thread: {e}")))?
             .join()
             .map_err(|_| AnalysisError::Parse("parser failed".to_owned()))?
@@ -530,13 +577,18 @@ pub fn analyze_limited(sql: &str, max_len: usize) -> Result<Analysis, AnalysisEr
         });
     }
     let parsed = if sql.len() > BIG_SQL {
-        check_complexity(sql)?;
+        match check_complexity(sql) {
+            // The scanner's own errors are syntax errors the parser reports with their
+            // position; only the cost checks refuse here.
+            Err(AnalysisError::Parse(_)) | Ok(()) => {}
+            Err(e) => return Err(e),
+        }
         parse_on_big_stack(sql)?
     } else {
-        pg_query::parse(sql).map_err(parse_error)?
+        parse_sql(sql)?
     };
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
-    for raw in &parsed.protobuf.stmts {
+    let mut statements = Vec::with_capacity(parsed.stmts.len());
+    for raw in &parsed.stmts {
         let text = statement_text(sql, raw);
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;

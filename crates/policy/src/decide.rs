@@ -1099,7 +1099,12 @@ impl Policy {
             // time-out is not (the next try may be faster) and neither is a length over a
             // limit that a config change can raise.
             Err(e) => {
-                let cacheable = matches!(e, AnalysisError::Parse(_) | AnalysisError::TooComplex);
+                let cacheable = matches!(
+                    e,
+                    AnalysisError::Parse(_)
+                        | AnalysisError::Syntax { .. }
+                        | AnalysisError::TooComplex
+                );
                 return self.not_analysed(e, cacheable);
             }
         };
@@ -1145,7 +1150,7 @@ impl Policy {
     /// complex): fail closed, or only reported in observe mode.
     pub(crate) fn not_analysed(&self, e: AnalysisError, cacheable: bool) -> QueryDecision {
         let rule = match e {
-            AnalysisError::Parse(_) => "builtin.parse_error",
+            AnalysisError::Parse(_) | AnalysisError::Syntax { .. } => "builtin.parse_error",
             AnalysisError::TooComplex => "builtin.not_understood",
             AnalysisError::TooLong { .. } | AnalysisError::TimedOut { .. } => {
                 "builtin.analysis_budget"

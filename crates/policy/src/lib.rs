@@ -30,6 +30,7 @@ pub mod catalog;
 mod decide;
 mod explain;
 mod policy;
+mod parser;
 mod server_catalog;
 pub mod tsql;
 #[rustfmt::skip]

@@ -130,9 +130,11 @@ impl PolicyStore {
 pub struct Denial {
     pub rule: String,
     pub reason: String,
-    /// 42501 for the policy, 54000 over an analysis budget, 58030 when the audit log
-    /// cannot record, 53400 over a rate limit.
+    /// 42501 for the policy, 42601 for a statement PostgreSQL's parser rejects, 54000 over
+    /// an analysis budget, 58030 when the audit log cannot record, 53400 over a rate limit.
     pub code: &'static str,
+    /// For 42601: the character the parser's error points at (field `P`), 0 for none.
+    pub position: u32,
 }
 
 impl Denial {
@@ -141,6 +143,7 @@ impl Denial {
             rule,
             reason,
             code: "42501",
+            position: 0,
         }
     }
 
@@ -150,6 +153,7 @@ impl Denial {
             rule: "audit.unavailable".into(),
             reason: "the audit log cannot record statements".into(),
             code: "58030",
+            position: 0,
         }
     }
 
@@ -161,11 +165,14 @@ impl Denial {
                 "statement rate limit for this identity exceeded ({per_second}/s); retry shortly"
             ),
             code: "53400",
+            position: 0,
         }
     }
 
     pub fn message(&self) -> String {
         match self.code {
+            // Exactly what the server would have said: drivers match on it.
+            "42601" => self.reason.clone(),
             "42501" => format!(
                 "pgward policy denied this statement (rule {}): {}",
                 self.rule, self.reason
@@ -252,7 +259,13 @@ impl Denials {
             .ok()?;
         let denial = self.pending.remove(&id)?;
         let mut out = BytesMut::new();
-        build::error_response(&mut out, Severity::Error, denial.code, &denial.message());
+        build::error_response_at(
+            &mut out,
+            Severity::Error,
+            denial.code,
+            &denial.message(),
+            denial.position,
+        );
         Some(out)
     }
 
@@ -926,12 +939,20 @@ impl From<Decision> for Denial {
     }
 }
 
-/// The refusal for a blocking decision: 54000 when the string was over an analysis
+/// The refusal for a blocking decision: 42601 with the parser's message and position when
+/// PostgreSQL's parser rejected the string (what the server itself would answer; the audit
+/// record keeps the rule `builtin.parse_error`), 54000 when the string was over an analysis
 /// budget (length, nesting, time), 42501 otherwise.
 pub fn denial_of(qd: &QueryDecision) -> Denial {
     let mut d = Denial::policy(qd.decision.rule.clone(), qd.decision.reason.clone());
-    if qd.error.as_ref().is_some_and(AnalysisError::is_over_budget) {
-        d.code = "54000";
+    match &qd.error {
+        Some(AnalysisError::Syntax { message, position }) => {
+            d.code = "42601";
+            d.reason = message.clone();
+            d.position = *position;
+        }
+        Some(e) if e.is_over_budget() => d.code = "54000",
+        _ => {}
     }
     d
 }
@@ -1054,6 +1075,41 @@ allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"]
         assert!(g.on_execute("opened_by_a_function").is_none());
         assert!(g.on_bind("", "not_seen").is_none());
         assert!(!blocks(&mut g, "FETCH 1 FROM opened_by_a_function"));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn syntax_errors_are_42601_with_the_parsers_message_and_position() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        let qd = g.judge("SELECT 1; SELEC 2").expect("short: decided inline");
+        assert_eq!(qd.decision.rule, "builtin.parse_error");
+        let d = denial_of(&qd);
+        assert_eq!(
+            (d.code, d.message().as_str(), d.position),
+            ("42601", "syntax error at or near \"SELEC\"", 11)
+        );
+        // What the audit keeps: the rule and the parser's words with the position.
+        assert_eq!(
+            qd.decision.reason,
+            "syntax error at or near \"SELEC\" (at character 11)"
+        );
+        let mut denials = Denials::new("n0nce");
+        let Verdict::Replace(_) = denials.replace_query(d) else {
+            panic!("not replaced");
+        };
+        let mut server = BytesMut::new();
+        build::error_response(
+            &mut server,
+            Severity::Error,
+            "22P02",
+            "invalid input syntax for type integer: \"pgward-denied-n0nce-0\"",
+        );
+        let out = denials.rewrite(&server[5..]).expect("rewritten");
+        let e = pgward_wire::backend::error_fields(&out[5..]);
+        assert_eq!(e.code, "42601");
+        assert_eq!(e.message, "syntax error at or near \"SELEC\"");
+        assert!(out.windows(4).any(|w| w == b"P11\0"), "{out:?}");
         let _ = std::fs::remove_file(&path);
     }
 

@@ -126,6 +126,32 @@ pub fn error_response_with(
     });
 }
 
+/// An ErrorResponse that points at a character of the statement (field `P`, 1-based, as
+/// PostgreSQL reports syntax errors); `position` 0 leaves the field out.
+pub fn error_response_at(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    position: u32,
+) {
+    framed(buf, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'V');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'C');
+        put_cstr(b, code);
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        if position > 0 {
+            b.put_u8(b'P');
+            put_cstr(b, &position.to_string());
+        }
+        b.put_u8(0);
+    });
+}
+
 pub fn notice(buf: &mut BytesMut, code: &str, message: &str) {
     framed(buf, b'N', |b| {
         b.put_u8(b'S');
