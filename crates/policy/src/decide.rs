@@ -914,12 +914,14 @@ impl Policy {
                 // Not a matter of permission: an unsafe encoding would make the server read
                 // later statements differently from pgward.
                 if name == "client_encoding" {
-                    let safe = matches!(value.as_deref(), Some([v]) if crate::catalog::safe_client_encoding(v));
-                    if !safe {
-                        return Decision::deny(
-                            "builtin.client_encoding",
-                            "client_encoding may only be UTF8 or SQL_ASCII through pgward",
-                        );
+                    let refusal = match value.as_deref() {
+                        Some([v]) => crate::encoding::client_encoding(v).err(),
+                        // A computed or missing value: pgward could not tell how the server
+                        // reads what follows.
+                        _ => Some(crate::encoding::EncodingRefusal::Unknown),
+                    };
+                    if let Some(r) = refusal {
+                        return Decision::deny("builtin.client_encoding", r.to_string());
                     }
                 }
             }

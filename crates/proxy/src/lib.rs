@@ -13,6 +13,7 @@ pub mod analysis_pool;
 pub mod auth;
 pub mod cancel;
 pub mod catalogs;
+pub mod client_encoding;
 pub mod config;
 pub mod enforce;
 pub mod handshake;

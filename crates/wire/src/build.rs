@@ -17,8 +17,12 @@ fn framed(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
+    put_cstr_bytes(buf, s.as_bytes());
+}
+
+fn put_cstr_bytes(buf: &mut BytesMut, s: &[u8]) {
     // A NUL inside would end the field early and shift every field after it.
-    buf.extend(s.bytes().filter(|&b| b != 0));
+    buf.extend(s.iter().copied().filter(|&b| b != 0));
     buf.put_u8(0);
 }
 
@@ -300,7 +304,29 @@ pub fn terminate(buf: &mut BytesMut) {
 }
 
 pub fn query(buf: &mut BytesMut, sql: &str) {
-    framed(buf, b'Q', |b| put_cstr(b, sql));
+    query_bytes(buf, sql.as_bytes());
+}
+
+/// A Query whose text is already in the client's encoding.
+pub fn query_bytes(buf: &mut BytesMut, sql: &[u8]) {
+    framed(buf, b'Q', |b| put_cstr_bytes(b, sql));
+}
+
+/// Parse with declared parameter types, its text already in the client's encoding.
+pub fn parse_bytes_with_types(
+    buf: &mut BytesMut,
+    statement: &str,
+    sql: &[u8],
+    param_types: &[u32],
+) {
+    framed(buf, b'P', |b| {
+        put_cstr(b, statement);
+        put_cstr_bytes(b, sql);
+        b.put_u16(u16::try_from(param_types.len()).unwrap_or(u16::MAX));
+        for t in param_types.iter().take(usize::from(u16::MAX)) {
+            b.put_u32(*t);
+        }
+    });
 }
 
 #[cfg(test)]
