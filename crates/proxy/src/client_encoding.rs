@@ -162,6 +162,23 @@ impl EncodingTrack {
         out
     }
 
+    /// A message pgward writes to the client (a refusal), in the client's encoding as the
+    /// server writes its own; characters it cannot hold become `?`.
+    pub fn message_bytes(&self, text: &str) -> Vec<u8> {
+        if let Some(b) = self.encode(text) {
+            return b.into_owned();
+        }
+        let mut out = Vec::with_capacity(text.len());
+        for c in text.chars() {
+            let mut buf = [0u8; 4];
+            match self.encode(c.encode_utf8(&mut buf)) {
+                Some(b) => out.extend_from_slice(&b),
+                None => out.push(b'?'),
+            }
+        }
+        out
+    }
+
     /// A Query or Parse that pgward forwards: the encodings its statements may set.
     pub fn forwarded(&mut self, qd: &QueryDecision) {
         for st in &qd.statements {
@@ -276,6 +293,8 @@ mod tests {
         t.on_ready(true, false);
         assert_eq!(t.decode(b"caf\xe9").unwrap(), "café");
         assert_eq!(t.encode("café").unwrap().as_ref(), b"caf\xe9");
+        // pgward's own messages reach the client in its encoding, as the server's do.
+        assert_eq!(t.message_bytes("rule x: café €"), b"rule x: caf\xe9 ?");
         // RESET ALL returns to the startup encoding.
         forwarded(&mut t, "RESET ALL");
         assert!(t.decode(b"caf\xe9").is_err());

@@ -182,6 +182,15 @@ impl Denial {
     }
 }
 
+/// A refusal's ErrorResponse, replacing the server's marked error.
+#[derive(Debug)]
+pub struct Rewritten {
+    pub bytes: BytesMut,
+    pub code: &'static str,
+    /// The message, as UTF-8 (for the audit record).
+    pub message: String,
+}
+
 /// Refusals in flight for one session, keyed by the id in their marker. The nonce is a
 /// per-session secret, so a client can't forge an error pgward would rewrite.
 #[derive(Debug, Default)]
@@ -243,9 +252,14 @@ impl Denials {
         Verdict::Replace(out)
     }
 
-    /// If `error_body` is the server's answer to a replaced statement, the 42501
-    /// ErrorResponse to send instead.
-    pub fn rewrite(&mut self, error_body: &[u8]) -> Option<BytesMut> {
+    /// If `error_body` is the server's answer to a replaced statement, the ErrorResponse to
+    /// send instead (its message written by `encode` in the client's encoding, as the
+    /// server writes its own), with its SQLSTATE and message for the audit.
+    pub fn rewrite(
+        &mut self,
+        error_body: &[u8],
+        encode: impl Fn(&str) -> Vec<u8>,
+    ) -> Option<Rewritten> {
         if self.pending.is_empty() {
             return None;
         }
@@ -258,15 +272,20 @@ impl Denials {
             .parse()
             .ok()?;
         let denial = self.pending.remove(&id)?;
-        let mut out = BytesMut::new();
+        let message = denial.message();
+        let mut bytes = BytesMut::new();
         build::error_response_at(
-            &mut out,
+            &mut bytes,
             Severity::Error,
             denial.code,
-            &denial.message(),
+            &encode(&message),
             denial.position,
         );
-        Some(out)
+        Some(Rewritten {
+            bytes,
+            code: denial.code,
+            message,
+        })
     }
 
     /// Forgets denials whose statement the server skipped (an earlier error in the same
@@ -1105,7 +1124,10 @@ allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"]
             "22P02",
             "invalid input syntax for type integer: \"pgward-denied-n0nce-0\"",
         );
-        let out = denials.rewrite(&server[5..]).expect("rewritten");
+        let out = denials
+            .rewrite(&server[5..], |m| m.as_bytes().to_vec())
+            .expect("rewritten")
+            .bytes;
         let e = pgward_wire::backend::error_fields(&out[5..]);
         assert_eq!(e.code, "42601");
         assert_eq!(e.message, "syntax error at or near \"SELEC\"");

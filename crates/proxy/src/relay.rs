@@ -550,13 +550,21 @@ where
             let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
                 if tag == b'E' {
-                    let rewritten = conv.denials.rewrite(body);
+                    let encoding = &conv.encoding;
+                    let rewritten = conv.denials.rewrite(body, |m| encoding.message_bytes(m));
                     if let Some(trail) = conv.trail.as_mut() {
-                        let e = backend::error_fields(rewritten.as_ref().map_or(body, |b| &b[5..]));
-                        records.extend(trail.on_result(None, Some((&e.code, &e.message))));
+                        match &rewritten {
+                            Some(r) => {
+                                records.extend(trail.on_result(None, Some((r.code, &r.message))))
+                            }
+                            None => {
+                                let e = backend::error_fields(body);
+                                records.extend(trail.on_result(None, Some((&e.code, &e.message))));
+                            }
+                        }
                     }
                     if let Some(new) = rewritten {
-                        rewrites.push((at, 5 + body.len(), new));
+                        rewrites.push((at, 5 + body.len(), new.bytes));
                     }
                 } else if let Some(trail) = conv.trail.as_mut() {
                     match tag {

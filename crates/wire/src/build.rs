@@ -131,12 +131,13 @@ pub fn error_response_with(
 }
 
 /// An ErrorResponse that points at a character of the statement (field `P`, 1-based, as
-/// PostgreSQL reports syntax errors); `position` 0 leaves the field out.
+/// PostgreSQL reports syntax errors); `position` 0 leaves the field out. The message is
+/// given in the client's encoding.
 pub fn error_response_at(
     buf: &mut BytesMut,
     severity: Severity,
     code: &str,
-    message: &str,
+    message: &[u8],
     position: u32,
 ) {
     framed(buf, b'E', |b| {
@@ -147,7 +148,7 @@ pub fn error_response_at(
         b.put_u8(b'C');
         put_cstr(b, code);
         b.put_u8(b'M');
-        put_cstr(b, message);
+        put_cstr_bytes(b, message);
         if position > 0 {
             b.put_u8(b'P');
             put_cstr(b, &position.to_string());
