@@ -156,19 +156,12 @@ impl PgError {
     }
 
     /// A refusal by pgward's policy (not PostgreSQL's own "permission denied").
-    /// A refusal by pgward: 42501 naming the rule, or 42601 for text PostgreSQL's parser
-    /// rejects (pgward parses every string before anything is sent, so a 42601 is always
-    /// its refusal, `builtin.parse_error`, answered as the server would).
     fn is_policy_denial(&self) -> bool {
-        (self.code == "42501" && self.message.starts_with("pgward policy denied"))
-            || self.code == "42601"
+        self.code == "42501" && self.message.starts_with("pgward policy denied")
     }
 
     /// The rule named in `pgward policy denied this statement (rule <rule>): <reason>`.
     fn rule(&self) -> Option<&str> {
-        if self.code == "42601" {
-            return Some("builtin.parse_error");
-        }
         let rest = self.message.split_once("(rule ")?.1;
         Some(rest.split_once(')')?.0)
     }
@@ -188,6 +181,26 @@ struct Reply {
 impl Reply {
     fn denial(&self) -> Option<&PgError> {
         self.errors.iter().find(|e| e.is_policy_denial())
+    }
+
+    /// pgward's refusal of a corpus case: for text PostgreSQL's parser rejects
+    /// (`builtin.parse_error`) that is the parser's own 42601, answered as the server would
+    /// (the statement logs prove it was never forwarded), otherwise the 42501 naming a rule.
+    fn refusal(&self, case: &Case) -> Option<PgError> {
+        if case.rule.as_deref() == Some("builtin.parse_error") {
+            return self
+                .errors
+                .iter()
+                .find(|e| e.code == "42601")
+                .map(|e| PgError {
+                    code: "42501".into(),
+                    message: format!(
+                        "pgward policy denied this statement (rule builtin.parse_error): {}",
+                        e.message
+                    ),
+                });
+        }
+        self.denial().cloned()
     }
 
     fn ok(&self) -> bool {
@@ -647,7 +660,7 @@ fn corpus_end_to_end() {
         }
         // First as an extended-protocol Parse (decided there, executed never: no Bind).
         let parsed = w.parse_only(&format!("{}\n/* {}", c.sql, parse_marker(c.index)));
-        match (c.verdict.as_str(), parsed.denial()) {
+        match (c.verdict.as_str(), parsed.refusal(c).as_ref()) {
             ("deny", None) => failures.push(format!(
                 "case {} [{}] {:?}: Parse not refused: {parsed:?}",
                 c.index, c.role, c.sql
@@ -676,7 +689,7 @@ fn corpus_end_to_end() {
         let sql = format!("{}\n/* {}", c.sql, marker(c.index));
         let r = w.query(&sql);
         ran.push(c.index);
-        let denial = r.denial().cloned();
+        let denial = r.refusal(c);
         match (c.verdict.as_str(), denial) {
             ("deny", None) => failures.push(format!(
                 "case {} [{}] {:?} ({}): expected a denial, got {:?}",
