@@ -237,3 +237,106 @@ fn functions_named_by_ddl_are_calls() {
     let a = analyze("ALTER OPERATOR public.=== (int, int) SET (restrict = NONE)").unwrap();
     assert!(a.statements[0].functions.is_empty() && a.statements[0].not_understood.is_empty());
 }
+
+/// DROP, COMMENT, OWNER TO and RENAME name the object kinds the new statements create the
+/// same way: each maps to the object CREATE acts on.
+#[test]
+fn other_statements_on_the_new_object_kinds_are_mapped() {
+    use pgward_policy::{Action, ObjectRef};
+    let all = |a: Action| (a, ObjectRef::All);
+    let pseudo = |a: Action, kind: &'static str, name: &str| {
+        (
+            a,
+            ObjectRef::Pseudo {
+                kind,
+                name: name.into(),
+            },
+        )
+    };
+    let rel = |a: Action, s: &str, n: &str| {
+        (
+            a,
+            ObjectRef::Relation {
+                schema: Some(s.into()),
+                name: n.into(),
+            },
+        )
+    };
+    let cases: Vec<(&str, Vec<(Action, ObjectRef)>)> = vec![
+        (
+            "DROP PUBLICATION p",
+            vec![pseudo(Action::Drop, "publication", "p")],
+        ),
+        (
+            "ALTER PUBLICATION p RENAME TO q",
+            vec![pseudo(Action::Alter, "publication", "p")],
+        ),
+        (
+            "ALTER PUBLICATION p OWNER TO r",
+            vec![pseudo(Action::Alter, "publication", "p")],
+        ),
+        (
+            "DROP FOREIGN DATA WRAPPER w",
+            vec![pseudo(Action::Drop, "fdw", "w")],
+        ),
+        (
+            "COMMENT ON FOREIGN DATA WRAPPER w IS 'x'",
+            vec![pseudo(Action::Alter, "fdw", "w")],
+        ),
+        (
+            "ALTER SUBSCRIPTION s OWNER TO r",
+            vec![pseudo(Action::Alter, "subscription", "s")],
+        ),
+        ("DROP SERVER s", vec![pseudo(Action::Drop, "server", "s")]),
+        ("DROP CAST (int AS text)", vec![all(Action::Drop)]),
+        ("DROP EVENT TRIGGER g", vec![all(Action::Drop)]),
+        ("DROP ACCESS METHOD a", vec![all(Action::Drop)]),
+        (
+            "DROP TRANSFORM FOR int LANGUAGE plperl",
+            vec![all(Action::Drop)],
+        ),
+        (
+            "DROP OPERATOR public.=== (int, int)",
+            vec![rel(Action::Drop, "public", "===")],
+        ),
+        (
+            "DROP OPERATOR CLASS public.c USING btree",
+            vec![rel(Action::Drop, "public", "c")],
+        ),
+        (
+            "DROP OPERATOR FAMILY public.f USING hash",
+            vec![rel(Action::Drop, "public", "f")],
+        ),
+        (
+            "ALTER OPERATOR CLASS public.c USING btree RENAME TO d",
+            vec![rel(Action::Alter, "public", "c")],
+        ),
+        (
+            "DROP TEXT SEARCH PARSER public.p",
+            vec![rel(Action::Drop, "public", "p")],
+        ),
+        (
+            "DROP TEXT SEARCH TEMPLATE public.t",
+            vec![rel(Action::Drop, "public", "t")],
+        ),
+        (
+            "DROP LANGUAGE l",
+            vec![pseudo(Action::Drop, "language", "l")],
+        ),
+    ];
+    for (sql, want) in cases {
+        let a = analyze(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let st = &a.statements[0];
+        assert!(
+            st.not_understood.is_empty(),
+            "{sql}: {:?}",
+            st.not_understood
+        );
+        let got: Vec<(Action, ObjectRef)> = st
+            .accesses
+            .iter()
+            .map(|x| (x.action, x.object.clone()))
+            .collect();
+        assert_eq!(got, want, "{sql}");
+    }
+}
