@@ -208,6 +208,20 @@ def encodings():
                 for row in cp.rows():
                     out.append(row)
             check("COPY FROM STDIN / TO STDOUT in LATIN1", out == [("crème brûlée",)], out)
+        # pgward rewrites a plain SET application_name to name the caller first; the
+        # rewritten statement goes out in the client's encoding too.
+        # (PostgreSQL 15 itself turns each non-ASCII byte of application_name into '?'.)
+        with psycopg.connect(DIRECT, autocommit=True) as direct:
+            direct.execute("SET client_encoding TO 'LATIN1'")
+            direct.execute("SET application_name = 'café'")
+            server_says = direct.execute("SHOW application_name").fetchone()[0]
+        conn.execute("SET application_name = 'café'")
+        got = conn.execute("SHOW application_name").fetchone()
+        check(
+            "SET application_name in LATIN1",
+            got == (f"{os.environ['PGWARD_USER']} ({server_says})",),
+            f"{got} (direct: {server_says!r})",
+        )
         # SJIS hides a backslash or quote inside characters: refused, session goes on.
         try:
             conn.execute("SET client_encoding = 'SJIS'")
