@@ -569,6 +569,11 @@ impl Gate {
     /// answer: it is long, not analysed yet, and no decision for it is cached. `force`
     /// ignores the cache (used after `decide` came back without an answer, so a cache
     /// entry that vanished in between cannot loop).
+    /// `[policy] max_statement_bytes`: longer strings are refused unread.
+    pub fn max_statement_bytes(&self) -> usize {
+        self.store.max_statement_bytes
+    }
+
     pub fn needs_analysis(&mut self, sql: &str, force: bool) -> bool {
         if sql.len() <= INLINE_ANALYSIS_BYTES
             || sql.len() > self.store.max_statement_bytes

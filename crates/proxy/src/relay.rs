@@ -414,9 +414,10 @@ where
         // A buffer this short holds no statement that needs the pool (the common case).
         let may_hold_long = buf.len() > INLINE_ANALYSIS_BYTES / 2;
         if let (Some(g), true) = (gate.as_deref_mut(), may_hold_long || deferred) {
+            let max = g.max_statement_bytes();
             let texts = {
                 let conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
-                long_statements(&framer, &buf, deferred, &conv.encoding)
+                long_statements(&framer, &buf, deferred, &conv.encoding, max)
             };
             analyse_ahead(g, texts).await;
         }
@@ -649,12 +650,14 @@ fn statement_text<'a>(
 
 /// The long statements among the whole messages in `buf` (read while the conversation is
 /// locked, since their encoding depends on it). After a deferral (`force_first`) the first
-/// statement is included whatever its length, so every pass makes progress.
+/// statement is included whatever its length, so every pass makes progress. Strings over
+/// `max` bytes are refused unread and not copied.
 fn long_statements(
     framer: &Framer,
     buf: &[u8],
     force_first: bool,
     encoding: &EncodingTrack,
+    max: usize,
 ) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -671,6 +674,9 @@ fn long_statements(
         first = false;
         if !force && sql.len() <= INLINE_ANALYSIS_BYTES / 2 {
             // Short even after pgward's application_name rewrite: decided inline.
+            continue;
+        }
+        if sql.len() > max {
             continue;
         }
         out.push((sql.into_owned(), force));
