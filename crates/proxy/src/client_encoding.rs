@@ -77,6 +77,10 @@ pub struct EncodingTrack {
     pending: Vec<Candidate>,
     /// Encodings in force earlier in the current transaction block.
     history: Vec<Candidate>,
+    /// Every encoding a statement allowed in this session may set when it runs: a
+    /// prepared statement (protocol Parse or SQL PREPARE) runs again at each Bind/Execute
+    /// or EXECUTE, so those count as setting any of them.
+    armed: Vec<Candidate>,
     /// An extended-protocol message went out after the last Sync: a ReadyForQuery then
     /// does not mean the server has run everything sent.
     unsynced: bool,
@@ -93,6 +97,7 @@ impl EncodingTrack {
             current: c,
             pending: Vec::new(),
             history: Vec::new(),
+            armed: Vec::new(),
             unsynced: false,
             strict,
         }
@@ -193,6 +198,9 @@ impl EncodingTrack {
             ) {
                 continue;
             }
+            if st.analysis.executes.is_some() {
+                self.rearm();
+            }
             for s in &st.analysis.settings {
                 let next = match s {
                     SettingChange::Set { name, value } if name == "client_encoding" => {
@@ -207,6 +215,9 @@ impl EncodingTrack {
                     SettingChange::ResetAll => self.initial.clone(),
                     _ => continue,
                 };
+                if !self.armed.contains(&next) {
+                    self.armed.push(next.clone());
+                }
                 if !self.pending.contains(&next) && next != self.current {
                     self.pending.push(next);
                 }
@@ -218,8 +229,20 @@ impl EncodingTrack {
     pub fn on_client_message(&mut self, tag: u8) {
         match tag {
             b'S' | b'Q' => self.unsynced = false,
-            b'B' | b'E' => self.unsynced = true,
+            b'B' | b'E' => {
+                self.unsynced = true;
+                self.rearm();
+            }
             _ => {}
+        }
+    }
+
+    /// A prepared statement may run: any encoding one of them sets may come into force.
+    fn rearm(&mut self) {
+        for c in &self.armed {
+            if !self.pending.contains(c) && *c != self.current {
+                self.pending.push(c.clone());
+            }
         }
     }
 
@@ -310,6 +333,49 @@ mod tests {
             .unwrap();
         t.on_ready(true, false);
         assert_eq!(t.decode(b"\x80").unwrap(), "€");
+    }
+
+    #[test]
+    fn a_prepared_change_may_run_at_every_bind_and_execute() {
+        let mut t = EncodingTrack::new("UTF8", true);
+        // Parse of a named statement that sets LATIN1, then Sync: nothing ran yet.
+        forwarded(
+            &mut t,
+            "SELECT set_config('client_encoding', 'LATIN1', false)",
+        );
+        t.on_client_message(b'S');
+        t.on_ready(true, false);
+        assert_eq!(t.decode("café".as_bytes()).unwrap(), "café");
+        // Bind/Execute of it, pipelined with text: either encoding may read the text.
+        t.on_client_message(b'B');
+        t.on_client_message(b'E');
+        assert!(t.decode("café".as_bytes()).is_err());
+        t.on_client_message(b'S');
+        t.on_parameter_status(b"client_encoding\0LATIN1\0").unwrap();
+        t.on_ready(true, false);
+        assert_eq!(t.decode(b"caf\xe9").unwrap(), "café");
+        // SQL EXECUTE of a prepared statement counts as well.
+        let p = Policy::from_toml(
+            "[[roles]]\nname = \"all\"\nmembers = { everyone = true }\nallow = [ { objects = [\"*\"], functions = [\"set_config\"] } ]\n",
+        )
+        .expect("policy");
+        let roles = p.roles_named(&["all"]).expect("role");
+        let mut session = SessionState::new(&p);
+        let mut t = EncodingTrack::new("UTF8", true);
+        let prepare = p.decide_query(
+            &roles,
+            "PREPARE q AS SELECT set_config('client_encoding', 'LATIN1', false)",
+            &session,
+        );
+        assert!(!prepare.decision.blocks(), "{:?}", prepare.decision);
+        session.apply(&prepare.statements[0].analysis);
+        t.forwarded(&prepare);
+        t.on_ready(true, false);
+        assert_eq!(t.decode("café".as_bytes()).unwrap(), "café");
+        let execute = p.decide_query(&roles, "EXECUTE q", &session);
+        assert!(!execute.decision.blocks(), "{:?}", execute.decision);
+        t.forwarded(&execute);
+        assert!(t.decode("café".as_bytes()).is_err());
     }
 
     #[test]
