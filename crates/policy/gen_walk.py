@@ -63,3 +63,8 @@ for var in variants:
     if var.endswith("Stmt"):
         print(f"        NodeRef::{var}(_) => Some(\"{var}\"),")
 print("        _ => None,\n    }\n}")
+print("\n/// Every statement node kind of this pg_query version's grammar, for the test that each is mapped.\npub const STATEMENT_KINDS: &[&str] = &[")
+for var in variants:
+    if var.endswith("Stmt"):
+        print(f"    \"{var}\",")
+print("];")

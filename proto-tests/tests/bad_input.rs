@@ -234,7 +234,7 @@ fn startup_parameters_that_change_how_sql_is_read_are_refused() {
         (
             "client_encoding=SJIS",
             None,
-            "client_encoding \"SJIS\" is not supported",
+            "client_encoding SJIS is refused by pgward",
         ),
         (
             "replication=database",

@@ -121,7 +121,7 @@ impl fmt::Display for Action {
 /// `kind.name` (for example `setting.search_path`, `channel.jobs`, `role.alice`); a `*` in the
 /// schema position never matches them, so a role allowed `"*"` still cannot change settings,
 /// roles or channels unless it names the kind.
-pub const PSEUDO_KINDS: [&str; 9] = [
+pub const PSEUDO_KINDS: [&str; 12] = [
     "setting",
     "channel",
     "role",
@@ -131,6 +131,9 @@ pub const PSEUDO_KINDS: [&str; 9] = [
     "library",
     "server",
     "tablespace",
+    "fdw",
+    "publication",
+    "subscription",
 ];
 
 /// An object a statement touches, as written (unqualified names are resolved at decision time
@@ -329,7 +332,17 @@ pub struct Analysis {
 /// Why a query string could not be analysed at all; the query is denied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnalysisError {
-    /// PostgreSQL's parser rejected it.
+    /// PostgreSQL's parser rejected it: the parser's own message and the 1-based character
+    /// position it points at in the whole string (0: none), which a client gets as the
+    /// server would send them (SQLSTATE 42601).
+    Syntax {
+        /// The parser's message, e.g. `syntax error at or near "SELEC"`.
+        message: String,
+        /// The cursor position (ErrorResponse field `P`), 0 when there is none.
+        position: u32,
+    },
+    /// The string could not be parsed for another reason (a T-SQL parse failure, a NUL
+    /// byte, pgward's own parser thread failing).
     Parse(String),
     /// Longer than pgward accepts (`[policy] max_statement_bytes`).
     TooLong {
@@ -351,13 +364,17 @@ impl AnalysisError {
     /// Whether the string was refused for what analysing it would cost (length, nesting,
     /// time), not for what it says: SQLSTATE 54000 (program limit exceeded) in the proxy.
     pub fn is_over_budget(&self) -> bool {
-        !matches!(self, AnalysisError::Parse(_))
+        !matches!(self, AnalysisError::Parse(_) | AnalysisError::Syntax { .. })
     }
 }
 
 impl fmt::Display for AnalysisError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            AnalysisError::Syntax { message, position } if *position > 0 => {
+                write!(f, "{message} (at character {position})")
+            }
+            AnalysisError::Syntax { message, .. } => f.write_str(message),
             AnalysisError::Parse(e) => write!(f, "syntax error: {e}"),
             AnalysisError::TooLong { len, limit } => write!(
                 f,
@@ -401,14 +418,32 @@ const MAX_CLAUSE_CHAIN: usize = 200;
 /// [`BIG_SQL`].
 const MAX_PARENS: usize = 1000;
 
-/// Maps pg_query's errors. Its protobuf decoder stops at 100 nested messages (about 45 levels
-/// of expression nesting); such a statement is reported as too complex, not as a syntax error.
+/// Maps pg_query's errors (of its scanner). Its protobuf decoder stops at 100 nested
+/// messages (about 45 levels of expression nesting); such a statement is reported as too
+/// complex, not as a syntax error.
 fn parse_error(e: pg_query::Error) -> AnalysisError {
     match e {
         pg_query::Error::Decode(_) => AnalysisError::TooComplex,
         pg_query::Error::Parse(m) | pg_query::Error::Scan(m) => AnalysisError::Parse(m),
         other => AnalysisError::Parse(other.to_string()),
     }
+}
+
+/// Maps the parser's failures (see [`crate::parser`]).
+fn parse_failure(e: crate::parser::ParseFailure) -> AnalysisError {
+    use crate::parser::ParseFailure as F;
+    match e {
+        F::Syntax { message, position } => AnalysisError::Syntax { message, position },
+        F::Decode => AnalysisError::TooComplex,
+        F::Nul => AnalysisError::Parse("the statement contains a NUL byte".to_owned()),
+    }
+}
+
+/// Parses with PostgreSQL's parser. A scan error in [`check_complexity`] (an unterminated
+/// literal, say) is left to the parser, which reports it with its position as the server
+/// does.
+fn parse_sql(sql: &str) -> Result<pb::ParseResult, AnalysisError> {
+    crate::parser::parse(sql).map_err(parse_failure)
 }
 
 /// Refuses, after a linear scan, input whose parse would cost more than linear time:
@@ -418,7 +453,22 @@ fn parse_error(e: pg_query::Error) -> AnalysisError {
 /// inside and resumes the outer one after it.
 fn check_complexity(sql: &str) -> Result<(), AnalysisError> {
     use pb::Token as T;
-    let scan = pg_query::scan(sql).map_err(parse_error)?;
+    let scan = match pg_query::scan(sql) {
+        Ok(scan) => scan,
+        Err(e) => {
+            // The parser will stop where the scanner stops (or earlier), and the client is
+            // owed its message and position: check what it would read before that point.
+            // A prefix that still fails to scan is refused rather than parsed unchecked.
+            return match crate::parser::scan_error_offset(sql) {
+                Some(end) if end < sql.len() => match sql.get(..end).map(check_complexity) {
+                    Some(Ok(())) => Err(parse_error(e)),
+                    Some(Err(AnalysisError::Parse(_))) | None => Err(AnalysisError::TooComplex),
+                    Some(Err(other)) => Err(other),
+                },
+                _ => Err(AnalysisError::TooComplex),
+            };
+        }
+    };
     // Per open nesting level: (expression chain, clause chain).
     let mut outer: Vec<(usize, usize)> = Vec::new();
     let (mut chain, mut clauses) = (0usize, 0usize);
@@ -501,12 +551,12 @@ fn check_complexity(sql: &str) -> Result<(), AnalysisError> {
     Ok(())
 }
 
-fn parse_on_big_stack(sql: &str) -> Result<pg_query::ParseResult, AnalysisError> {
+fn parse_on_big_stack(sql: &str) -> Result<pb::ParseResult, AnalysisError> {
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("pgward-parse".to_owned())
             .stack_size(BIG_STACK)
-            .spawn_scoped(scope, || pg_query::parse(sql).map_err(parse_error))
+            .spawn_scoped(scope, || parse_sql(sql))
             .map_err(|e| AnalysisError::Parse(format!("cannot start parser thread: {e}")))?
             .join()
             .map_err(|_| AnalysisError::Parse("parser failed".to_owned()))?
@@ -527,13 +577,18 @@ pub fn analyze_limited(sql: &str, max_len: usize) -> Result<Analysis, AnalysisEr
         });
     }
     let parsed = if sql.len() > BIG_SQL {
-        check_complexity(sql)?;
+        match check_complexity(sql) {
+            // The scanner's own errors are syntax errors the parser reports with their
+            // position; only the cost checks refuse here.
+            Err(AnalysisError::Parse(_)) | Ok(()) => {}
+            Err(e) => return Err(e),
+        }
         parse_on_big_stack(sql)?
     } else {
-        pg_query::parse(sql).map_err(parse_error)?
+        parse_sql(sql)?
     };
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
-    for raw in &parsed.protobuf.stmts {
+    let mut statements = Vec::with_capacity(parsed.stmts.len());
+    for raw in &parsed.stmts {
         let text = statement_text(sql, raw);
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
@@ -1456,6 +1511,297 @@ impl Walker {
                 }
                 self.visit_children(node);
             }
+            // ---- Every other statement kind of PostgreSQL 17's grammar (docs/policy.md,
+            // "How statements map"). Functions a definition names run later, whenever the
+            // object is used, so each is decided as a call now, as for CREATE AGGREGATE.
+            NodeRef::CreateRangeStmt(s) => self.create_range(s),
+            NodeRef::AlterEnumStmt(s) => {
+                self.object_name(A::Alter, pb::ObjectType::ObjectType as i32, &s.type_name);
+            }
+            NodeRef::AlterTypeStmt(s) => {
+                // ALTER TYPE t SET (receive = f, ...) swaps the functions the type runs.
+                self.object_name(A::Alter, pb::ObjectType::ObjectType as i32, &s.type_name);
+                self.option_functions(
+                    &s.options,
+                    &[
+                        "receive",
+                        "send",
+                        "typmod_in",
+                        "typmod_out",
+                        "analyze",
+                        "subscript",
+                    ],
+                    &["storage"],
+                );
+            }
+            NodeRef::AlterDomainStmt(s) => {
+                self.object_name(A::Alter, pb::ObjectType::ObjectDomain as i32, &s.type_name);
+                self.cascade(A::Drop, s.behavior);
+                // A new CHECK constraint or default: its expression is decided.
+                self.visit_children(node);
+            }
+            NodeRef::AlterCollationStmt(s) => {
+                self.object_name(
+                    A::Alter,
+                    pb::ObjectType::ObjectCollation as i32,
+                    &s.collname,
+                );
+            }
+            NodeRef::AlterStatsStmt(s) => {
+                self.object_name(
+                    A::Alter,
+                    pb::ObjectType::ObjectStatisticExt as i32,
+                    &s.defnames,
+                );
+            }
+            NodeRef::AlterTsdictionaryStmt(s) => {
+                self.object_name(
+                    A::Alter,
+                    pb::ObjectType::ObjectTsdictionary as i32,
+                    &s.dictname,
+                );
+            }
+            NodeRef::AlterTsconfigurationStmt(s) => {
+                self.object_name(
+                    A::Alter,
+                    pb::ObjectType::ObjectTsconfiguration as i32,
+                    &s.cfgname,
+                );
+            }
+            NodeRef::AlterOperatorStmt(s) => {
+                if let Some(o) = &s.opername {
+                    self.object_name(A::Alter, pb::ObjectType::ObjectOperator as i32, &o.objname);
+                }
+                self.option_functions(
+                    &s.options,
+                    &["restrict", "join"],
+                    &["commutator", "negator", "hashes", "merges"],
+                );
+            }
+            NodeRef::CreateOpClassStmt(s) => {
+                self.object_name(
+                    A::Create,
+                    pb::ObjectType::ObjectOpclass as i32,
+                    &s.opclassname,
+                );
+                if !s.opfamilyname.is_empty() {
+                    self.object_name(
+                        A::Alter,
+                        pb::ObjectType::ObjectOpfamily as i32,
+                        &s.opfamilyname,
+                    );
+                }
+                self.opclass_items(&s.items);
+            }
+            NodeRef::CreateOpFamilyStmt(s) => {
+                self.object_name(
+                    A::Create,
+                    pb::ObjectType::ObjectOpfamily as i32,
+                    &s.opfamilyname,
+                );
+            }
+            NodeRef::AlterOpFamilyStmt(s) => {
+                self.object_name(
+                    A::Alter,
+                    pb::ObjectType::ObjectOpfamily as i32,
+                    &s.opfamilyname,
+                );
+                if !s.is_drop {
+                    self.opclass_items(&s.items);
+                }
+            }
+            NodeRef::CreateCastStmt(s) => {
+                // A cast applies wherever the two types meet, in every session and schema:
+                // a change to the whole database. Its function is decided as a call.
+                self.access(A::Create, ObjectRef::All);
+                if let Some(f) = &s.func {
+                    self.function_parts(&name_parts(&f.objname));
+                }
+            }
+            NodeRef::CreateConversionStmt(s) => {
+                if s.def {
+                    // A default conversion is what the server then uses to read client bytes
+                    // in that encoding; pgward reads them with the standard one.
+                    self.not_understood(
+                        "CREATE DEFAULT CONVERSION would change how the server reads client bytes",
+                    );
+                }
+                self.object_name(
+                    A::Create,
+                    pb::ObjectType::ObjectConversion as i32,
+                    &s.conversion_name,
+                );
+                self.function_parts(&name_parts(&s.func_name));
+            }
+            NodeRef::CreateTransformStmt(s) => {
+                // Runs in every function of that language that asks for the transform.
+                self.pseudo(A::Create, "language", &s.lang);
+                for f in [&s.fromsql, &s.tosql].into_iter().flatten() {
+                    self.function_parts(&name_parts(&f.objname));
+                }
+            }
+            NodeRef::CreatePlangStmt(s) => {
+                let action = if s.replace { A::Alter } else { A::Create };
+                self.pseudo(action, "language", &s.plname);
+                for f in [&s.plhandler, &s.plinline, &s.plvalidator] {
+                    if !f.is_empty() {
+                        self.function_parts(&name_parts(f));
+                    }
+                }
+            }
+            NodeRef::CreateAmStmt(s) => {
+                // An access method serves every table or index created with it.
+                self.access(A::Create, ObjectRef::All);
+                self.function_parts(&name_parts(&s.handler_name));
+            }
+            NodeRef::CreateEventTrigStmt(s) => {
+                // Runs its function for every DDL statement of every session.
+                self.access(A::Create, ObjectRef::All);
+                self.function_parts(&name_parts(&s.funcname));
+            }
+            NodeRef::AlterEventTrigStmt(_) => self.access(A::Alter, ObjectRef::All),
+            NodeRef::CreateFdwStmt(s) => {
+                self.pseudo(A::Create, "fdw", &s.fdwname);
+                self.fdw_functions(&s.func_options);
+            }
+            NodeRef::AlterFdwStmt(s) => {
+                self.pseudo(A::Alter, "fdw", &s.fdwname);
+                self.fdw_functions(&s.func_options);
+            }
+            NodeRef::CreateForeignServerStmt(s) => {
+                self.pseudo(A::Create, "server", &s.servername);
+                self.pseudo(A::Execute, "fdw", &s.fdwname);
+            }
+            NodeRef::AlterForeignServerStmt(s) => self.pseudo(A::Alter, "server", &s.servername),
+            // A user mapping holds the credentials the server uses on a foreign server.
+            NodeRef::CreateUserMappingStmt(s) => self.pseudo(A::Alter, "server", &s.servername),
+            NodeRef::AlterUserMappingStmt(s) => self.pseudo(A::Alter, "server", &s.servername),
+            NodeRef::DropUserMappingStmt(s) => self.pseudo(A::Alter, "server", &s.servername),
+            NodeRef::ImportForeignSchemaStmt(s) => {
+                // Creates foreign tables, named by the remote server, in the local schema.
+                self.access(A::Create, ObjectRef::Schema(s.local_schema.clone()));
+                self.pseudo(A::Execute, "server", &s.server_name);
+            }
+            NodeRef::CreatePublicationStmt(s) => {
+                self.pseudo(A::Create, "publication", &s.pubname);
+                self.publication_objects(&s.pubobjects, s.for_all_tables);
+            }
+            NodeRef::AlterPublicationStmt(s) => {
+                self.pseudo(A::Alter, "publication", &s.pubname);
+                // DROP only takes tables out; ADD and SET publish (read) them.
+                if s.action != pb::AlterPublicationAction::ApDropObjects as i32 {
+                    self.publication_objects(&s.pubobjects, s.for_all_tables);
+                }
+            }
+            NodeRef::CreateSubscriptionStmt(s) => {
+                // Connects out to another server and writes what it publishes into local
+                // tables of the same names: any table.
+                self.pseudo(A::Create, "subscription", &s.subname);
+                self.subscription_writes();
+            }
+            NodeRef::AlterSubscriptionStmt(s) => {
+                self.pseudo(A::Alter, "subscription", &s.subname);
+                self.subscription_writes();
+            }
+            NodeRef::DropSubscriptionStmt(s) => {
+                self.pseudo(A::Drop, "subscription", &s.subname);
+                self.cascade(A::Drop, s.behavior);
+            }
+            NodeRef::CreateTableSpaceStmt(s) => {
+                // The server creates and writes a directory the statement names.
+                self.pseudo(A::Create, "tablespace", &s.tablespacename);
+                self.access(A::CopyFile, ObjectRef::All);
+            }
+            NodeRef::DropTableSpaceStmt(s) => {
+                self.pseudo(A::Drop, "tablespace", &s.tablespacename);
+            }
+            NodeRef::AlterTableSpaceOptionsStmt(s) => {
+                self.pseudo(A::Alter, "tablespace", &s.tablespacename);
+            }
+            NodeRef::AlterTableMoveAllStmt(s) => {
+                // Moves every table (of some owners) in one tablespace to another.
+                self.access(A::Alter, ObjectRef::All);
+                self.pseudo(A::Alter, "tablespace", &s.orig_tablespacename);
+                self.pseudo(A::Alter, "tablespace", &s.new_tablespacename);
+            }
+            NodeRef::AlterDatabaseStmt(s) => self.pseudo(A::Alter, "database", &s.dbname),
+            NodeRef::AlterDatabaseRefreshCollStmt(s) => {
+                self.pseudo(A::Alter, "database", &s.dbname)
+            }
+            NodeRef::AlterDatabaseSetStmt(s) => {
+                // A default for every later session of the database (pgward's own upstream
+                // sessions included): decided like SET of that setting, and never applied
+                // to this session (`SessionState::apply` skips these kinds).
+                self.pseudo(A::Alter, "database", &s.dbname);
+                if let Some(v) = &s.setstmt {
+                    self.set(v);
+                }
+            }
+            NodeRef::AlterRoleSetStmt(s) => {
+                match &s.role {
+                    Some(r) => self.pseudo(A::Alter, "role", &role_name(r)),
+                    // ALTER ROLE ALL SET: every role.
+                    None => self.access(A::Alter, ObjectRef::All),
+                }
+                if !s.database.is_empty() {
+                    self.pseudo(A::Alter, "database", &s.database);
+                }
+                if let Some(v) = &s.setstmt {
+                    self.set(v);
+                }
+            }
+            NodeRef::AlterSystemStmt(s) => {
+                // Writes the server's configuration file (postgresql.auto.conf) for every
+                // session: a server file, and a change of that setting.
+                self.access(A::CopyFile, ObjectRef::All);
+                if let Some(v) = &s.setstmt {
+                    self.set(v);
+                }
+            }
+            NodeRef::DropOwnedStmt(s) => {
+                // Drops and revokes whatever those roles own or were granted, anywhere.
+                for r in &s.roles {
+                    if let Some(pb::node::Node::RoleSpec(r)) = &r.node {
+                        self.pseudo(A::Alter, "role", &role_name(r));
+                    }
+                }
+                self.access(A::Drop, ObjectRef::All);
+                self.access(A::Grant, ObjectRef::All);
+            }
+            NodeRef::ReassignOwnedStmt(s) => {
+                for r in s.roles.iter().filter_map(|r| match &r.node {
+                    Some(pb::node::Node::RoleSpec(r)) => Some(r),
+                    _ => None,
+                }) {
+                    self.pseudo(A::Alter, "role", &role_name(r));
+                }
+                if let Some(r) = &s.newrole {
+                    self.pseudo(A::Alter, "role", &role_name(r));
+                }
+                self.access(A::Alter, ObjectRef::All);
+            }
+            NodeRef::AlterObjectDependsStmt(s) => {
+                // DROP EXTENSION then drops the object too.
+                self.object_stmt(A::Alter, s.object_type, s.relation.as_ref(), &s.object);
+                if let Some(e) = &s.extname {
+                    self.pseudo(A::Alter, "extension", &e.sval);
+                }
+            }
+            NodeRef::AlterExtensionStmt(s) => {
+                // ALTER EXTENSION ... UPDATE runs the extension's update scripts.
+                self.pseudo(A::Alter, "extension", &s.extname);
+            }
+            NodeRef::AlterExtensionContentsStmt(s) => {
+                self.pseudo(A::Alter, "extension", &s.extname);
+                self.object_stmt(A::Alter, s.objtype, None, &s.object);
+            }
+            NodeRef::SecLabelStmt(s) => self.object_stmt(A::Alter, s.objtype, None, &s.object),
+            // Only inside ALTER TABLE, which is decided as alter on the table.
+            NodeRef::ReplicaIdentityStmt(_) => {}
+            // Produced only by PL/pgSQL's parser, never for a client's SQL.
+            NodeRef::PlassignStmt(_) | NodeRef::RawStmt(_) => {
+                self.not_understood("procedural assignment outside a function");
+            }
             other => {
                 let name = stmt_name(other).unwrap_or("unknown");
                 self.not_understood(format!("statement kind {name} is not supported by pgward"));
@@ -1765,6 +2111,19 @@ impl Walker {
                     "collatable",
                 ],
             ),
+            Ok(T::ObjectOperator) => (
+                &["function", "procedure", "restrict", "join"],
+                &[
+                    "leftarg",
+                    "rightarg",
+                    "commutator",
+                    "negator",
+                    "hashes",
+                    "merges",
+                ],
+            ),
+            Ok(T::ObjectTsparser) => (&["start", "gettoken", "end", "lextypes", "headline"], &[]),
+            Ok(T::ObjectTstemplate) => (&["init", "lexize"], &[]),
             // Collations and text search dictionaries and configurations name no function
             // (a dictionary's template, whose functions run, can only be created by a
             // superuser and is not mapped).
@@ -1787,6 +2146,174 @@ impl Walker {
             } else if !plain.contains(&option.as_str()) {
                 self.not_understood(format!("definition option {option:?}"));
             }
+        }
+    }
+
+    /// `action` on an object outside schemas (`kind.name`).
+    fn pseudo(&mut self, action: Action, kind: &'static str, name: &str) {
+        self.access(
+            action,
+            ObjectRef::Pseudo {
+                kind,
+                name: name.to_owned(),
+            },
+        );
+    }
+
+    /// A function named by its name parts, recorded as a call (it runs later).
+    fn function_parts(&mut self, parts: &[&str]) {
+        match split_parts(parts) {
+            Some((schema, name)) => self.out.functions.push(FunctionRef {
+                schema: schema.map(str::to_owned),
+                name: name.to_owned(),
+            }),
+            None => self.not_understood("a definition names no function"),
+        }
+    }
+
+    /// Options given as `name = value` (DefElem) of which `calls` name functions; the
+    /// `plain` ones name none; any other option is not understood. `NONE` (no value)
+    /// removes a function and calls nothing.
+    fn option_functions(&mut self, options: &[pb::Node], calls: &[&str], plain: &[&str]) {
+        for o in options {
+            let Some(pb::node::Node::DefElem(d)) = &o.node else {
+                self.not_understood("unexpected option element");
+                continue;
+            };
+            let option = d.defname.to_ascii_lowercase();
+            if calls.contains(&option.as_str()) {
+                if d.arg.is_some() {
+                    self.named_function(d);
+                }
+            } else if !plain.contains(&option.as_str()) {
+                self.not_understood(format!("option {option:?}"));
+            }
+        }
+    }
+
+    /// CREATE TYPE ... AS RANGE: creates the range type, its multirange type and their
+    /// constructor functions; `canonical` and `subtype_diff` run whenever values of the type
+    /// are built or indexed, so they are decided as calls.
+    fn create_range(&mut self, s: &pb::CreateRangeStmt) {
+        let parts = name_parts(&s.type_name);
+        if !self.object_name(
+            Action::Create,
+            pb::ObjectType::ObjectType as i32,
+            &s.type_name,
+        ) {
+            return;
+        }
+        let Some((schema, name)) = split_parts(&parts) else {
+            return;
+        };
+        let mut multirange = None;
+        for p in &s.params {
+            let Some(pb::node::Node::DefElem(d)) = &p.node else {
+                self.not_understood("unexpected range option element");
+                continue;
+            };
+            match d.defname.to_ascii_lowercase().as_str() {
+                "canonical" | "subtype_diff" => self.named_function(d),
+                "subtype" | "subtype_opclass" | "collation" => {}
+                "multirange_type_name" => {
+                    let parts: Vec<&str> = match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                        Some(pb::node::Node::TypeName(t)) => name_parts(&t.names),
+                        Some(pb::node::Node::List(l)) => name_parts(&l.items),
+                        Some(pb::node::Node::String(s)) => vec![s.sval.as_str()],
+                        _ => Vec::new(),
+                    };
+                    match split_parts(&parts) {
+                        Some((s2, n2)) => {
+                            multirange = Some((s2.or(schema).map(str::to_owned), n2.to_owned()))
+                        }
+                        None => self.not_understood("multirange_type_name without a name"),
+                    }
+                }
+                other => self.not_understood(format!("range option {other:?}")),
+            }
+        }
+        // PostgreSQL's default multirange name (makeMultirangeTypeName): the first "range"
+        // in the name becomes "multirange", else "_multirange" is appended.
+        let (mschema, mname) = multirange.unwrap_or_else(|| {
+            let n = match name.find("range") {
+                Some(i) => format!("{}multirange{}", &name[..i], &name[i + 5..]),
+                None => format!("{name}_multirange"),
+            };
+            (schema.map(str::to_owned), n)
+        });
+        self.access(Action::Create, ObjectRef::rel(mschema.as_deref(), &mname));
+        self.defines(schema, name);
+        self.defines(mschema.as_deref(), &mname);
+    }
+
+    /// The functions of CREATE OPERATOR CLASS / ALTER OPERATOR FAMILY ... ADD: support
+    /// functions run inside index scans and sorts. Operators named there already exist
+    /// (their functions were decided when they were created).
+    fn opclass_items(&mut self, items: &[pb::Node]) {
+        const OPCLASS_ITEM_FUNCTION: i32 = 2;
+        for i in items {
+            let Some(pb::node::Node::CreateOpClassItem(item)) = &i.node else {
+                self.not_understood("unexpected operator class item");
+                continue;
+            };
+            if item.itemtype == OPCLASS_ITEM_FUNCTION {
+                match &item.name {
+                    Some(f) => self.function_parts(&name_parts(&f.objname)),
+                    None => self.not_understood("operator class function without a name"),
+                }
+            }
+        }
+    }
+
+    /// HANDLER and VALIDATOR of a foreign-data wrapper (`NO HANDLER` names none).
+    fn fdw_functions(&mut self, options: &[pb::Node]) {
+        self.option_functions(options, &["handler", "validator"], &[]);
+    }
+
+    /// What a publication publishes is read by every subscriber: `select` on each table
+    /// (row filters decided as expressions), on a whole schema, or on the whole database.
+    fn publication_objects(&mut self, objects: &[pb::Node], all_tables: bool) {
+        use pb::PublicationObjSpecType as P;
+        if all_tables {
+            self.access(Action::Select, ObjectRef::All);
+        }
+        for o in objects {
+            let Some(pb::node::Node::PublicationObjSpec(spec)) = &o.node else {
+                self.not_understood("unexpected publication object");
+                continue;
+            };
+            match P::try_from(spec.pubobjtype) {
+                Ok(P::PublicationobjTable) => {
+                    let Some(t) = &spec.pubtable else {
+                        self.not_understood("publication table without a name");
+                        continue;
+                    };
+                    if let Some(rv) = &t.relation {
+                        self.claim(rv, &[Action::Select]);
+                    }
+                    if let Some(w) = opt_ref(&t.where_clause) {
+                        self.visit(w);
+                    }
+                }
+                Ok(P::PublicationobjTablesInSchema) => {
+                    self.access(Action::Select, ObjectRef::Schema(spec.name.clone()));
+                }
+                // CURRENT_SCHEMA: whichever schema is first on the path at run time.
+                _ => self.access(Action::Select, ObjectRef::All),
+            }
+        }
+    }
+
+    /// A subscription writes the rows another server publishes into local tables of the
+    /// same names, whichever they are.
+    fn subscription_writes(&mut self) {
+        for a in [
+            Action::Insert,
+            Action::Update,
+            Action::Delete,
+            Action::Truncate,
+        ] {
+            self.access(a, ObjectRef::All);
         }
     }
 
@@ -1889,6 +2416,14 @@ impl Walker {
     /// An object named by a node of a DROP/GRANT/COMMENT/... object list.
     fn object_node(&mut self, action: Action, objtype: i32, o: &pb::Node) {
         match &o.node {
+            // DROP/COMMENT/ALTER OPERATOR CLASS|FAMILY name USING am: the access method
+            // comes first in the list.
+            Some(pb::node::Node::List(l))
+                if objtype == pb::ObjectType::ObjectOpclass as i32
+                    || objtype == pb::ObjectType::ObjectOpfamily as i32 =>
+            {
+                self.object_name(action, objtype, l.items.get(1..).unwrap_or(&[]));
+            }
             Some(pb::node::Node::List(l)) => {
                 self.object_name(action, objtype, &l.items);
             }
@@ -1953,6 +2488,11 @@ impl Walker {
             | T::ObjectStatisticExt
             | T::ObjectTsconfiguration
             | T::ObjectTsdictionary
+            | T::ObjectTsparser
+            | T::ObjectTstemplate
+            | T::ObjectOperator
+            | T::ObjectOpclass
+            | T::ObjectOpfamily
             | T::ObjectColumn => {
                 // A column is `[schema.]table.column`: the table is the object.
                 let p: &[&str] = if t == T::ObjectColumn {
@@ -1973,6 +2513,14 @@ impl Walker {
             T::ObjectExtension => pseudo("extension"),
             T::ObjectLanguage => pseudo("language"),
             T::ObjectForeignServer => pseudo("server"),
+            T::ObjectFdw => pseudo("fdw"),
+            T::ObjectPublication => pseudo("publication"),
+            T::ObjectSubscription => pseudo("subscription"),
+            // Objects that act in every session and schema (see CREATE CAST, CREATE ACCESS
+            // METHOD, CREATE EVENT TRIGGER): the whole database.
+            T::ObjectCast | T::ObjectAccessMethod | T::ObjectEventTrigger | T::ObjectTransform => {
+                Some(ObjectRef::All)
+            }
             T::ObjectTablespace => pseudo("tablespace"),
             _ => {
                 self.not_understood(format!(

@@ -30,17 +30,13 @@ pub const HARMLESS_SETTINGS: &[&str] = &[
     "xmloption",
 ];
 
-/// Whether a client_encoding keeps every byte below 0x80 the ASCII character it looks
-/// like. In SJIS, BIG5, GBK, GB18030, UHC or JOHAB a backslash or quote can be the second
-/// byte of a character, so the server would read later statements differently from
-/// pgward. Names compare like PostgreSQL's `clean_encoding_name` (letters and digits only).
+/// Whether a client_encoding is one pgward accepts: every byte below 0x80 is the ASCII
+/// character it looks like, and pgward reads the rest as the server does (see
+/// [`crate::encoding`]). In SJIS, BIG5, GBK, GB18030, UHC or JOHAB a backslash or quote can
+/// be the second byte of a character, so the server would read later statements differently
+/// from pgward. Names compare like PostgreSQL's `clean_encoding_name`.
 pub fn safe_client_encoding(value: &str) -> bool {
-    let v: String = value
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(v.as_str(), "utf8" | "unicode" | "sqlascii")
+    crate::encoding::safe_client_encoding(value)
 }
 
 /// Settings that change how later SQL is read or who the session is. They need `set` on

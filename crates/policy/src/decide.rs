@@ -254,8 +254,16 @@ impl SessionState {
     /// Updates the state after a statement was allowed and sent: search_path changes,
     /// PREPARE / DEALLOCATE / DISCARD ALL and standard_conforming_strings.
     pub fn apply(&mut self, stmt: &StatementAnalysis) {
-        // A function's SET clause applies while the function runs, not to the session.
-        let session_settings = !matches!(stmt.kind, "CreateFunctionStmt" | "AlterFunctionStmt");
+        // A function's SET clause applies while the function runs, not to the session; ALTER
+        // DATABASE/ROLE/SYSTEM ... SET to later sessions.
+        let session_settings = !matches!(
+            stmt.kind,
+            "CreateFunctionStmt"
+                | "AlterFunctionStmt"
+                | "AlterDatabaseSetStmt"
+                | "AlterRoleSetStmt"
+                | "AlterSystemStmt"
+        );
         for s in stmt.settings.iter().filter(|_| session_settings) {
             match s {
                 SettingChange::Set {
@@ -907,12 +915,14 @@ impl Policy {
                 // Not a matter of permission: an unsafe encoding would make the server read
                 // later statements differently from pgward.
                 if name == "client_encoding" {
-                    let safe = matches!(value.as_deref(), Some([v]) if crate::catalog::safe_client_encoding(v));
-                    if !safe {
-                        return Decision::deny(
-                            "builtin.client_encoding",
-                            "client_encoding may only be UTF8 or SQL_ASCII through pgward",
-                        );
+                    let refusal = match value.as_deref() {
+                        Some([v]) => crate::encoding::client_encoding(v).err(),
+                        // A computed or missing value: pgward could not tell how the server
+                        // reads what follows.
+                        _ => Some(crate::encoding::EncodingRefusal::Unknown),
+                    };
+                    if let Some(r) = refusal {
+                        return Decision::deny("builtin.client_encoding", r.to_string());
                     }
                 }
             }
@@ -1101,7 +1111,12 @@ impl Policy {
             // time-out is not (the next try may be faster) and neither is a length over a
             // limit that a config change can raise.
             Err(e) => {
-                let cacheable = matches!(e, AnalysisError::Parse(_) | AnalysisError::TooComplex);
+                let cacheable = matches!(
+                    e,
+                    AnalysisError::Parse(_)
+                        | AnalysisError::Syntax { .. }
+                        | AnalysisError::TooComplex
+                );
                 return self.not_analysed(e, cacheable);
             }
         };
@@ -1147,7 +1162,7 @@ impl Policy {
     /// complex): fail closed, or only reported in observe mode.
     pub(crate) fn not_analysed(&self, e: AnalysisError, cacheable: bool) -> QueryDecision {
         let rule = match e {
-            AnalysisError::Parse(_) => "builtin.parse_error",
+            AnalysisError::Parse(_) | AnalysisError::Syntax { .. } => "builtin.parse_error",
             AnalysisError::TooComplex => "builtin.not_understood",
             AnalysisError::TooLong { .. } | AnalysisError::TimedOut { .. } => {
                 "builtin.analysis_budget"

@@ -28,13 +28,16 @@ mod cache;
 mod caller_name;
 pub mod catalog;
 mod decide;
+pub mod encoding;
 mod explain;
 mod pg_grants;
+mod parser;
 mod policy;
 mod server_catalog;
 pub mod tsql;
 #[rustfmt::skip]
 mod walk_gen;
+pub use walk_gen::STATEMENT_KINDS;
 
 pub use analyze::{
     analyze, analyze_limited, Access, Action, Analysis, AnalysisError, FunctionRef, ObjectRef,

@@ -384,11 +384,14 @@ impl Policy {
         let mut baseline = Baseline {
             catalog_reads: true,
             settings: HARMLESS_SETTINGS.iter().map(|s| (*s).to_owned()).collect(),
-            reset_all: false,
+            // RESET ALL / DISCARD ALL return the upstream session to the startup parameters
+            // pgward gave it (its search path, identity settings and role), so they cannot
+            // widen anything; connection pools send them on every release.
+            reset_all: true,
         };
         if let Some(b) = &raw.baseline {
             baseline.catalog_reads = b.catalog_reads.unwrap_or(true);
-            baseline.reset_all = b.reset_all.unwrap_or(false);
+            baseline.reset_all = b.reset_all.unwrap_or(true);
             if let Some(list) = &b.settings {
                 baseline.settings.clear();
                 for s in list {

@@ -231,6 +231,37 @@ fn baseline_can_be_narrowed() {
     assert_eq!(verdict(&p, &reader, &s, "DISCARD ALL").0, Verdict::Allow);
 }
 
+/// Connection pools reset with RESET ALL / DISCARD ALL: allowed to everyone by default,
+/// `reset_all = false` takes it away again (the three settings they reset are protected).
+#[test]
+fn reset_all_is_baseline_unless_narrowed() {
+    let (p, reader, _) = policy_with(POLICY);
+    let s = SessionState::new(&p);
+    for sql in ["RESET ALL", "DISCARD ALL", "reset all; discard all"] {
+        assert_eq!(
+            verdict(&p, &reader, &s, sql),
+            (Verdict::Allow, "baseline".into()),
+            "{sql}"
+        );
+    }
+    let (p, reader, _) = policy_with(&format!("[baseline]\nreset_all = false\n{POLICY}"));
+    let s = SessionState::new(&p);
+    for sql in ["RESET ALL", "DISCARD ALL"] {
+        assert_eq!(
+            verdict(&p, &reader, &s, sql),
+            (Verdict::Deny, "builtin.protected_setting".into()),
+            "{sql}"
+        );
+    }
+    // A single protected setting is still a protected setting.
+    let (p, reader, _) = policy_with(POLICY);
+    let s = SessionState::new(&p);
+    assert_eq!(
+        verdict(&p, &reader, &s, "RESET search_path").1,
+        "builtin.protected_setting"
+    );
+}
+
 #[test]
 fn cache_key_covers_roles_path_and_policy() {
     let (p, reader, admin) = setup();
@@ -367,12 +398,19 @@ fn analysis_shapes() {
             name: "Jobs".into()
         }
     );
-    assert!(
-        analyze("ALTER SYSTEM SET x = 1").unwrap().statements[0]
-            .not_understood
-            .len()
-            == 1
+    // ALTER SYSTEM writes a server file and changes the setting for every later session.
+    let a = analyze("ALTER SYSTEM SET x = 1").unwrap();
+    let acts: Vec<Action> = a.statements[0].accesses.iter().map(|a| a.action).collect();
+    assert_eq!(acts, [Action::CopyFile]);
+    assert_eq!(a.statements[0].accesses[0].object, ObjectRef::All);
+    assert_eq!(
+        a.statements[0].settings,
+        [SettingChange::Set {
+            name: "x".into(),
+            value: Some(vec!["1".into()])
+        }]
     );
+    assert!(a.statements[0].not_understood.is_empty());
     assert!(analyze("SELEC 1").is_err());
     // A NUL byte cannot reach libpg_query (C strings): refused, never truncated.
     assert!(analyze("SELECT * FROM orders WHERE id = 1\0; DELETE FROM salaries").is_err());

@@ -178,9 +178,11 @@ mod test_bypass {
 pub struct Denial {
     pub rule: String,
     pub reason: String,
-    /// 42501 for the policy, 54000 over an analysis budget, 58030 when the audit log
-    /// cannot record, 53400 over a rate limit.
+    /// 42501 for the policy, 42601 for a statement PostgreSQL's parser rejects, 54000 over
+    /// an analysis budget, 58030 when the audit log cannot record, 53400 over a rate limit.
     pub code: &'static str,
+    /// For 42601: the character the parser's error points at (field `P`), 0 for none.
+    pub position: u32,
 }
 
 impl Denial {
@@ -189,6 +191,7 @@ impl Denial {
             rule,
             reason,
             code: "42501",
+            position: 0,
         }
     }
 
@@ -198,6 +201,7 @@ impl Denial {
             rule: "audit.unavailable".into(),
             reason: "the audit log cannot record statements".into(),
             code: "58030",
+            position: 0,
         }
     }
 
@@ -209,11 +213,14 @@ impl Denial {
                 "statement rate limit for this identity exceeded ({per_second}/s); retry shortly"
             ),
             code: "53400",
+            position: 0,
         }
     }
 
     pub fn message(&self) -> String {
         match self.code {
+            // Exactly what the server would have said: drivers match on it.
+            "42601" => self.reason.clone(),
             "42501" => format!(
                 "pgward policy denied this statement (rule {}): {}",
                 self.rule, self.reason
@@ -221,6 +228,15 @@ impl Denial {
             _ => format!("pgward refused this statement: {}", self.reason),
         }
     }
+}
+
+/// A refusal's ErrorResponse, replacing the server's marked error.
+#[derive(Debug)]
+pub struct Rewritten {
+    pub bytes: BytesMut,
+    pub code: &'static str,
+    /// The message, as UTF-8 (for the audit record).
+    pub message: String,
 }
 
 /// Refusals in flight for one session, keyed by the id in their marker. The nonce is a
@@ -284,9 +300,14 @@ impl Denials {
         Verdict::Replace(out)
     }
 
-    /// If `error_body` is the server's answer to a replaced statement, the 42501
-    /// ErrorResponse to send instead.
-    pub fn rewrite(&mut self, error_body: &[u8]) -> Option<BytesMut> {
+    /// If `error_body` is the server's answer to a replaced statement, the ErrorResponse to
+    /// send instead (its message written by `encode` in the client's encoding, as the
+    /// server writes its own), with its SQLSTATE and message for the audit.
+    pub fn rewrite(
+        &mut self,
+        error_body: &[u8],
+        encode: impl Fn(&str) -> Vec<u8>,
+    ) -> Option<Rewritten> {
         if self.pending.is_empty() {
             return None;
         }
@@ -299,9 +320,20 @@ impl Denials {
             .parse()
             .ok()?;
         let denial = self.pending.remove(&id)?;
-        let mut out = BytesMut::new();
-        build::error_response(&mut out, Severity::Error, denial.code, &denial.message());
-        Some(out)
+        let message = denial.message();
+        let mut bytes = BytesMut::new();
+        build::error_response_at(
+            &mut bytes,
+            Severity::Error,
+            denial.code,
+            &encode(&message),
+            denial.position,
+        );
+        Some(Rewritten {
+            bytes,
+            code: denial.code,
+            message,
+        })
     }
 
     /// Forgets denials whose statement the server skipped (an earlier error in the same
@@ -585,6 +617,11 @@ impl Gate {
     /// answer: it is long, not analysed yet, and no decision for it is cached. `force`
     /// ignores the cache (used after `decide` came back without an answer, so a cache
     /// entry that vanished in between cannot loop).
+    /// `[policy] max_statement_bytes`: longer strings are refused unread.
+    pub fn max_statement_bytes(&self) -> usize {
+        self.store.max_statement_bytes
+    }
+
     pub fn needs_analysis(&mut self, sql: &str, force: bool) -> bool {
         if sql.len() <= INLINE_ANALYSIS_BYTES
             || sql.len() > self.store.max_statement_bytes
@@ -1035,12 +1072,20 @@ impl From<Decision> for Denial {
     }
 }
 
-/// The refusal for a blocking decision: 54000 when the string was over an analysis
+/// The refusal for a blocking decision: 42601 with the parser's message and position when
+/// PostgreSQL's parser rejected the string (what the server itself would answer; the audit
+/// record keeps the rule `builtin.parse_error`), 54000 when the string was over an analysis
 /// budget (length, nesting, time), 42501 otherwise.
 pub fn denial_of(qd: &QueryDecision) -> Denial {
     let mut d = Denial::policy(qd.decision.rule.clone(), qd.decision.reason.clone());
-    if qd.error.as_ref().is_some_and(AnalysisError::is_over_budget) {
-        d.code = "54000";
+    match &qd.error {
+        Some(AnalysisError::Syntax { message, position }) => {
+            d.code = "42601";
+            d.reason = message.clone();
+            d.position = *position;
+        }
+        Some(e) if e.is_over_budget() => d.code = "54000",
+        _ => {}
     }
     d
 }
@@ -1165,6 +1210,44 @@ allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"]
         assert!(g.on_execute("opened_by_a_function").is_none());
         assert!(g.on_bind("", "not_seen").is_none());
         assert!(!blocks(&mut g, "FETCH 1 FROM opened_by_a_function"));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn syntax_errors_are_42601_with_the_parsers_message_and_position() {
+        let (store, path) = store(BEFORE);
+        let mut g = gate(&store);
+        let qd = g.judge("SELECT 1; SELEC 2").expect("short: decided inline");
+        assert_eq!(qd.decision.rule, "builtin.parse_error");
+        let d = denial_of(&qd);
+        assert_eq!(
+            (d.code, d.message().as_str(), d.position),
+            ("42601", "syntax error at or near \"SELEC\"", 11)
+        );
+        // What the audit keeps: the rule and the parser's words with the position.
+        assert_eq!(
+            qd.decision.reason,
+            "syntax error at or near \"SELEC\" (at character 11)"
+        );
+        let mut denials = Denials::new("n0nce");
+        let Verdict::Replace(_) = denials.replace_query(d) else {
+            panic!("not replaced");
+        };
+        let mut server = BytesMut::new();
+        build::error_response(
+            &mut server,
+            Severity::Error,
+            "22P02",
+            "invalid input syntax for type integer: \"pgward-denied-n0nce-0\"",
+        );
+        let out = denials
+            .rewrite(&server[5..], |m| m.as_bytes().to_vec())
+            .expect("rewritten")
+            .bytes;
+        let e = pgward_wire::backend::error_fields(&out[5..]);
+        assert_eq!(e.code, "42601");
+        assert_eq!(e.message, "syntax error at or near \"SELEC\"");
+        assert!(out.windows(4).any(|w| w == b"P11\0"), "{out:?}");
         let _ = std::fs::remove_file(&path);
     }
 

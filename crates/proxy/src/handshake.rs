@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use pgward_policy::catalog::safe_client_encoding;
+use pgward_policy::encoding::{client_encoding, EncodingRefusal};
 
 use crate::stream::ClientStream;
 use crate::tls::{TlsSettings, ALPN_POSTGRESQL};
@@ -322,11 +322,18 @@ fn vet(msg: &StartupMessage, tls: bool, cfg: &HandshakeConfig) -> Result<Vetted,
                 format!("startup parameter \"{name}\" is not allowed by pgward"),
             ));
         }
-        if lower == "client_encoding" && !safe_client_encoding(value) {
-            return Err(refused(
-                "22023",
-                format!("client_encoding \"{value}\" is not supported by pgward; use UTF8"),
-            ));
+        if lower == "client_encoding" {
+            match client_encoding(value) {
+                Ok(_) => {}
+                Err(why @ EncodingRefusal::Unknown) => {
+                    return Err(refused(
+                        "22023",
+                        format!("client_encoding \"{value}\": {why}"),
+                    ));
+                }
+                // Names the encoding (PostgreSQL's name for the client's spelling).
+                Err(why) => return Err(refused("22023", why.to_string())),
+            }
         }
         if !HARMLESS_PARAMETERS.contains(&lower.as_str())
             && !cfg.allowed_parameters.contains(&lower)
@@ -436,7 +443,27 @@ mod tests {
             )),
             "22023"
         );
-        for ok in ["UTF8", "'utf-8'", "Unicode", "SQL_ASCII"] {
+        for bad in ["BIG5", "gbk", "Shift-JIS", "EUC_TW", "nonsense"] {
+            assert_eq!(
+                refused_code(vet(
+                    &msg(&[("user", "a"), ("client_encoding", bad)]),
+                    false,
+                    &cfg(&[])
+                )),
+                "22023",
+                "{bad}"
+            );
+        }
+        for ok in [
+            "UTF8",
+            "'utf-8'",
+            "Unicode",
+            "SQL_ASCII",
+            "LATIN1",
+            "latin-1",
+            "EUC_JP",
+            "WIN1252",
+        ] {
             assert!(
                 vet(
                     &msg(&[("user", "a"), ("client_encoding", ok)]),

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod caller_identity;
 pub mod cancel;
 pub mod catalogs;
+pub mod client_encoding;
 pub mod config;
 pub mod enforce;
 pub mod grants;

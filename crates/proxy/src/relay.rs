@@ -12,6 +12,7 @@
 //!
 //! Both directions feed `Conversation`, the protocol state (`Phase`) shared between them.
 
+use std::borrow::Cow;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_encoding::{EncodingTrack, Unreadable};
 use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict, INLINE_ANALYSIS_BYTES};
 use crate::limits::Permit;
 use crate::metrics::Metrics;
@@ -59,16 +61,24 @@ pub struct Conversation {
     trail: Option<Trail>,
     /// The identity's statement-rate bucket, when `[limits]` sets a rate.
     rate: Option<Permit>,
+    /// The client_encodings the server may read the next statement in.
+    encoding: EncodingTrack,
 }
 
 impl Conversation {
-    pub fn new(tx: TxStatus, denials: Denials, trail: Option<Trail>) -> Self {
+    pub fn new(
+        tx: TxStatus,
+        denials: Denials,
+        trail: Option<Trail>,
+        encoding: EncodingTrack,
+    ) -> Self {
         Self {
             phase: Phase::Idle(tx),
             outstanding: 0,
             denials,
             trail,
             rate: None,
+            encoding,
         }
     }
 
@@ -77,6 +87,7 @@ impl Conversation {
     }
 
     fn on_client_message(&mut self, tag: u8) {
+        self.encoding.on_client_message(tag);
         match tag {
             b'Q' | b'S' | b'F' => {
                 self.outstanding += 1;
@@ -101,6 +112,8 @@ impl Conversation {
             b'Z' => {
                 let tx = backend::ready_for_query(body)?;
                 self.outstanding = self.outstanding.saturating_sub(1);
+                self.encoding
+                    .on_ready(self.outstanding == 0, tx != TxStatus::Idle);
                 self.phase = if self.outstanding == 0 {
                     // Nothing outstanding: any denial not rewritten by now was skipped
                     // by the server (earlier error in its batch, or 25P02).
@@ -109,6 +122,16 @@ impl Conversation {
                 } else {
                     Phase::Busy
                 };
+            }
+            b'S' => {
+                if let Err(e) = self.encoding.on_parameter_status(body) {
+                    // Statements already decided may have been read in the wrong encoding.
+                    tracing::warn!(reason = %e, "ending the session");
+                    return Err(WireError::malformed(
+                        "ParameterStatus",
+                        "client_encoding changed where pgward could not see it",
+                    ));
+                }
             }
             b'G' => self.phase = Phase::CopyIn,
             b'H' => self.phase = Phase::CopyOut,
@@ -219,6 +242,8 @@ pub struct RelayParams {
     pub nonce: String,
     /// The session's place in the per-identity limits (and its statement-rate bucket).
     pub permit: Option<Permit>,
+    /// The client_encoding the server reported at startup.
+    pub client_encoding: String,
 }
 
 /// Relays until either side ends, `shutdown` fires, or the session reaches `expires_at`.
@@ -245,8 +270,10 @@ where
         trail,
         nonce,
         permit,
+        client_encoding,
     } = params;
-    let mut conversation = Conversation::new(tx, Denials::new(&nonce), trail);
+    let encoding = EncodingTrack::new(&client_encoding, gate.is_some());
+    let mut conversation = Conversation::new(tx, Denials::new(&nonce), trail, encoding);
     conversation.rate = permit.filter(Permit::limits_statements);
     let conversation = Mutex::new(conversation);
     let mut to_client = ToClient {
@@ -387,7 +414,12 @@ where
         // A buffer this short holds no statement that needs the pool (the common case).
         let may_hold_long = buf.len() > INLINE_ANALYSIS_BYTES / 2;
         if let (Some(g), true) = (gate.as_deref_mut(), may_hold_long || deferred) {
-            analyse_ahead(g, &framer, &buf, deferred).await;
+            let max = g.max_statement_bytes();
+            let texts = {
+                let conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                long_statements(&framer, &buf, deferred, &conv.encoding, max)
+            };
+            analyse_ahead(g, texts).await;
         }
         // Frame every whole message in the buffer and decide the ones that carry SQL;
         // forward them as one write (zero-copy unless a message had to be replaced).
@@ -407,22 +439,29 @@ where
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-                let judged = match (gate.as_deref_mut(), msg.tag) {
-                    (Some(g), b'Q' | b'P') => match judge(g, msg.tag, msg.body) {
+                let text = statement_text(msg.tag, msg.body, &conv.encoding);
+                let readable = text.as_ref().and_then(|t| t.as_deref().ok());
+                let judged = match (gate.as_deref_mut(), readable) {
+                    (Some(g), Some(sql)) => match judge(g, sql) {
                         Judgement::Defer => {
                             deferred = true;
                             break;
                         }
                         Judgement::Decided(j) => Some(j),
-                        Judgement::NotSql => None,
                     },
                     _ => None,
                 };
-                let verdict =
-                    match decide(gate.as_deref_mut(), msg.tag, msg.body, judged, &mut conv) {
-                        Ok(v) => v,
-                        Err(e) => return RelayEnd::ClientProtocol(e),
-                    };
+                let verdict = match decide(
+                    gate.as_deref_mut(),
+                    msg.tag,
+                    msg.body,
+                    text,
+                    judged,
+                    &mut conv,
+                ) {
+                    Ok(v) => v,
+                    Err(e) => return RelayEnd::ClientProtocol(e),
+                };
                 conv.on_client_message(msg.tag);
                 let start = ready;
                 ready += msg.total_len;
@@ -512,13 +551,21 @@ where
             let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
                 if tag == b'E' {
-                    let rewritten = conv.denials.rewrite(body);
+                    let encoding = &conv.encoding;
+                    let rewritten = conv.denials.rewrite(body, |m| encoding.message_bytes(m));
                     if let Some(trail) = conv.trail.as_mut() {
-                        let e = backend::error_fields(rewritten.as_ref().map_or(body, |b| &b[5..]));
-                        records.extend(trail.on_result(None, Some((&e.code, &e.message))));
+                        match &rewritten {
+                            Some(r) => {
+                                records.extend(trail.on_result(None, Some((r.code, &r.message))))
+                            }
+                            None => {
+                                let e = backend::error_fields(body);
+                                records.extend(trail.on_result(None, Some((&e.code, &e.message))));
+                            }
+                        }
                     }
                     if let Some(new) = rewritten {
-                        rewrites.push((at, 5 + body.len(), new));
+                        rewrites.push((at, 5 + body.len(), new.bytes));
                     }
                 } else if let Some(trail) = conv.trail.as_mut() {
                     match tag {
@@ -586,22 +633,33 @@ where
     }
 }
 
-/// The SQL a Query or Parse carries (`None` for other messages, or a malformed one, which
-/// `decide` reports).
-fn statement_text(tag: u8, body: &[u8]) -> Option<&str> {
-    match tag {
-        b'Q' => frontend::query_text(body).ok(),
-        b'P' => frontend::parse_message(body).ok().map(|p| p.query),
-        _ => None,
-    }
+/// The SQL a Query or Parse carries, as the server will read it from the client's bytes
+/// (`None` for other messages, or a malformed one, which `decide` reports).
+fn statement_text<'a>(
+    tag: u8,
+    body: &'a [u8],
+    encoding: &EncodingTrack,
+) -> Option<Result<Cow<'a, str>, Unreadable>> {
+    let bytes = match tag {
+        b'Q' => frontend::query_bytes(body).ok()?,
+        b'P' => frontend::parse_message_bytes(body).ok()?.query,
+        _ => return None,
+    };
+    Some(encoding.decode(bytes))
 }
 
-/// Analyses, on the analysis pool, the long statements among the whole messages in `buf`
-/// that no cached decision covers, so that deciding them under the conversation lock
-/// takes microseconds. The runtime thread serves other sessions meanwhile. After a
-/// deferral (`force_first`) the first statement is analysed whatever the cache says, so
-/// every pass makes progress.
-async fn analyse_ahead(gate: &mut Gate, framer: &Framer, buf: &[u8], force_first: bool) {
+/// The long statements among the whole messages in `buf` (read while the conversation is
+/// locked, since their encoding depends on it). After a deferral (`force_first`) the first
+/// statement is included whatever its length, so every pass makes progress. Strings over
+/// `max` bytes are refused unread and not copied.
+fn long_statements(
+    framer: &Framer,
+    buf: &[u8],
+    force_first: bool,
+    encoding: &EncodingTrack,
+    max: usize,
+) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
     let mut at = 0;
     let mut first = true;
     while let Ok(Some(msg)) = framer.peek(&buf[at..]) {
@@ -609,7 +667,7 @@ async fn analyse_ahead(gate: &mut Gate, framer: &Framer, buf: &[u8], force_first
         if msg.tag == b'X' {
             break;
         }
-        let Some(sql) = statement_text(msg.tag, msg.body) else {
+        let Some(Ok(sql)) = statement_text(msg.tag, msg.body, encoding) else {
             continue;
         };
         let force = first && force_first;
@@ -618,8 +676,21 @@ async fn analyse_ahead(gate: &mut Gate, framer: &Framer, buf: &[u8], force_first
             // Short even after pgward's application_name rewrite: decided inline.
             continue;
         }
-        let rewritten = gate.rewrite(sql);
-        let text = rewritten.as_deref().unwrap_or(sql);
+        if sql.len() > max {
+            continue;
+        }
+        out.push((sql.into_owned(), force));
+    }
+    out
+}
+
+/// Analyses, on the analysis pool, the long statements that no cached decision covers, so
+/// that deciding them under the conversation lock takes microseconds. The runtime thread
+/// serves other sessions meanwhile.
+async fn analyse_ahead(gate: &mut Gate, texts: Vec<(String, bool)>) {
+    for (sql, force) in texts {
+        let rewritten = gate.rewrite(&sql);
+        let text = rewritten.as_deref().unwrap_or(&sql);
         if gate.needs_analysis(text, force) {
             gate.analyse_ahead(text).await;
         }
@@ -628,8 +699,6 @@ async fn analyse_ahead(gate: &mut Gate, framer: &Framer, buf: &[u8], force_first
 
 /// A statement message judged before anything about it is recorded or forwarded.
 enum Judgement {
-    /// Not a Query or Parse.
-    NotSql,
     /// Long and not analysed yet: leave it in the buffer for `analyse_ahead`.
     Defer,
     Decided(Judged),
@@ -642,10 +711,7 @@ struct Judged {
     qd: Arc<QueryDecision>,
 }
 
-fn judge(gate: &mut Gate, tag: u8, body: &[u8]) -> Judgement {
-    let Some(sql) = statement_text(tag, body) else {
-        return Judgement::NotSql;
-    };
+fn judge(gate: &mut Gate, sql: &str) -> Judgement {
     let rewritten = gate.rewrite(sql);
     match gate.judge(rewritten.as_deref().unwrap_or(sql)) {
         Some(qd) => Judgement::Decided(Judged { rewritten, qd }),
@@ -660,12 +726,12 @@ fn decide(
     mut gate: Option<&mut Gate>,
     tag: u8,
     body: &[u8],
+    text: Option<Result<Cow<'_, str>, Unreadable>>,
     judged: Option<Judged>,
     conv: &mut Conversation,
 ) -> Result<Verdict, WireError> {
     // Asked only for messages that would run something (CopyData etc. never need it).
     let audit_down = |conv: &Conversation| conv.trail.as_ref().is_some_and(|t| !t.ready());
-    let refused = || Audited::refused("audit.unavailable");
     // Over the identity's statement rate: refused like a denial (53400), recorded, and the
     // session stays usable. Counted per Query and per Bind (one execution each).
     let over_rate = |conv: &Conversation| {
@@ -676,65 +742,112 @@ fn decide(
     };
     Ok(match tag {
         b'Q' => {
-            let sql = frontend::query_text(body)?;
-            // Refused before the policy: over the rate, or nothing could record it.
-            let early =
-                over_rate(conv).or_else(|| audit_down(conv).then(Denial::audit_unavailable));
+            let bytes = frontend::query_bytes(body)?;
+            let read = match text {
+                Some(Ok(sql)) => Ok(sql),
+                Some(Err(e)) => Err(e),
+                None => Err(Unreadable::Invalid("malformed".into())),
+            };
+            // Refused before the policy: over the rate, nothing could record it, or text
+            // pgward cannot read as the server will (a policy can't be applied to it).
+            let early = over_rate(conv)
+                .or_else(|| audit_down(conv).then(Denial::audit_unavailable))
+                .or_else(|| {
+                    read.as_ref()
+                        .err()
+                        .and_then(|e| unreadable(gate.is_some(), e))
+                });
             if let Some(d) = early {
                 if let Some(t) = conv.trail.as_mut() {
-                    t.on_query(sql, None, Some(Audited::refused(&d.rule)));
+                    let shown = read
+                        .as_deref()
+                        .map_or_else(|_| String::from_utf8_lossy(bytes), Cow::Borrowed);
+                    t.on_query(&shown, None, Some(Audited::refused(&d.rule)));
                 }
                 return Ok(conv.denials.replace_query(d));
             }
+            let sql = read.unwrap_or_else(|_| String::from_utf8_lossy(bytes));
             let (rewritten, qd) = match judged {
                 Some(j) => (j.rewritten, Some(j.qd)),
                 None => (None, None),
             };
-            let sql = rewritten.as_deref().unwrap_or(sql);
+            let sql = rewritten.as_deref().unwrap_or(&sql);
             if let (Some(g), Some(qd)) = (gate, &qd) {
                 g.commit(qd);
             }
             if let Some(t) = conv.trail.as_mut() {
                 t.on_query(sql, qd.as_deref(), None);
             }
+            if let Some(qd) = qd.as_ref().filter(|qd| !qd.decision.blocks()) {
+                conv.encoding.forwarded(qd);
+            }
             match (qd, rewritten) {
                 (Some(qd), _) if qd.decision.blocks() => conv.denials.replace_query(denial_of(&qd)),
-                (_, Some(new_sql)) => {
-                    let mut out = BytesMut::new();
-                    build::query(&mut out, &new_sql);
-                    Verdict::Replace(out)
-                }
+                (_, Some(new_sql)) => match conv.encoding.encode(&new_sql) {
+                    Some(b) => {
+                        let mut out = BytesMut::new();
+                        build::query_bytes(&mut out, &b);
+                        Verdict::Replace(out)
+                    }
+                    None => conv.denials.replace_query(unencodable()),
+                },
                 _ => Verdict::Forward,
             }
         }
         b'P' => {
-            let p = frontend::parse_message(body)?;
-            if audit_down(conv) {
+            let p = frontend::parse_message_bytes(body)?;
+            let read = match text {
+                Some(Ok(sql)) => Ok(sql),
+                Some(Err(e)) => Err(e),
+                None => Err(Unreadable::Invalid("malformed".into())),
+            };
+            let early = if audit_down(conv) {
+                Some(Denial::audit_unavailable())
+            } else {
+                read.as_ref()
+                    .err()
+                    .and_then(|e| unreadable(gate.is_some(), e))
+            };
+            if let Some(d) = early {
                 if let Some(t) = conv.trail.as_mut() {
-                    t.on_parse(p.statement, p.query, p.param_types, None, Some(refused()));
+                    let shown = read
+                        .as_deref()
+                        .map_or_else(|_| String::from_utf8_lossy(p.query), Cow::Borrowed);
+                    t.on_parse(
+                        p.statement,
+                        &shown,
+                        p.param_types,
+                        None,
+                        Some(Audited::refused(&d.rule)),
+                    );
                 }
-                return Ok(conv
-                    .denials
-                    .replace_parse(p.statement, Denial::audit_unavailable()));
+                return Ok(conv.denials.replace_parse(p.statement, d));
             }
+            let query_text = read.unwrap_or_else(|_| String::from_utf8_lossy(p.query));
             let (rewritten, qd) = match judged {
                 Some(j) => (j.rewritten, Some(j.qd)),
                 None => (None, None),
             };
-            let query = rewritten.as_deref().unwrap_or(p.query);
+            let query = rewritten.as_deref().unwrap_or(&query_text);
             if let (Some(g), Some(qd)) = (gate, &qd) {
                 g.commit(qd);
                 g.parsed(p.statement, qd);
+            }
+            if let Some(qd) = qd.as_ref().filter(|qd| !qd.decision.blocks()) {
+                conv.encoding.forwarded(qd);
             }
             let verdict = match (&qd, &rewritten) {
                 (Some(qd), _) if qd.decision.blocks() => {
                     conv.denials.replace_parse(p.statement, denial_of(qd))
                 }
-                (_, Some(new_sql)) => {
-                    let mut out = BytesMut::new();
-                    build::parse_with_types(&mut out, p.statement, new_sql, &p.param_types);
-                    Verdict::Replace(out)
-                }
+                (_, Some(new_sql)) => match conv.encoding.encode(new_sql) {
+                    Some(b) => {
+                        let mut out = BytesMut::new();
+                        build::parse_bytes_with_types(&mut out, p.statement, &b, &p.param_types);
+                        Verdict::Replace(out)
+                    }
+                    None => conv.denials.replace_parse(p.statement, unencodable()),
+                },
                 _ => Verdict::Forward,
             };
             if let Some(t) = conv.trail.as_mut() {
@@ -823,6 +936,32 @@ fn decide(
     })
 }
 
+/// The refusal of text pgward cannot read as the server will, when a policy is enforced
+/// (without one nothing is decided, and the audit records the text as best it can).
+fn unreadable(enforced: bool, e: &Unreadable) -> Option<Denial> {
+    if !enforced {
+        return None;
+    }
+    Some(match e {
+        // What the server itself answers for bytes invalid in the client's encoding.
+        Unreadable::Invalid(r) => Denial {
+            rule: "builtin.client_encoding".into(),
+            reason: r.clone(),
+            code: "22021",
+            position: 0,
+        },
+        Unreadable::Ambiguous(r) => Denial::policy("builtin.client_encoding".into(), r.clone()),
+    })
+}
+
+/// A rewritten statement (pgward's application_name) that the client's encoding cannot hold.
+fn unencodable() -> Denial {
+    Denial::policy(
+        "builtin.client_encoding".into(),
+        "the statement pgward would send cannot be written in the session's client_encoding".into(),
+    )
+}
+
 async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
     w.write_all(data).await?;
     w.flush().await
@@ -834,7 +973,12 @@ mod tests {
 
     #[test]
     fn conversation_tracks_pipelined_syncs_and_copy() {
-        let mut c = Conversation::new(TxStatus::Idle, Denials::default(), None);
+        let mut c = Conversation::new(
+            TxStatus::Idle,
+            Denials::default(),
+            None,
+            EncodingTrack::new("UTF8", true),
+        );
         c.on_client_message(b'P');
         c.on_client_message(b'S');
         c.on_client_message(b'Q');

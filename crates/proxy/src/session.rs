@@ -531,6 +531,13 @@ async fn run_session(startup: ClientStartup, peer: SocketAddr, accepted: Instant
         trail,
         nonce: random_nonce(),
         permit: Some(permit),
+        // What the server reported at startup (the client's startup parameter, or the
+        // database's default): the encoding of the first statement.
+        client_encoding: session
+            .parameters
+            .iter()
+            .find(|(k, _)| k == "client_encoding")
+            .map_or_else(|| "UTF8".to_owned(), |(_, v)| v.clone()),
     };
     let outcome = relay::run(
         stream,

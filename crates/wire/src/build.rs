@@ -17,8 +17,12 @@ fn framed(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
+    put_cstr_bytes(buf, s.as_bytes());
+}
+
+fn put_cstr_bytes(buf: &mut BytesMut, s: &[u8]) {
     // A NUL inside would end the field early and shift every field after it.
-    buf.extend(s.bytes().filter(|&b| b != 0));
+    buf.extend(s.iter().copied().filter(|&b| b != 0));
     buf.put_u8(0);
 }
 
@@ -121,6 +125,33 @@ pub fn error_response_with(
         if let Some(d) = detail {
             b.put_u8(b'D');
             put_cstr(b, d);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// An ErrorResponse that points at a character of the statement (field `P`, 1-based, as
+/// PostgreSQL reports syntax errors); `position` 0 leaves the field out. The message is
+/// given in the client's encoding.
+pub fn error_response_at(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &[u8],
+    position: u32,
+) {
+    framed(buf, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'V');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'C');
+        put_cstr(b, code);
+        b.put_u8(b'M');
+        put_cstr_bytes(b, message);
+        if position > 0 {
+            b.put_u8(b'P');
+            put_cstr(b, &position.to_string());
         }
         b.put_u8(0);
     });
@@ -274,7 +305,29 @@ pub fn terminate(buf: &mut BytesMut) {
 }
 
 pub fn query(buf: &mut BytesMut, sql: &str) {
-    framed(buf, b'Q', |b| put_cstr(b, sql));
+    query_bytes(buf, sql.as_bytes());
+}
+
+/// A Query whose text is already in the client's encoding.
+pub fn query_bytes(buf: &mut BytesMut, sql: &[u8]) {
+    framed(buf, b'Q', |b| put_cstr_bytes(b, sql));
+}
+
+/// Parse with declared parameter types, its text already in the client's encoding.
+pub fn parse_bytes_with_types(
+    buf: &mut BytesMut,
+    statement: &str,
+    sql: &[u8],
+    param_types: &[u32],
+) {
+    framed(buf, b'P', |b| {
+        put_cstr(b, statement);
+        put_cstr_bytes(b, sql);
+        b.put_u16(u16::try_from(param_types.len()).unwrap_or(u16::MAX));
+        for t in param_types.iter().take(usize::from(u16::MAX)) {
+            b.put_u32(*t);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -145,12 +145,18 @@ pub fn reserve_for_next(buf: &mut BytesMut) {
 
 /// The SQL text of a Query ('Q') message.
 pub fn query_text(body: &[u8]) -> Result<&str, WireError> {
+    std::str::from_utf8(query_bytes(body)?)
+        .map_err(|_| WireError::malformed("Query", "text is not UTF-8"))
+}
+
+/// The SQL of a Query ('Q') message as the client's bytes (in its client_encoding).
+pub fn query_bytes(body: &[u8]) -> Result<&[u8], WireError> {
     let mut rest = body;
     let sql = take_cstr(&mut rest).ok_or(WireError::malformed("Query", "unterminated"))?;
     if !rest.is_empty() {
         return Err(WireError::malformed("Query", "bytes after the terminator"));
     }
-    std::str::from_utf8(sql).map_err(|_| WireError::malformed("Query", "text is not UTF-8"))
+    Ok(sql)
 }
 
 /// A Parse ('P') message: statement name, SQL text and declared parameter type oids.
@@ -162,16 +168,30 @@ pub struct Parse<'a> {
 }
 
 pub fn parse_message(body: &[u8]) -> Result<Parse<'_>, WireError> {
+    let p = parse_message_bytes(body)?;
+    Ok(Parse {
+        statement: p.statement,
+        query: utf8(p.query, "Parse")?,
+        param_types: p.param_types,
+    })
+}
+
+/// A Parse ('P') message whose SQL is left as the client's bytes (in its client_encoding).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseBytes<'a> {
+    pub statement: &'a str,
+    pub query: &'a [u8],
+    pub param_types: Vec<u32>,
+}
+
+pub fn parse_message_bytes(body: &[u8]) -> Result<ParseBytes<'_>, WireError> {
     const WHAT: &str = "Parse";
     let mut rest = body;
     let statement = utf8(
         take_cstr(&mut rest).ok_or(WireError::malformed(WHAT, "unterminated name"))?,
         WHAT,
     )?;
-    let query = utf8(
-        take_cstr(&mut rest).ok_or(WireError::malformed(WHAT, "unterminated query"))?,
-        WHAT,
-    )?;
+    let query = take_cstr(&mut rest).ok_or(WireError::malformed(WHAT, "unterminated query"))?;
     if rest.len() < 2 {
         return Err(WireError::malformed(WHAT, "missing parameter count"));
     }
@@ -187,7 +207,7 @@ pub fn parse_message(body: &[u8]) -> Result<Parse<'_>, WireError> {
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    Ok(Parse {
+    Ok(ParseBytes {
         statement,
         query,
         param_types,
