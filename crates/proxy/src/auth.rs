@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use pgward_entra::{Identity, Validator};
 use pgward_wire::build;
 use pgward_wire::frontend::Framer;
+use pgward_wire::tag::frontend as fe;
 use pgward_wire::{WireError, MAX_STARTUP_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -102,7 +103,7 @@ pub async fn sign_in(
             Ok(_) => {}
         }
     };
-    if msg.tag() != b'p' {
+    if msg.tag() != fe::PASSWORD {
         return Err(AuthFailure::UnexpectedMessage(msg.tag() as char));
     }
     let body = msg.body();

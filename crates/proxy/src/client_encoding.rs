@@ -25,6 +25,7 @@ use std::borrow::Cow;
 
 use pgward_policy::encoding::{client_encoding, ClientEncoding};
 use pgward_policy::{QueryDecision, SettingChange};
+use pgward_wire::tag::frontend as fe;
 
 /// An encoding that may be in force: one pgward reads, or the name of one it does not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,8 +229,8 @@ impl EncodingTrack {
     /// A client message went out (Sync settles extended-protocol work).
     pub fn on_client_message(&mut self, tag: u8) {
         match tag {
-            b'S' | b'Q' => self.unsynced = false,
-            b'B' | b'E' => {
+            fe::SYNC | fe::QUERY => self.unsynced = false,
+            fe::BIND | fe::EXECUTE => {
                 self.unsynced = true;
                 self.rearm();
             }
@@ -343,14 +344,14 @@ mod tests {
             &mut t,
             "SELECT set_config('client_encoding', 'LATIN1', false)",
         );
-        t.on_client_message(b'S');
+        t.on_client_message(fe::SYNC);
         t.on_ready(true, false);
         assert_eq!(t.decode("café".as_bytes()).unwrap(), "café");
         // Bind/Execute of it, pipelined with text: either encoding may read the text.
-        t.on_client_message(b'B');
-        t.on_client_message(b'E');
+        t.on_client_message(fe::BIND);
+        t.on_client_message(fe::EXECUTE);
         assert!(t.decode("café".as_bytes()).is_err());
-        t.on_client_message(b'S');
+        t.on_client_message(fe::SYNC);
         t.on_parameter_status(b"client_encoding\0LATIN1\0").unwrap();
         t.on_ready(true, false);
         assert_eq!(t.decode(b"caf\xe9").unwrap(), "café");
@@ -409,14 +410,14 @@ mod tests {
     #[test]
     fn a_change_pipelined_behind_a_sync_is_not_settled_early() {
         let mut t = EncodingTrack::new("UTF8", true);
-        t.on_client_message(b'S');
+        t.on_client_message(fe::SYNC);
         forwarded(&mut t, "SET client_encoding = 'LATIN1'");
-        t.on_client_message(b'B');
-        t.on_client_message(b'E');
+        t.on_client_message(fe::BIND);
+        t.on_client_message(fe::EXECUTE);
         // The ReadyForQuery of the earlier Sync: the Execute may not have run yet.
         t.on_ready(true, false);
         assert!(t.decode(b"caf\xe9").is_err());
-        t.on_client_message(b'S');
+        t.on_client_message(fe::SYNC);
         t.on_parameter_status(b"client_encoding\0LATIN1\0").unwrap();
         t.on_ready(true, false);
         assert_eq!(t.decode(b"caf\xe9").unwrap(), "café");

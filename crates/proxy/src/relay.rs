@@ -22,6 +22,7 @@ use pgward_policy::QueryDecision;
 use pgward_wire::backend::{self, Scanner};
 use pgward_wire::build::{self, Severity};
 use pgward_wire::frontend::{self, Framer};
+use pgward_wire::tag::{backend as be, frontend as fe, target};
 use pgward_wire::{TxStatus, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
@@ -89,7 +90,7 @@ impl Conversation {
     fn on_client_message(&mut self, tag: u8) {
         self.encoding.on_client_message(tag);
         match tag {
-            b'Q' | b'S' | b'F' => {
+            fe::QUERY | fe::SYNC | fe::FUNCTION_CALL => {
                 self.outstanding += 1;
                 if self.phase != Phase::CopyIn {
                     self.phase = Phase::Busy;
@@ -97,19 +98,21 @@ impl Conversation {
             }
             // Extended-protocol messages before their Sync: the server may already be
             // working (Execute + Flush) even though no ReadyForQuery is due yet.
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH => {
                 if matches!(self.phase, Phase::Idle(_)) {
                     self.phase = Phase::Busy;
                 }
             }
-            b'c' | b'f' if self.phase == Phase::CopyIn => self.phase = Phase::Busy,
+            fe::COPY_DONE | fe::COPY_FAIL if self.phase == Phase::CopyIn => {
+                self.phase = Phase::Busy
+            }
             _ => {}
         }
     }
 
     fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<(), WireError> {
         match tag {
-            b'Z' => {
+            be::READY_FOR_QUERY => {
                 let tx = backend::ready_for_query(body)?;
                 self.outstanding = self.outstanding.saturating_sub(1);
                 self.encoding
@@ -123,7 +126,7 @@ impl Conversation {
                     Phase::Busy
                 };
             }
-            b'S' => {
+            be::PARAMETER_STATUS => {
                 if let Err(e) = self.encoding.on_parameter_status(body) {
                     // Statements already decided may have been read in the wrong encoding.
                     tracing::warn!(reason = %e, "ending the session");
@@ -133,12 +136,15 @@ impl Conversation {
                     ));
                 }
             }
-            b'G' => self.phase = Phase::CopyIn,
-            b'H' => self.phase = Phase::CopyOut,
-            b'c' if self.phase == Phase::CopyOut => self.phase = Phase::Busy,
+            be::COPY_IN_RESPONSE => self.phase = Phase::CopyIn,
+            be::COPY_OUT_RESPONSE => self.phase = Phase::CopyOut,
+            be::COPY_DONE if self.phase == Phase::CopyOut => self.phase = Phase::Busy,
             // Cancel keys, authentication and protocol negotiation belong to startup;
             // mid-session they would leak upstream secrets or confuse the client.
-            b'K' | b'R' | b'v' | b'W' => {
+            be::BACKEND_KEY_DATA
+            | be::AUTHENTICATION
+            | be::NEGOTIATE_PROTOCOL_VERSION
+            | be::COPY_BOTH_RESPONSE => {
                 return Err(WireError::malformed(
                     "backend message",
                     "startup-only message after startup",
@@ -472,7 +478,7 @@ where
                     out.extend_from_slice(&bytes);
                     *copied = ready;
                 }
-                if msg.tag == b'X' {
+                if msg.tag == fe::TERMINATE {
                     terminated = true;
                     break;
                 }
@@ -550,7 +556,7 @@ where
             let conv = &mut *conv;
             let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
-                if tag == b'E' {
+                if tag == be::ERROR_RESPONSE {
                     let encoding = &conv.encoding;
                     let rewritten = conv.denials.rewrite(body, |m| encoding.message_bytes(m));
                     if let Some(trail) = conv.trail.as_mut() {
@@ -569,13 +575,17 @@ where
                     }
                 } else if let Some(trail) = conv.trail.as_mut() {
                     match tag {
-                        b'C' => {
+                        be::COMMAND_COMPLETE => {
                             let t = String::from_utf8_lossy(backend::command_tag(body));
                             records.extend(trail.on_result(Some(&t), None));
                         }
-                        b'I' | b's' => records.extend(trail.on_result(None, None)),
-                        b'V' => records.extend(trail.on_result(Some("FUNCTION CALL"), None)),
-                        b'Z' => records.extend(trail.on_ready()),
+                        be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
+                            records.extend(trail.on_result(None, None))
+                        }
+                        be::FUNCTION_CALL_RESPONSE => {
+                            records.extend(trail.on_result(Some("FUNCTION CALL"), None))
+                        }
+                        be::READY_FOR_QUERY => records.extend(trail.on_ready()),
                         _ => {}
                     }
                 }
@@ -641,8 +651,8 @@ fn statement_text<'a>(
     encoding: &EncodingTrack,
 ) -> Option<Result<Cow<'a, str>, Unreadable>> {
     let bytes = match tag {
-        b'Q' => frontend::query_bytes(body).ok()?,
-        b'P' => frontend::parse_message_bytes(body).ok()?.query,
+        fe::QUERY => frontend::query_bytes(body).ok()?,
+        fe::PARSE => frontend::parse_message_bytes(body).ok()?.query,
         _ => return None,
     };
     Some(encoding.decode(bytes))
@@ -664,7 +674,7 @@ fn long_statements(
     let mut first = true;
     while let Ok(Some(msg)) = framer.peek(&buf[at..]) {
         at += msg.total_len;
-        if msg.tag == b'X' {
+        if msg.tag == fe::TERMINATE {
             break;
         }
         let Some(Ok(sql)) = statement_text(msg.tag, msg.body, encoding) else {
@@ -741,7 +751,7 @@ fn decide(
             .map(Denial::rate_limited)
     };
     Ok(match tag {
-        b'Q' => {
+        fe::QUERY => {
             let bytes = frontend::query_bytes(body)?;
             let read = match text {
                 Some(Ok(sql)) => Ok(sql),
@@ -794,7 +804,7 @@ fn decide(
                 _ => Verdict::Forward,
             }
         }
-        b'P' => {
+        fe::PARSE => {
             let p = frontend::parse_message_bytes(body)?;
             let read = match text {
                 Some(Ok(sql)) => Ok(sql),
@@ -855,7 +865,7 @@ fn decide(
             }
             verdict
         }
-        b'B' => {
+        fe::BIND => {
             let (portal, statement, params) = frontend::bind_params(body)?;
             if let Some(t) = conv.trail.as_mut() {
                 t.on_bind(portal, statement, &params);
@@ -868,7 +878,7 @@ fn decide(
                 None => Verdict::Forward,
             }
         }
-        b'E' => {
+        fe::EXECUTE => {
             let portal = frontend::execute_portal(body)?;
             if let Some(t) = conv.trail.as_mut() {
                 t.on_execute(portal);
@@ -878,11 +888,11 @@ fn decide(
                 None => Verdict::Forward,
             }
         }
-        b'C' => {
+        fe::CLOSE => {
             let (kind, name) = frontend::target(body, "Close")?;
             match (gate.as_deref_mut(), kind) {
-                (Some(g), b'S') => g.on_close_statement(name),
-                (Some(g), b'P') => g.on_close_portal(name),
+                (Some(g), target::STATEMENT) => g.on_close_statement(name),
+                (Some(g), target::PORTAL) => g.on_close_portal(name),
                 _ => {}
             }
             if let Some(t) = conv.trail.as_mut() {
@@ -890,13 +900,13 @@ fn decide(
             }
             Verdict::Forward
         }
-        b'S' => {
+        fe::SYNC => {
             if let Some(t) = conv.trail.as_mut() {
                 t.on_sync();
             }
             Verdict::Forward
         }
-        b'F' => {
+        fe::FUNCTION_CALL => {
             let call = frontend::function_call(body)?;
             let early =
                 over_rate(conv).or_else(|| audit_down(conv).then(Denial::audit_unavailable));
@@ -979,22 +989,24 @@ mod tests {
             None,
             EncodingTrack::new("UTF8", true),
         );
-        c.on_client_message(b'P');
-        c.on_client_message(b'S');
-        c.on_client_message(b'Q');
+        c.on_client_message(fe::PARSE);
+        c.on_client_message(fe::SYNC);
+        c.on_client_message(fe::QUERY);
         assert_eq!(c.phase(), Phase::Busy);
-        c.on_server_message(b'Z', b"T").unwrap();
+        c.on_server_message(be::READY_FOR_QUERY, b"T").unwrap();
         assert_eq!(c.phase(), Phase::Busy, "one ReadyForQuery still due");
-        c.on_server_message(b'Z', b"I").unwrap();
+        c.on_server_message(be::READY_FOR_QUERY, b"I").unwrap();
         assert_eq!(c.phase(), Phase::Idle(TxStatus::Idle));
-        c.on_client_message(b'Q');
-        c.on_server_message(b'G', b"").unwrap();
+        c.on_client_message(fe::QUERY);
+        c.on_server_message(be::COPY_IN_RESPONSE, b"").unwrap();
         assert_eq!(c.phase(), Phase::CopyIn);
-        c.on_client_message(b'd');
-        c.on_client_message(b'c');
+        c.on_client_message(fe::COPY_DATA);
+        c.on_client_message(fe::COPY_DONE);
         assert_eq!(c.phase(), Phase::Busy);
-        c.on_server_message(b'Z', b"I").unwrap();
+        c.on_server_message(be::READY_FOR_QUERY, b"I").unwrap();
         assert_eq!(c.phase(), Phase::Idle(TxStatus::Idle));
-        assert!(c.on_server_message(b'K', b"12345678").is_err());
+        assert!(c
+            .on_server_message(be::BACKEND_KEY_DATA, b"12345678")
+            .is_err());
     }
 }

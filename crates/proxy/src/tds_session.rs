@@ -17,6 +17,7 @@ use pgward_tds::{AccessToken, Expect, SessionIdentity, TdsOptions, TdsSession, T
 use pgward_upstream::{TlsMode, Upstream};
 use pgward_wire::build::{self, Severity};
 use pgward_wire::frontend::{self, Framer};
+use pgward_wire::tag::frontend as fe;
 use pgward_wire::TxStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -352,8 +353,8 @@ impl Relay {
             }
             let mut out = BytesMut::new();
             match msg.tag() {
-                b'X' => return "client terminated".into(),
-                b'Q' => {
+                fe::TERMINATE => return "client terminated".into(),
+                fe::QUERY => {
                     let sql = match frontend::query_text(msg.body()) {
                         Ok(s) => s.to_owned(),
                         Err(e) => {
@@ -367,9 +368,14 @@ impl Relay {
                     }
                     continue;
                 }
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
+                fe::PARSE
+                | fe::BIND
+                | fe::DESCRIBE
+                | fe::EXECUTE
+                | fe::CLOSE
+                | fe::FUNCTION_CALL => {
                     if !self.skip_to_sync {
-                        let sql = if msg.tag() == b'P' {
+                        let sql = if msg.tag() == fe::PARSE {
                             frontend::parse_message(msg.body())
                                 .map(|p| p.query.to_owned())
                                 .unwrap_or_default()
@@ -389,19 +395,19 @@ impl Relay {
                             fatal(stream, "58030", &end).await;
                             return end;
                         }
-                        self.skip_to_sync = msg.tag() != b'F';
+                        self.skip_to_sync = msg.tag() != fe::FUNCTION_CALL;
                     }
-                    if msg.tag() == b'F' {
+                    if msg.tag() == fe::FUNCTION_CALL {
                         build::ready_for_query(&mut out, self.tx);
                     }
                 }
-                b'S' => {
+                fe::SYNC => {
                     self.skip_to_sync = false;
                     build::ready_for_query(&mut out, self.tx);
                 }
-                b'H' => {}
+                fe::FLUSH => {}
                 // CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them too.
-                b'd' | b'c' | b'f' => {}
+                fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {}
                 other => {
                     let e = format!("unexpected message type 0x{other:02x}");
                     fatal(stream, "08P01", &e).await;

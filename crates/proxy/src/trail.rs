@@ -24,6 +24,7 @@ use pgward_audit::{
     SessionLog, Statement, StatementHead,
 };
 use pgward_policy::{QueryDecision, Verdict};
+use pgward_wire::tag::target;
 
 /// What the policy said about one statement, as the audit records it.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -321,7 +322,7 @@ impl Trail {
 
     pub fn on_close(&mut self, kind: u8, name: &str) {
         match kind {
-            b'S' => {
+            target::STATEMENT => {
                 self.statements.remove(name);
             }
             _ => {

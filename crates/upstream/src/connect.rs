@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pgward_wire::backend::{self, AuthRequest, ErrorFields};
+use pgward_wire::tag::{backend as be, ssl};
 use pgward_wire::{build, TxStatus, WireError};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -248,7 +249,7 @@ impl Upstream {
         build::ssl_request(&mut req);
         tcp.write_all(&req).await.map_err(|e| self.tls_err(e))?;
         let answer = tcp.read_u8().await.map_err(|e| self.tls_err(e))?;
-        if answer != b'S' {
+        if answer != ssl::ACCEPTED {
             return Err(ConnectError::TlsRefused {
                 upstream: self.cfg.name.clone(),
                 mode: format!("{:?}", self.cfg.tls),
@@ -313,25 +314,25 @@ impl Upstream {
         loop {
             let (tag, body) = self.read_message(&mut stream, &mut buf).await?;
             match tag {
-                b'R' => {
+                be::AUTHENTICATION => {
                     let req = backend::auth_request(&body).map_err(|e| self.protocol_err(e))?;
                     self.answer_auth(req, user, &password, &mut scram, &mut out)?;
                     if !out.is_empty() {
                         self.send(&mut stream, &mut out).await?;
                     }
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     let (k, v) =
                         backend::parameter_status(&body).map_err(|e| self.protocol_err(e))?;
                     parameters.push((k.to_owned(), v.to_owned()));
                 }
-                b'K' => {
+                be::BACKEND_KEY_DATA => {
                     let (pid, secret) =
                         backend::backend_key_data(&body).map_err(|e| self.protocol_err(e))?;
                     key = Some(BackendKey { pid, secret });
                 }
-                b'N' | b'v' => {}
-                b'E' => {
+                be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::ERROR_RESPONSE => {
                     let fields = backend::error_fields(&body);
                     if fields.code.starts_with("28") {
                         return Err(self.rejected(user, fields.message));
@@ -341,7 +342,7 @@ impl Upstream {
                         fields,
                     });
                 }
-                b'Z' => {
+                be::READY_FOR_QUERY => {
                     let tx_status =
                         backend::ready_for_query(&body).map_err(|e| self.protocol_err(e))?;
                     if !buf.is_empty() {

@@ -2,6 +2,7 @@
 //! identity table, grants): simple Query on a connection of pgward's own, rows as text.
 
 use bytes::{Buf, BytesMut};
+use pgward_wire::tag::backend as be;
 use pgward_wire::{backend, build};
 use tokio::io::AsyncWriteExt;
 
@@ -69,7 +70,7 @@ impl Upstream {
                     .await
                     .map_err(|e| self.protocol_err(e))?;
                 match tag {
-                    b'D' => {
+                    be::DATA_ROW => {
                         if rows.len() >= MAX_ROWS {
                             return Err(self.protocol_err(format!(
                                 "more than {MAX_ROWS} rows in pgward's own query"
@@ -77,8 +78,8 @@ impl Upstream {
                         }
                         rows.push(data_row(&body).map_err(|e| self.protocol_err(e))?);
                     }
-                    b'E' => failed = Some(backend::error_fields(&body)),
-                    b'Z' => break,
+                    be::ERROR_RESPONSE => failed = Some(backend::error_fields(&body)),
+                    be::READY_FOR_QUERY => break,
                     // RowDescription, CommandComplete, notices, parameter changes.
                     _ => {}
                 }
@@ -166,7 +167,7 @@ mod tests {
 
     #[test]
     fn data_rows_decode() {
-        let mut body = vec![0, 2, 0, 0, 0, 2, b'h', b'i', 0xff, 0xff, 0xff, 0xff];
+        let mut body = [&[0, 2, 0, 0, 0, 2][..], b"hi", &[0xff; 4]].concat();
         assert_eq!(data_row(&body).unwrap(), vec![Some("hi".to_owned()), None]);
         body.truncate(7);
         assert!(data_row(&body).is_err());

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod build;
 pub mod frontend;
 pub mod startup;
+pub mod tag;
 
 mod error;
 pub use error::WireError;
