@@ -42,6 +42,10 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(LIMITS)
+}
+
+fn env_with(limits: &str) -> Env {
     let (rt, issuer) = start_issuer(TENANT, 2);
     let db = Database::start();
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +56,7 @@ fn env() -> Env {
         PgwardOptions {
             entra: Some(entra_section(TENANT, &issuer)),
             policy: Some(policy),
-            extra_toml: LIMITS.to_owned(),
+            extra_toml: limits.to_owned(),
             ..PgwardOptions::default()
         },
     );
@@ -89,6 +93,32 @@ impl Env {
 
 fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.code().map(|c| c.code())
+}
+
+#[test]
+fn a_connection_cap_holds_for_the_whole_session_without_a_statement_rate() {
+    // The slot is the session's until it ends, whether or not statements are rate-limited.
+    let env = env_with("[limits]\nconnections_per_identity = 1\n");
+    env.rt.block_on(async {
+        let first = env.connect("carol@contoso.com").await.unwrap();
+        first.simple_query("SELECT 1").await.unwrap();
+        let Err(err) = env.connect("carol@contoso.com").await else {
+            panic!("a connection beyond the cap was let in while the first one is open");
+        };
+        assert_eq!(code(&err), Some("53300"), "{err}");
+        first.simple_query("SELECT 1").await.unwrap();
+        drop(first);
+        // The slot comes back when the session ends.
+        let mut back = false;
+        for _ in 0..50 {
+            if env.connect("carol@contoso.com").await.is_ok() {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "the slot did not come back after the session ended");
+    });
 }
 
 #[test]

@@ -24,8 +24,8 @@ pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod stream;
-pub mod tds_session;
 pub mod tls;
 pub mod trail;
 

@@ -280,7 +280,8 @@ where
     } = params;
     let encoding = EncodingTrack::new(&client_encoding, gate.is_some());
     let mut conversation = Conversation::new(tx, Denials::new(&nonce), trail, encoding);
-    conversation.rate = permit.filter(Permit::limits_statements);
+    // Held for the whole relay: dropping it gives the connection slot back.
+    conversation.rate = permit;
     let conversation = Mutex::new(conversation);
     let mut to_client = ToClient {
         scanner: Scanner::new(max_message_bytes),

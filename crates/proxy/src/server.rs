@@ -25,7 +25,8 @@ use crate::enforce::PolicyStore;
 use crate::handshake::HandshakeConfig;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::session::{self, Shared};
+use crate::session;
+use crate::shared::{SessionIds, Shared};
 use crate::tls::TlsSettings;
 
 /// Controls for a running server, used by the binary's signal handlers and by tests.
@@ -172,7 +173,7 @@ impl Server {
         let shared = Arc::new(Shared {
             limiter: limiter.clone(),
             audit,
-            next_session: std::sync::atomic::AtomicU64::new(1),
+            session_ids: SessionIds::new(),
             config,
             auth,
             throttle,

@@ -1,16 +1,19 @@
-//! Sessions routed to `kind = "azure-sql"` upstreams: PostgreSQL clients in, TDS out.
+//! Azure SQL upstreams (`kind = "azure-sql"`): PostgreSQL clients in, TDS out.
 //!
-//! The client has signed in and the policy Gate exists (session.rs); this module opens the
-//! TDS session under pgward's own Entra token (scope https://database.windows.net/.default)
-//! with the caller's identity pinned read-only in SESSION_CONTEXT, then answers the client
-//! itself: each simple Query is T-SQL, decided by the same Gate as PostgreSQL SQL, run with
-//! `sp_executesql` and translated back (crates/tds). Transaction control (BEGIN / COMMIT /
-//! ROLLBACK) is translated; the extended protocol, COPY and PostgreSQL catalog queries
-//! (psql's meta-commands) get a clear 0A000. Audit records are the same as for PostgreSQL
-//! sessions. docs/azure-sql.md describes the limits.
+//! The session lifecycle (session/mod.rs) signs the client in, admits it and calls [`open`],
+//! which opens the TDS session under pgward's own Entra token (scope
+//! https://database.windows.net/.default) with the caller's identity pinned read-only in
+//! SESSION_CONTEXT, running as the held role's database user when it names one. [`relay`]
+//! then answers the client itself: each simple Query is T-SQL, decided by the same Gate as
+//! PostgreSQL SQL, counted against the same statement rate, run with `sp_executesql` and
+//! translated back (crates/tds). Transaction control (BEGIN / COMMIT / ROLLBACK) is
+//! translated; the extended protocol, COPY and PostgreSQL catalog queries (psql's
+//! meta-commands) get a clear 0A000. Audit records, metrics, cancels (one registry) and the
+//! end of the session are the lifecycle's, as for PostgreSQL. docs/azure-sql.md describes
+//! the limits.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pgward_tds::{AccessToken, Expect, SessionIdentity, TdsOptions, TdsSession, TdsTls};
@@ -18,49 +21,23 @@ use pgward_upstream::{TlsMode, Upstream};
 use pgward_wire::build::{self, Severity};
 use pgward_wire::frontend::{self, Framer};
 use pgward_wire::tag::frontend as fe;
-use pgward_wire::TxStatus;
+use pgward_wire::{TxStatus, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::setup::{Admitted, SetupError};
 use crate::enforce::{denial_of, Denial, Gate};
-use crate::session::Shared;
+use crate::limits::Permit;
+use crate::relay::{RelayEnd, RelayOutcome, Totals};
+use crate::shared::Shared;
 use crate::stream::ClientStream;
 use crate::trail::{Audited, Trail};
-
-/// What session.rs hands over once the client is signed in and routed.
-pub struct Start<'a> {
-    pub stream: ClientStream,
-    pub buf: BytesMut,
-    pub accepted: Instant,
-    pub upstream: Arc<Upstream>,
-    /// The database on the Azure SQL logical server.
-    pub database: String,
-    pub gate: Option<Gate>,
-    pub identity: Option<&'a pgward_entra::Identity>,
-    pub user: &'a str,
-    pub application_name: Option<&'a str>,
-    pub info: &'a pgward_audit::SessionInfo,
-    pub expires_at: Option<tokio::time::Instant>,
-}
 
 const UNSUPPORTED_EXTENDED: &str = "extended protocol is not supported for azure-sql upstreams; use the simple query protocol (e.g. psycopg's ClientCursor, JDBC preferQueryMode=simple)";
 const UNSUPPORTED_COPY: &str = "COPY is not supported for azure-sql upstreams";
 const UNSUPPORTED_CATALOG: &str = "PostgreSQL catalog queries (pg_catalog, psql's \\d meta-commands) do not translate to azure-sql upstreams; query INFORMATION_SCHEMA or sys views in T-SQL instead";
 const UNSUPPORTED_TX_IN_BATCH: &str = "send transaction control (BEGIN, COMMIT, ROLLBACK) as a statement of its own on azure-sql upstreams";
-
-async fn refuse(stream: &mut ClientStream, code: &str, message: &str) {
-    fatal(stream, code, message).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn record_failure(shared: &Shared, info: &pgward_audit::SessionInfo, reason: String) {
-    if let Some(log) = &shared.audit {
-        if let Err(e) = log.session(info).auth_failed(&reason).await {
-            warn!(error = %e, "audit: could not record a failed connection");
-        }
-    }
-}
 
 fn tds_options(upstream: &Upstream, database: &str, application_name: String) -> TdsOptions {
     let cfg = upstream.config();
@@ -81,97 +58,50 @@ fn tds_options(upstream: &Upstream, database: &str, application_name: String) ->
     }
 }
 
-/// Runs one azure-sql session to its end.
-pub async fn run(start: Start<'_>, shared: &Shared) {
-    let Start {
-        mut stream,
-        mut buf,
-        accepted,
-        upstream,
-        database,
-        gate,
-        identity,
-        user,
-        application_name,
-        info,
-        expires_at,
-    } = start;
-
-    let token = match upstream.credential().current().await {
+/// Opens the TDS session for an admitted caller.
+pub async fn open(
+    a: &Admitted,
+    user: &str,
+    application_name: Option<&str>,
+) -> Result<TdsSession, SetupError> {
+    let token = match a.upstream.credential().current().await {
         Ok(t) => AccessToken::new(t.expose().to_owned()),
         Err(e) => {
-            shared.metrics.error("upstream_credential");
-            warn!(upstream = upstream.name(), error = %e, "no token for the azure-sql upstream");
-            record_failure(
-                shared,
-                info,
-                format!("upstream credential unavailable: {e}"),
-            )
-            .await;
-            refuse(
-                &mut stream,
-                "08001",
-                &format!(
-                    "pgward could not obtain its credential for upstream \"{}\"",
-                    upstream.name()
-                ),
-            )
-            .await;
-            return;
+            return Err(SetupError::UpstreamCredential {
+                upstream: a.upstream.name().to_owned(),
+                detail: e.to_string(),
+            })
         }
     };
+    let identity = a.identity.as_ref();
     let caller = identity
         .and_then(|id| id.upn.clone().or_else(|| id.mi_name.clone()))
         .unwrap_or_else(|| user.to_owned());
     let app = match application_name.filter(|a| !a.is_empty()) {
-        Some(a) => format!("{caller} ({a})"),
+        Some(n) => format!("{caller} ({n})"),
         None => caller.clone(),
     };
-    let roles = gate
-        .as_ref()
-        .map(|g| g.role_names().to_vec())
-        .unwrap_or_default();
     let who = SessionIdentity {
         oid: identity.map(|i| i.oid.clone()).unwrap_or_default(),
         tid: identity.map(|i| i.tid.clone()).unwrap_or_default(),
-        upn: caller.clone(),
-        roles,
+        upn: caller,
+        roles: a.role_names().to_vec(),
         // The second wall: the session runs as the held role's database user.
-        database_user: gate.as_ref().and_then(|g| g.upstream_role()),
+        database_user: a.upstream_role.clone(),
     };
-    let opts = tds_options(&upstream, &database, app);
-    let tds = match TdsSession::connect(&opts, &token, &who).await {
-        Ok(s) => s,
-        Err(e) => {
-            shared.metrics.error("upstream_connect");
-            warn!(error = %e, "azure-sql connect failed");
-            record_failure(shared, info, e.to_string()).await;
-            refuse(&mut stream, e.sqlstate(), &e.client_message()).await;
-            return;
-        }
-    };
-    drop(token);
+    let opts = tds_options(&a.upstream, &a.upstream_database, app);
+    TdsSession::connect(&opts, &token, &who)
+        .await
+        .map_err(|e| SetupError::Upstream {
+            sqlstate: e.sqlstate().to_owned(),
+            client_message: e.client_message(),
+            detail: e.to_string(),
+        })
+}
 
-    let audit = shared.audit.as_ref().map(|log| log.session(info));
-    if let Some(a) = &audit {
-        let connect = pgward_audit::Connect {
-            upstream: Some(upstream.name()),
-            upstream_role: None,
-        };
-        if let Err(e) = a.connect(&connect).await {
-            warn!(error = %e, "audit: cannot record the connection; refusing it");
-            refuse(&mut stream, "58030", "pgward cannot write its audit log").await;
-            tds.close().await;
-            return;
-        }
-    }
-
-    // No upstream pid to show: the cancel registry chooses one (and the secret).
-    let signal = Arc::new(Notify::new());
-    let key = shared.cancels.register_signal(signal.clone());
-    let mut greeting = BytesMut::with_capacity(512);
-    build::authentication_ok(&mut greeting);
-    for (k, v) in [
+/// The ParameterStatus values an azure-sql session greets its client with.
+pub fn greeting_parameters(application_name: Option<&str>) -> Vec<(&'static str, String)> {
+    [
         ("server_version", "16.0 (pgward azure-sql)"),
         ("server_encoding", "UTF8"),
         ("client_encoding", "UTF8"),
@@ -181,80 +111,84 @@ pub async fn run(start: Start<'_>, shared: &Shared) {
         ("standard_conforming_strings", "on"),
         ("IntervalStyle", "postgres"),
         ("is_superuser", "off"),
-        ("application_name", application_name.unwrap_or("")),
-    ] {
-        build::parameter_status(&mut greeting, k, v);
-    }
-    build::backend_key_data(&mut greeting, key.pid, &key.secret);
-    build::ready_for_query(&mut greeting, TxStatus::Idle);
-    if stream.write_all(&greeting).await.is_err() {
-        tds.close().await;
-        return;
-    }
-    let _ = stream.flush().await;
-    shared
-        .metrics
-        .handshake_seconds
-        .observe(accepted.elapsed().as_secs_f64());
-    info!(upstream = upstream.name(), "azure-sql session started");
-    shared.metrics.sessions_active.inc();
-    let started = Instant::now();
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .chain(std::iter::once((
+        "application_name",
+        application_name.unwrap_or("").to_owned(),
+    )))
+    .collect()
+}
 
+/// What an azure-sql relay needs from the lifecycle.
+pub struct RelayParams {
+    pub gate: Option<Gate>,
+    pub trail: Option<Trail>,
+    /// The session's connection slot and statement-rate bucket.
+    pub permit: Option<Permit>,
+    pub database: String,
+    /// A CancelRequest for this session wakes it (registered by the lifecycle).
+    pub signal: Arc<Notify>,
+    pub expires_at: Option<tokio::time::Instant>,
+}
+
+/// Serves the client until the session ends.
+pub async fn relay(
+    mut stream: ClientStream,
+    mut buf: BytesMut,
+    tds: TdsSession,
+    p: RelayParams,
+    shared: &Shared,
+) -> RelayOutcome {
     let mut relay = Relay {
         tds,
-        gate,
-        trail: audit.as_ref().map(|a| Trail::new(a.clone())),
+        gate: p.gate,
+        trail: p.trail,
+        rate: p.permit,
         tx: TxStatus::Idle,
         skip_to_sync: false,
-        database,
-        signal,
-        bytes_in: 0,
-        bytes_out: 0,
+        database: p.database,
+        signal: p.signal,
+        totals: Totals::default(),
     };
     let framer = Framer::new(shared.config.listen.max_message_bytes);
-    let reason = relay
-        .serve(&mut stream, &mut buf, framer, shared, expires_at)
+    let end = relay
+        .serve(&mut stream, &mut buf, framer, shared, p.expires_at)
         .await;
-    shared.metrics.sessions_active.dec();
-    drop(key);
     let Relay {
-        tds,
-        trail,
-        bytes_in,
-        bytes_out,
-        ..
+        tds, trail, totals, ..
     } = relay;
     tds.close().await;
-    if let Some(a) = &audit {
-        let d = pgward_audit::Disconnect {
-            duration_us: started.elapsed().as_micros() as u64,
-            statements: trail.as_ref().map(|t| t.recorded).unwrap_or(0),
-            bytes_in,
-            bytes_out,
-            reason: Some(&reason),
-        };
-        if let Err(e) = a.disconnect(&d).await {
-            warn!(error = %e, "audit: could not record the disconnect");
-        }
+    shared
+        .metrics
+        .bytes_to_upstream
+        .inc_by(totals.bytes_to_upstream);
+    shared
+        .metrics
+        .bytes_to_client
+        .inc_by(totals.bytes_to_client);
+    RelayOutcome {
+        end,
+        recorded: trail.as_ref().map(|t| t.recorded).unwrap_or(0),
+        totals,
+        upstream_busy: false,
     }
-    info!(
-        reason,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "azure-sql session ended"
-    );
 }
 
 struct Relay {
     tds: TdsSession,
     gate: Option<Gate>,
     trail: Option<Trail>,
+    /// The session's connection slot and statement-rate bucket (held to the end).
+    rate: Option<Permit>,
     tx: TxStatus,
     /// After an error in an extended-protocol batch: skip to Sync, as PostgreSQL does.
     skip_to_sync: bool,
     database: String,
     signal: Arc<Notify>,
-    bytes_in: u64,
-    bytes_out: u64,
+    /// Client bytes and messages in, bytes and batches answered out.
+    totals: Totals,
 }
 
 /// Transaction control pgward translates: (T-SQL to run, PostgreSQL tag).
@@ -315,56 +249,61 @@ impl Relay {
         framer: Framer,
         shared: &Shared,
         expires_at: Option<tokio::time::Instant>,
-    ) -> String {
-        let never = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let deadline = expires_at.unwrap_or(never);
+    ) -> RelayEnd {
+        let expired = || expires_at.is_some_and(|t| tokio::time::Instant::now() >= t);
         loop {
             let msg = match framer.next(buf) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
+                    let token_expiry = async {
+                        match expires_at {
+                            Some(t) => tokio::time::sleep_until(t).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     let read = tokio::select! {
                         r = stream.read_buf(buf) => r,
-                        _ = tokio::time::sleep_until(deadline) => {
+                        _ = token_expiry => {
                             fatal(stream, "28000", "token expired").await;
-                            return "token expired".into();
+                            return RelayEnd::TokenExpired;
                         }
                         _ = shared.hard_stop.cancelled() => {
                             fatal(stream, "57P01", "terminating connection because pgward is shutting down").await;
-                            return "shutdown".into();
+                            return RelayEnd::Shutdown;
                         }
                     };
                     match read {
-                        Ok(0) => return "client gone".into(),
+                        Ok(0) => return RelayEnd::ClientGone(None),
                         Ok(n) => {
-                            self.bytes_in += n as u64;
+                            self.totals.bytes_to_upstream += n as u64;
                             continue;
                         }
-                        Err(e) => return format!("client gone: {e}"),
+                        Err(e) => return RelayEnd::ClientGone(Some(e)),
                     }
                 }
                 Err(e) => {
                     fatal(stream, "08P01", &format!("invalid message: {e}")).await;
-                    return format!("client protocol violation: {e}");
+                    return RelayEnd::ClientProtocol(e);
                 }
             };
-            if tokio::time::Instant::now() >= deadline {
+            self.totals.messages_to_upstream += 1;
+            if expired() {
                 fatal(stream, "28000", "token expired").await;
-                return "token expired".into();
+                return RelayEnd::TokenExpired;
             }
             let mut out = BytesMut::new();
             match msg.tag() {
-                fe::TERMINATE => return "client terminated".into(),
+                fe::TERMINATE => return RelayEnd::ClientTerminated,
                 fe::QUERY => {
                     let sql = match frontend::query_text(msg.body()) {
                         Ok(s) => s.to_owned(),
                         Err(e) => {
                             fatal(stream, "08P01", &format!("invalid message: {e}")).await;
-                            return format!("client protocol violation: {e}");
+                            return RelayEnd::ClientProtocol(e);
                         }
                     };
-                    match self.query(&sql, stream).await {
-                        Ok(()) => {}
-                        Err(end) => return end,
+                    if let Err(end) = self.query(&sql, stream).await {
+                        return end;
                     }
                     continue;
                 }
@@ -392,7 +331,12 @@ impl Relay {
                             )
                             .await
                         {
-                            fatal(stream, "58030", &end).await;
+                            fatal(
+                                stream,
+                                "58030",
+                                "pgward could not record this statement in the audit log",
+                            )
+                            .await;
                             return end;
                         }
                         self.skip_to_sync = msg.tag() != fe::FUNCTION_CALL;
@@ -409,15 +353,23 @@ impl Relay {
                 // CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them too.
                 fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {}
                 other => {
-                    let e = format!("unexpected message type 0x{other:02x}");
-                    fatal(stream, "08P01", &e).await;
-                    return format!("client protocol violation: {e}");
+                    fatal(
+                        stream,
+                        "08P01",
+                        &format!("invalid message: unexpected message type 0x{other:02x}"),
+                    )
+                    .await;
+                    return RelayEnd::ClientProtocol(WireError::malformed(
+                        "frontend message",
+                        "unexpected message type",
+                    ));
                 }
             }
             if !out.is_empty() {
-                self.bytes_out += out.len() as u64;
+                self.totals.bytes_to_client += out.len() as u64;
+                self.totals.messages_to_client += 1;
                 if let Err(e) = stream.write_all(&out).await {
-                    return format!("client gone: {e}");
+                    return RelayEnd::ClientGone(Some(e));
                 }
             }
         }
@@ -431,7 +383,7 @@ impl Relay {
         code: &str,
         message: &str,
         out: &mut BytesMut,
-    ) -> Result<(), String> {
+    ) -> Result<(), RelayEnd> {
         info!(rule, code, "azure-sql statement refused");
         if let Some(t) = self.trail.as_mut() {
             t.on_query(sql, None, Some(Audited::refused(rule)));
@@ -442,11 +394,11 @@ impl Relay {
     }
 
     /// One simple Query. `Err` ends the session with its reason.
-    async fn query(&mut self, sql: &str, stream: &mut ClientStream) -> Result<(), String> {
+    async fn query(&mut self, sql: &str, stream: &mut ClientStream) -> Result<(), RelayEnd> {
         let mut out = BytesMut::new();
         let result = self.query_inner(sql, stream, &mut out).await;
         if let Err(end) = &result {
-            if end.starts_with("audit") {
+            if matches!(end, RelayEnd::AuditFailed(_)) {
                 let _ = stream.write_all(&out).await;
                 fatal(
                     stream,
@@ -458,11 +410,12 @@ impl Relay {
             }
         }
         build::ready_for_query(&mut out, self.tx);
-        self.bytes_out += out.len() as u64;
+        self.totals.bytes_to_client += out.len() as u64;
+        self.totals.messages_to_client += 1;
         stream
             .write_all(&out)
             .await
-            .map_err(|e| format!("client gone: {e}"))?;
+            .map_err(|e| RelayEnd::ClientGone(Some(e)))?;
         result
     }
 
@@ -471,10 +424,17 @@ impl Relay {
         sql: &str,
         stream: &mut ClientStream,
         out: &mut BytesMut,
-    ) -> Result<(), String> {
+    ) -> Result<(), RelayEnd> {
         if sql.trim().trim_matches(';').trim().is_empty() {
             pgward_tds::pg::empty_query(out);
             return Ok(());
+        }
+        // Over the identity's statement rate: refused (53400) and recorded, as for PostgreSQL.
+        if let Some(rate) = self.rate.as_ref().and_then(|p| p.take_statement().err()) {
+            let d = Denial::rate_limited(rate);
+            return self
+                .refuse_statement(sql, &d.rule, d.code, &d.message(), out)
+                .await;
         }
         let control = tx_control(sql);
         if self.tx == TxStatus::Failed
@@ -558,8 +518,8 @@ impl Relay {
             .tds
             .run(sql, &expect, stream, &self.signal)
             .await
-            .map_err(|e| format!("client gone: {e}"))?;
-        self.bytes_out += outcome.bytes_out;
+            .map_err(|e| RelayEnd::ClientGone(Some(e)))?;
+        self.totals.bytes_to_client += outcome.bytes_out;
         if let Some(t) = self.trail.as_mut() {
             let results = outcome.statements.iter().map(|s| {
                 let err = s.error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
@@ -597,7 +557,7 @@ impl Relay {
         sql: &str,
         c: TxControl,
         out: &mut BytesMut,
-    ) -> Result<(), String> {
+    ) -> Result<(), RelayEnd> {
         let (tsql, tag, next) = match (c, self.tx) {
             (TxControl::Begin, TxStatus::Idle) => {
                 (Some("BEGIN TRANSACTION"), "BEGIN", TxStatus::InTransaction)
@@ -666,15 +626,14 @@ impl Relay {
 async fn record_results<'a>(
     t: &mut Trail,
     results: impl IntoIterator<Item = (Option<&'a str>, Option<(&'a str, &'a str)>)>,
-) -> Result<(), String> {
+) -> Result<(), RelayEnd> {
     let mut appends = Vec::new();
     for (tag, error) in results {
         appends.extend(t.on_result(tag, error));
     }
     appends.extend(t.on_ready());
     for a in appends {
-        a.await
-            .map_err(|e| format!("audit record could not be written: {e}"))?;
+        a.await.map_err(|e| RelayEnd::AuditFailed(e.to_string()))?;
     }
     Ok(())
 }
