@@ -333,9 +333,15 @@ impl Bucket {
     }
 
     fn reshape(&mut self, rate: f64, burst: f64) {
+        if rate > self.rate || burst > self.burst {
+            // Raised limits apply at once: a session is not held to what the old, lower
+            // limit left in its bucket. At most one burst more, as a reconnect would get.
+            self.tokens = burst;
+        } else {
+            self.tokens = self.tokens.min(burst);
+        }
         self.rate = rate;
         self.burst = burst;
-        self.tokens = self.tokens.min(burst);
     }
 
     fn take(&mut self, now: Instant) -> Result<(), f64> {
@@ -355,6 +361,25 @@ impl Bucket {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn raised_limits_apply_at_once_and_lowered_ones_cap_what_is_left() {
+        let now = Instant::now();
+        let mut b = Bucket::new(2.0, 4.0);
+        for _ in 0..4 {
+            assert!(b.take(now).is_ok());
+        }
+        assert!(b.take(now).is_err(), "drained");
+        b.reshape(1000.0, 1000.0);
+        for _ in 0..100 {
+            assert!(
+                b.take(now).is_ok(),
+                "a raised limit must not keep the old drain"
+            );
+        }
+        b.reshape(1.0, 2.0);
+        assert!(b.tokens <= 2.0);
+    }
 
     fn cfg(text: &str) -> LimitsConfig {
         toml::from_str(text).unwrap()
