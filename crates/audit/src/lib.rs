@@ -22,6 +22,8 @@ mod chain;
 mod config;
 mod error;
 mod event;
+mod files;
+mod json;
 mod read;
 pub mod scrub;
 mod search;
@@ -40,6 +42,7 @@ pub use event::{
     Param, ParamIn, Params, Predecessor, Protocol, Record, RecordObject, RecordOutcome, Redaction,
     SessionInfo, Statement, SCHEMA_VERSION,
 };
+pub use files::{archived_files, log_files};
 pub use read::{read_records, ReadItem};
 pub use search::{run_search, run_tail, Filter, OutputFormat, SearchArgs, SearchSummary, TailArgs};
 pub use sink::{LineSink, SealedRecord, Sink, SinkError};
@@ -51,7 +54,4 @@ pub use verify::{
     run_verify, verify, verify_with_witness, Finding, FindingKind, VerifyArgs, VerifyReport,
 };
 pub use witness::{read_witness, Checkpoint, Witness};
-pub use writer::{
-    archived_files, log_files, Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog,
-    StatementHead,
-};
+pub use writer::{Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog, StatementHead};

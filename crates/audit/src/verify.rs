@@ -470,7 +470,7 @@ fn short(h: &str) -> &str {
 }
 
 fn file_name(p: &Path) -> String {
-    crate::writer::file_name(p)
+    crate::files::file_name(p)
 }
 
 /// Arguments of `pgward audit verify`.

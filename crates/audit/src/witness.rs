@@ -75,7 +75,7 @@ impl WitnessWriter {
             file,
             hasher: Hasher::new(Some(key)),
             instance_json: json(instance)?,
-            log_json: json(&crate::writer::file_name(log))?,
+            log_json: json(&crate::files::file_name(log))?,
             last_seq: None,
         })
     }
@@ -84,7 +84,7 @@ impl WitnessWriter {
     fn line(&self, seq: u64, hash: &str, ts: Timestamp) -> Vec<u8> {
         let mut b = Vec::with_capacity(320);
         b.extend_from_slice(b"{\"v\":1,\"event\":\"checkpoint\",\"seq\":");
-        crate::writer::push_decimal(&mut b, seq);
+        crate::json::push_decimal(&mut b, seq);
         b.extend_from_slice(b",\"hash\":\"");
         b.extend_from_slice(hash.as_bytes());
         b.extend_from_slice(b"\",\"ts\":\"");
