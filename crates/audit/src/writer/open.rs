@@ -17,6 +17,7 @@ use crate::chain::{Hasher, GENESIS};
 use crate::config::{AuditConfig, FailureMode, Fsync};
 use crate::event::Redaction;
 use crate::sink::{LineSink, Sink};
+use crate::sinks::{azure_monitor, postgres, AccessTokens, ShippingSink, SinkMonitor};
 use crate::time::Timestamp;
 use crate::AuditError;
 
@@ -31,7 +32,7 @@ pub struct AuditLogBuilder {
     redaction: Redaction,
     failure_mode: FailureMode,
     sinks: Vec<(Box<dyn Sink>, bool)>,
-    monitors: Vec<crate::sinks::SinkMonitor>,
+    monitors: Vec<SinkMonitor>,
     /// Witness file, its key, and the checkpoint interval (crate::witness).
     witness: Option<(PathBuf, Vec<u8>, Duration)>,
 }
@@ -111,7 +112,7 @@ impl AuditLogBuilder {
 
     /// Adds a shipping sink (PostgreSQL, Azure Monitor), whose state
     /// [`AuditLog::sink_status`] reports.
-    pub fn shipping_sink(mut self, sink: crate::sinks::ShippingSink) -> Self {
+    pub fn shipping_sink(mut self, sink: ShippingSink) -> Self {
         self.monitors.push(sink.monitor());
         let authoritative = sink.authoritative();
         self.sink(Box::new(sink), authoritative)
@@ -238,7 +239,7 @@ impl AuditLog {
     pub fn open_with_tokens(
         cfg: &AuditConfig,
         instance: &str,
-        tokens: Option<Arc<dyn crate::sinks::AccessTokens>>,
+        tokens: Option<Arc<dyn AccessTokens>>,
     ) -> Result<AuditLog, AuditError> {
         let mut b = AuditLogBuilder::new(instance)
             .file(cfg.file.clone())
@@ -253,7 +254,7 @@ impl AuditLog {
         if cfg.stdout {
             b = b.sink(Box::new(LineSink::stdout()), false);
         }
-        for s in crate::sinks::from_config(cfg, tokens)? {
+        for s in shipping_sinks(cfg, tokens)? {
             b = b.shipping_sink(s);
         }
         if let Some((path, key)) = cfg.witness()? {
@@ -261,4 +262,19 @@ impl AuditLog {
         }
         b.open()
     }
+}
+
+/// Starts the shipping sinks `[audit]` configures.
+fn shipping_sinks(
+    cfg: &AuditConfig,
+    tokens: Option<Arc<dyn AccessTokens>>,
+) -> Result<Vec<ShippingSink>, AuditError> {
+    let mut out = Vec::new();
+    if let Some(pg) = &cfg.postgres {
+        out.push(postgres::start(pg, &cfg.file)?);
+    }
+    if let Some(az) = &cfg.azure_monitor {
+        out.push(azure_monitor::start(az, &cfg.file, tokens)?);
+    }
+    Ok(out)
 }
