@@ -194,8 +194,6 @@ impl Writer {
         }
     }
 
-    /// Finds where the chain stands and what the first record must be.
-
     fn open_active(&mut self) -> Result<(), AuditError> {
         let Some(path) = &self.path else {
             return Ok(());
