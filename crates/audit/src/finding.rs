@@ -1,6 +1,6 @@
 //! What `pgward audit verify` reports: one [`Finding`] per break or notice, located as
 //! precisely as possible. Its own module because two checks produce findings: the chain
-//! ([`crate::verify`]) and the witness file as it is read ([`crate::witness`]).
+//! (`verify.rs`) and the witness file as it is read (`witness.rs`).
 
 use std::fmt;
 use std::path::PathBuf;

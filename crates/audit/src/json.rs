@@ -5,7 +5,7 @@
 
 /// Appends `n` in decimal.
 // `inline`: every record's frame calls it from another module (`Writer::seal`), where it
-// used to be inlined when the two shared writer.rs; measured with examples/append_cost.
+// used to be inlined while both were in one file; measured with examples/append_cost.
 #[inline]
 pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];

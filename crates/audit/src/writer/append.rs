@@ -2,8 +2,9 @@
 //! (and synced in batch mode): at once for inline appends, when the writer thread replies
 //! in thread mode, and for a deferred statement record after one yield, by the first of
 //! the appends sealed meanwhile to be polled again, which writes them all with one
-//! write(2). Hand-written rather than `async`, because an inline append must complete
-//! without ever being polled as pending.
+//! write(2). Hand-written rather than an `async fn`: it is a named type a caller can keep,
+//! it offers [`Append::wait`] to synchronous callers (tools, examples), and dropping a
+//! sealed one unpolled still writes its record and claims its result.
 
 use std::future::Future;
 use std::pin::Pin;

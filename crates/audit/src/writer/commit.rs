@@ -41,7 +41,7 @@ pub struct Receipt {
 
 pub(super) type Reply = oneshot::Sender<Result<Receipt, AuditError>>;
 
-/// Whether the last write failed, and with what, for [`AuditLog::ready`].
+/// Whether the last write failed, and with what, for [`crate::AuditLog::ready`].
 #[derive(Default)]
 pub(super) struct Health {
     pub(super) failing: AtomicBool,

@@ -1,9 +1,9 @@
-//! The authoritative file sink. One `Writer` ([`commit`]) owns the chain state and the active file,
-//! behind a mutex; callers serialise their event on their own task (in parallel across
-//! connections) and hand the body over. Two ways, chosen at open:
+//! The authoritative file sink. One `Writer` ([`commit`]) owns the chain state and the
+//! active file, behind a mutex; callers serialise their event on their own task (in
+//! parallel across connections) and hand the body over. Two ways, chosen at open:
 //!
-//! - inline (`fsync = "none"`, every extra sink [`Sink::inline_ok`]): the appending task
-//!   locks the writer, frames the record with `v, seq, ts, instance`, chains it and
+//! - inline (`fsync = "none"`, every extra sink [`crate::Sink::inline_ok`]): the appending
+//!   task locks the writer, frames the record with `v, seq, ts, instance`, chains it and
 //!   write(2)s it itself. No thread hop, no wake-up, no channel: a hand-off to a thread
 //!   cost two futex wake-ups and a reschedule per record, more than the write itself
 //!   (docs/performance.md). Statement records ([`SessionLog::statement_done`]) are

@@ -18,7 +18,7 @@ pub(super) struct Inner {
     pub(super) inline: bool,
     /// What became of deferred appends, readable without the lock.
     pub(super) progress: Arc<Progress>,
-    /// Statements sent upstream and not yet recorded, over all sessions ([`InFlight`]).
+    /// Statements sent upstream and not yet recorded, over all sessions ([`crate::InFlight`]).
     pub(super) in_flight: AtomicUsize,
     pub(super) monitors: Vec<crate::sinks::SinkMonitor>,
     pub(super) failing: Arc<Health>,
