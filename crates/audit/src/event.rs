@@ -482,7 +482,7 @@ pub(crate) fn statement_tail_into(v: &mut Vec<u8>, outcome: &Outcome<'_>, durati
     }
     if let Some(rows) = outcome.rows {
         key(v, b"rows");
-        crate::writer::push_decimal(v, rows);
+        crate::json::push_decimal(v, rows);
     }
     if let Some(state) = outcome.sqlstate {
         key(v, b"sqlstate");
@@ -493,7 +493,7 @@ pub(crate) fn statement_tail_into(v: &mut Vec<u8>, outcome: &Outcome<'_>, durati
         json_str(v, &scrub::scrub(message));
     }
     v.extend_from_slice(b"},\"duration_us\":");
-    crate::writer::push_decimal(v, duration_us);
+    crate::json::push_decimal(v, duration_us);
 }
 
 /// The pre-serialised `"session":...,"client":...,"identity":...,"database":...`.

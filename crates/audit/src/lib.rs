@@ -22,6 +22,9 @@ mod chain;
 mod config;
 mod error;
 mod event;
+mod files;
+mod finding;
+mod json;
 mod read;
 pub mod scrub;
 mod search;
@@ -40,6 +43,8 @@ pub use event::{
     Param, ParamIn, Params, Predecessor, Protocol, Record, RecordObject, RecordOutcome, Redaction,
     SessionInfo, Statement, SCHEMA_VERSION,
 };
+pub use files::{archived_files, log_files};
+pub use finding::{Finding, FindingKind};
 pub use read::{read_records, ReadItem};
 pub use search::{run_search, run_tail, Filter, OutputFormat, SearchArgs, SearchSummary, TailArgs};
 pub use sink::{LineSink, SealedRecord, Sink, SinkError};
@@ -47,11 +52,6 @@ pub use sinks::{
     AccessTokens, AzureMonitorConfig, PostgresSinkConfig, ShippingSink, SinkMonitor, SinkStatus,
 };
 pub use time::{TimeParseError, Timestamp};
-pub use verify::{
-    run_verify, verify, verify_with_witness, Finding, FindingKind, VerifyArgs, VerifyReport,
-};
+pub use verify::{run_verify, verify, verify_with_witness, VerifyArgs, VerifyReport};
 pub use witness::{read_witness, Checkpoint, Witness};
-pub use writer::{
-    archived_files, log_files, Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog,
-    StatementHead,
-};
+pub use writer::{Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog, StatementHead};

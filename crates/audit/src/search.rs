@@ -532,7 +532,7 @@ fn next_file(active: &Path, ino: u64) -> io::Result<Option<Followed>> {
             .position(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino))
     };
     loop {
-        let list = crate::writer::archived_files(active)?;
+        let list = crate::files::archived_files(active)?;
         let at = position(&list);
         if let Some(next) = at.and_then(|i| list.get(i + 1)) {
             return Followed::open(next);
@@ -540,7 +540,7 @@ fn next_file(active: &Path, ino: u64) -> io::Result<Option<Followed>> {
         let opened = Followed::open(active)?;
         // If the active file was rotated again between listing and opening, the file
         // after ours is now a rotated one: start over rather than skip it.
-        let again = crate::writer::archived_files(active)?;
+        let again = crate::files::archived_files(active)?;
         match (position(&again).and_then(|i| again.get(i + 1)), &opened) {
             (Some(p), Some(f)) if std::fs::metadata(p).is_ok_and(|m| m.ino() != f.ino) => continue,
             _ => return Ok(opened),

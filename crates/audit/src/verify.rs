@@ -11,7 +11,6 @@
 //! acknowledged it and the next file continues from the last complete record.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -19,87 +18,10 @@ use serde::Deserialize;
 
 use crate::chain::{self, Hasher, GENESIS};
 use crate::event::Predecessor;
+use crate::finding::{Finding, FindingKind};
 use crate::read::{read_records, ReadItem};
+use crate::witness::{read_witness, Witness};
 use crate::AuditError;
-
-/// What kind of break (or notice) a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FindingKind {
-    /// A record's content does not match its hash, or a record was altered and re-hashed
-    /// (the next record's `prev_hash` no longer matches).
-    Changed,
-    /// Records are absent (a `seq` gap), including a deleted file.
-    Missing,
-    /// A record appears after a record with a higher `seq`.
-    Reordered,
-    /// The same `seq` appears twice.
-    Duplicate,
-    /// A file ends before the record the next file names as its predecessor's last.
-    Truncated,
-    /// A complete line that is not a valid record.
-    Malformed,
-    /// The chain is keyed (HMAC) and no key was given, or records name another key.
-    Key,
-    /// A file ends with a partial line (crash during a write). Not a problem.
-    TornTail,
-    /// A line of the witness file is not a checkpoint authenticated by the witness key
-    /// (edited, forged, another key), or the witness holds none.
-    Witness,
-    /// Something an auditor should know that is not a break (the files start mid-chain,
-    /// the last file has no `audit_stop`).
-    Note,
-}
-
-impl FindingKind {
-    /// Whether this finding means the files are not a complete, unaltered log.
-    pub fn is_problem(self) -> bool {
-        !matches!(self, FindingKind::TornTail | FindingKind::Note)
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            FindingKind::Changed => "CHANGED",
-            FindingKind::Missing => "MISSING",
-            FindingKind::Reordered => "REORDERED",
-            FindingKind::Duplicate => "DUPLICATE",
-            FindingKind::Truncated => "TRUNCATED",
-            FindingKind::Malformed => "MALFORMED",
-            FindingKind::Key => "KEY",
-            FindingKind::TornTail => "TORN TAIL",
-            FindingKind::Witness => "WITNESS",
-            FindingKind::Note => "NOTE",
-        }
-    }
-}
-
-/// One finding, located as precisely as possible.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// Kind.
-    pub kind: FindingKind,
-    /// File.
-    pub file: PathBuf,
-    /// 1-based line in `file`.
-    pub line: Option<u64>,
-    /// `seq` of the record concerned.
-    pub seq: Option<u64>,
-    /// What exactly is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind.label(), self.file.display())?;
-        if let Some(l) = self.line {
-            write!(f, ":{l}")?;
-        }
-        if let Some(s) = self.seq {
-            write!(f, " (seq {s})")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
 
 /// The result of [`verify`].
 #[derive(Debug, Clone, Default)]
@@ -140,13 +62,13 @@ struct ChainFields {
     key_id: Option<String>,
 }
 
-pub(crate) struct Entry {
-    pub(crate) file: usize,
-    pub(crate) line: u64,
-    pub(crate) seq: u64,
+struct Entry {
+    file: usize,
+    line: u64,
+    seq: u64,
     event: String,
     prev_hash: String,
-    pub(crate) hash: String,
+    hash: String,
     predecessor: Option<Predecessor>,
 }
 
@@ -161,10 +83,10 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> io::Result<VerifyReport>
 pub fn verify_with_witness(
     files: &[PathBuf],
     key: Option<&[u8]>,
-    witness: &crate::Witness,
+    witness: &Witness,
 ) -> io::Result<VerifyReport> {
     let (mut report, entries) = verify_entries(files, key)?;
-    crate::witness::check(files, &entries, witness, &mut report);
+    check_witness(files, &entries, witness, &mut report);
     Ok(report)
 }
 
@@ -455,6 +377,104 @@ fn check_chain(files: &[PathBuf], entries: &[Entry], report: &mut VerifyReport) 
     report.findings.extend(out);
 }
 
+/// Holds the files' records against the witness: TRUNCATED when they end before its
+/// newest checkpoint, CHANGED when a checkpointed record differs.
+fn check_witness(
+    files: &[PathBuf],
+    entries: &[Entry],
+    witness: &Witness,
+    report: &mut VerifyReport,
+) {
+    report.findings.extend(witness.findings.iter().cloned());
+    let Some(head) = witness.head() else {
+        report.findings.push(Finding {
+            kind: FindingKind::Witness,
+            file: witness.path.clone(),
+            line: None,
+            seq: None,
+            message: "the witness holds no valid checkpoint".to_string(),
+        });
+        return;
+    };
+    let by_seq: std::collections::HashMap<u64, &Entry> =
+        entries.iter().map(|e| (e.seq, e)).collect();
+    let last = entries.iter().map(|e| e.seq).max();
+    let first = entries.iter().map(|e| e.seq).min();
+    let at = |e: &Entry| format!("{}:{}", files[e.file].display(), e.line);
+    match last {
+        Some(last) if head.seq > last => {
+            let e = entries.iter().max_by_key(|e| e.seq);
+            report.findings.push(Finding {
+                kind: FindingKind::Truncated,
+                file: e.map_or_else(|| witness.path.clone(), |e| files[e.file].clone()),
+                line: e.map(|e| e.line),
+                seq: Some(last + 1),
+                message: format!(
+                    "the files end at seq {last}, but the witness {} recorded seq {} at {}: records {}..={} \
+                     were cut off the end (first missing seq {})",
+                    witness.path.display(),
+                    head.seq,
+                    head.ts,
+                    last + 1,
+                    head.seq,
+                    last + 1
+                ),
+            });
+        }
+        None => report.findings.push(Finding {
+            kind: FindingKind::Truncated,
+            file: witness.path.clone(),
+            line: None,
+            seq: Some(1),
+            message: format!(
+                "the files hold no records, but the witness recorded seq {} at {}",
+                head.seq, head.ts
+            ),
+        }),
+        _ => {}
+    }
+    // Every checkpoint the files cover must name the record they hold.
+    for c in &witness.checkpoints {
+        if let Some(e) = by_seq.get(&c.seq) {
+            if e.hash != c.hash {
+                report.findings.push(Finding {
+                    kind: FindingKind::Changed,
+                    file: files[e.file].clone(),
+                    line: Some(e.line),
+                    seq: Some(c.seq),
+                    message: format!(
+                        "the witness recorded seq {} with hash {} at {}, but {} holds hash {}: \
+                         the chain was rewritten from this record or earlier",
+                        c.seq,
+                        c.hash.get(..12).unwrap_or(&c.hash),
+                        c.ts,
+                        at(e),
+                        e.hash.get(..12).unwrap_or(&e.hash)
+                    ),
+                });
+            }
+        }
+    }
+    let covered = first.is_some_and(|f| head.seq >= f);
+    report.findings.push(Finding {
+        kind: FindingKind::Note,
+        file: witness.path.clone(),
+        line: None,
+        seq: Some(head.seq),
+        message: format!(
+            "witness: {} checkpoints, the newest at seq {} ({}){}",
+            witness.checkpoints.len(),
+            head.seq,
+            head.ts,
+            if covered {
+                ""
+            } else {
+                "; it is older than the files given, so it says nothing about them"
+            }
+        ),
+    });
+}
+
 fn finding(files: &[PathBuf], kind: FindingKind, e: &Entry, message: String) -> Finding {
     Finding {
         kind,
@@ -470,7 +490,7 @@ fn short(h: &str) -> &str {
 }
 
 fn file_name(p: &Path) -> String {
-    crate::writer::file_name(p)
+    crate::files::file_name(p)
 }
 
 /// Arguments of `pgward audit verify`.
@@ -498,7 +518,7 @@ pub fn run_verify(args: &VerifyArgs, out: &mut impl Write) -> Result<VerifyRepor
         return Err(AuditError::Config("no audit files to verify".to_string()));
     }
     let witness = match (&args.witness, &args.witness_key_file) {
-        (Some(w), Some(k)) => Some(crate::read_witness(w, &crate::config::read_key_file(k)?)?),
+        (Some(w), Some(k)) => Some(read_witness(w, &crate::config::read_key_file(k)?)?),
         (Some(_), None) => {
             return Err(AuditError::Config(
                 "--witness needs the witness key (--witness-key-file)".to_string(),

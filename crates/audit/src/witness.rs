@@ -33,8 +33,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::chain::{self, Hasher};
+use crate::finding::{Finding, FindingKind};
 use crate::time::Timestamp;
-use crate::verify::{Entry, Finding, FindingKind, VerifyReport};
 use crate::AuditError;
 
 /// Longest witness line read back (a checkpoint is about 300 bytes).
@@ -75,7 +75,7 @@ impl WitnessWriter {
             file,
             hasher: Hasher::new(Some(key)),
             instance_json: json(instance)?,
-            log_json: json(&crate::writer::file_name(log))?,
+            log_json: json(&crate::files::file_name(log))?,
             last_seq: None,
         })
     }
@@ -84,7 +84,7 @@ impl WitnessWriter {
     fn line(&self, seq: u64, hash: &str, ts: Timestamp) -> Vec<u8> {
         let mut b = Vec::with_capacity(320);
         b.extend_from_slice(b"{\"v\":1,\"event\":\"checkpoint\",\"seq\":");
-        crate::writer::push_decimal(&mut b, seq);
+        crate::json::push_decimal(&mut b, seq);
         b.extend_from_slice(b",\"hash\":\"");
         b.extend_from_slice(hash.as_bytes());
         b.extend_from_slice(b"\",\"ts\":\"");
@@ -339,104 +339,6 @@ fn split_mac(line: &[u8]) -> Option<(&[u8], &str)> {
         return None;
     }
     Some((body, std::str::from_utf8(hex).ok()?))
-}
-
-/// Holds the files' records against the witness: TRUNCATED when they end before its
-/// newest checkpoint, CHANGED when a checkpointed record differs.
-pub(crate) fn check(
-    files: &[PathBuf],
-    entries: &[Entry],
-    witness: &Witness,
-    report: &mut VerifyReport,
-) {
-    report.findings.extend(witness.findings.iter().cloned());
-    let Some(head) = witness.head() else {
-        report.findings.push(Finding {
-            kind: FindingKind::Witness,
-            file: witness.path.clone(),
-            line: None,
-            seq: None,
-            message: "the witness holds no valid checkpoint".to_string(),
-        });
-        return;
-    };
-    let by_seq: std::collections::HashMap<u64, &Entry> =
-        entries.iter().map(|e| (e.seq, e)).collect();
-    let last = entries.iter().map(|e| e.seq).max();
-    let first = entries.iter().map(|e| e.seq).min();
-    let at = |e: &Entry| format!("{}:{}", files[e.file].display(), e.line);
-    match last {
-        Some(last) if head.seq > last => {
-            let e = entries.iter().max_by_key(|e| e.seq);
-            report.findings.push(Finding {
-                kind: FindingKind::Truncated,
-                file: e.map_or_else(|| witness.path.clone(), |e| files[e.file].clone()),
-                line: e.map(|e| e.line),
-                seq: Some(last + 1),
-                message: format!(
-                    "the files end at seq {last}, but the witness {} recorded seq {} at {}: records {}..={} \
-                     were cut off the end (first missing seq {})",
-                    witness.path.display(),
-                    head.seq,
-                    head.ts,
-                    last + 1,
-                    head.seq,
-                    last + 1
-                ),
-            });
-        }
-        None => report.findings.push(Finding {
-            kind: FindingKind::Truncated,
-            file: witness.path.clone(),
-            line: None,
-            seq: Some(1),
-            message: format!(
-                "the files hold no records, but the witness recorded seq {} at {}",
-                head.seq, head.ts
-            ),
-        }),
-        _ => {}
-    }
-    // Every checkpoint the files cover must name the record they hold.
-    for c in &witness.checkpoints {
-        if let Some(e) = by_seq.get(&c.seq) {
-            if e.hash != c.hash {
-                report.findings.push(Finding {
-                    kind: FindingKind::Changed,
-                    file: files[e.file].clone(),
-                    line: Some(e.line),
-                    seq: Some(c.seq),
-                    message: format!(
-                        "the witness recorded seq {} with hash {} at {}, but {} holds hash {}: \
-                         the chain was rewritten from this record or earlier",
-                        c.seq,
-                        c.hash.get(..12).unwrap_or(&c.hash),
-                        c.ts,
-                        at(e),
-                        e.hash.get(..12).unwrap_or(&e.hash)
-                    ),
-                });
-            }
-        }
-    }
-    let covered = first.is_some_and(|f| head.seq >= f);
-    report.findings.push(Finding {
-        kind: FindingKind::Note,
-        file: witness.path.clone(),
-        line: None,
-        seq: Some(head.seq),
-        message: format!(
-            "witness: {} checkpoints, the newest at seq {} ({}){}",
-            witness.checkpoints.len(),
-            head.seq,
-            head.ts,
-            if covered {
-                ""
-            } else {
-                "; it is older than the files given, so it says nothing about them"
-            }
-        ),
-    });
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Delivered, Destination, Failure, ShipOptions, ShippingSink};
+use super::shipping::{Delivered, Destination, Failure, ShipOptions, ShippingSink};
 use crate::AuditError;
 
 /// The Logs Ingestion API version pgward speaks.
@@ -164,7 +164,7 @@ impl AzureMonitorConfig {
         if let Some(table) = &mut self.credential {
             pgward_credentials::CredentialConfig::resolve_table_paths(table, base);
         }
-        super::resolve_relative(
+        super::shipping::resolve_relative(
             base,
             [&mut self.spool_dir, &mut self.token_file]
                 .into_iter()
@@ -235,7 +235,7 @@ pub(crate) fn start(
     audit_file: &Path,
     tokens: Option<Arc<dyn AccessTokens>>,
 ) -> Result<ShippingSink, AuditError> {
-    super::check(cfg.problems())?;
+    super::shipping::check(cfg.problems())?;
     let tokens = match (&cfg.token_file, cfg.credential_config(), tokens) {
         (Some(f), _, _) => Tokens::Given(Arc::new(TokenFile(f.clone()))),
         (None, Some(c), _) => {
@@ -357,7 +357,7 @@ impl Destination for AzureDestination {
                 .map_err(|e| e.to_string()),
         }
         .map_err(|e| Failure::retry(format!("azure monitor: no access token: {e}")))?;
-        rt.block_on(self.post(super::json_array(lines), &token))?;
+        rt.block_on(self.post(super::shipping::json_array(lines), &token))?;
         Ok(Delivered {
             handled: lines.len(),
             rejected: 0,

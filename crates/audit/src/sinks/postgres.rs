@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
-use super::{Delivered, Destination, Failure, ShipOptions, ShippingSink};
+use super::shipping::{Delivered, Destination, Failure, ShipOptions, ShippingSink};
 use crate::AuditError;
 
 /// TLS to the audit database.
@@ -144,7 +144,7 @@ fn is_identifier(s: &str) -> bool {
 impl PostgresSinkConfig {
     /// Makes relative paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
-        super::resolve_relative(
+        super::shipping::resolve_relative(
             base,
             [
                 &mut self.password_file,
@@ -284,7 +284,7 @@ pub(crate) fn start(
     cfg: &PostgresSinkConfig,
     audit_file: &Path,
 ) -> Result<ShippingSink, AuditError> {
-    super::check(cfg.problems())?;
+    super::shipping::check(cfg.problems())?;
     let tls = match cfg.tls {
         PgTls::Disable => None,
         PgTls::VerifyFull => Some(tls_config(cfg.ca_file.as_deref()).map_err(AuditError::Config)?),
@@ -428,7 +428,7 @@ pub(crate) fn record_id(line: &[u8]) -> String {
 
 /// The records as one JSON array, as text (the parameter is bound as `text`).
 fn json_array(lines: &[&[u8]]) -> String {
-    String::from_utf8(super::json_array(lines))
+    String::from_utf8(super::shipping::json_array(lines))
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
