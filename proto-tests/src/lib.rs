@@ -641,19 +641,22 @@ pub mod raw {
 /// TLS for tokio-postgres over rustls (aws-lc-rs), verifying pgward's certificate
 /// against a CA file, so Rust clients can sign in with tokens (which pgward only takes
 /// over TLS).
-/// The local Entra stand-in (pgward_entra::dev::DevIssuer) for `tenant`, serving on a
+/// The local Entra stand-in (pgward_devkit::entra_issuer::DevIssuer) for `tenant`, serving on a
 /// runtime of its own (keep the runtime alive as long as the issuer is used).
 pub fn start_issuer(
     tenant: &str,
     worker_threads: usize,
-) -> (tokio::runtime::Runtime, pgward_entra::dev::DevIssuer) {
+) -> (
+    tokio::runtime::Runtime,
+    pgward_devkit::entra_issuer::DevIssuer,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads)
         .enable_all()
         .build()
         .unwrap();
     let issuer = rt
-        .block_on(pgward_entra::dev::DevIssuer::start(
+        .block_on(pgward_devkit::entra_issuer::DevIssuer::start(
             "127.0.0.1:0".parse().unwrap(),
             tenant,
         ))
@@ -662,7 +665,7 @@ pub fn start_issuer(
 }
 
 /// An `[entra]` section trusting `issuer` for `tenant`.
-pub fn entra_section(tenant: &str, issuer: &pgward_entra::dev::DevIssuer) -> String {
+pub fn entra_section(tenant: &str, issuer: &pgward_devkit::entra_issuer::DevIssuer) -> String {
     format!(
         "[entra]\ntenant_id = \"{tenant}\"\nauthority = \"{}\"\n",
         issuer.authority()

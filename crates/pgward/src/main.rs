@@ -50,7 +50,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
         /// Tenant id the issuer signs for.
-        #[arg(long, default_value = pgward_entra::dev::DEMO_TENANT)]
+        #[arg(long, default_value = pgward_devkit::entra_issuer::DEMO_TENANT)]
         tenant: String,
     },
     /// Mint an access token from a running demo's development issuer. Such tokens are
