@@ -143,7 +143,8 @@ pub struct Pgward {
 }
 
 /// The pgward binary under test: $PGWARD_BIN, else target/<profile>/pgward next to the
-/// test executable (scripts/test builds it first).
+/// test executable (scripts/test builds it first, with the `dev-tools` feature that
+/// `pgward demo` and `pgward token` need).
 pub fn pgward_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGWARD_BIN") {
         return PathBuf::from(p);
@@ -156,7 +157,7 @@ pub fn pgward_bin() -> PathBuf {
     let bin = profile_dir.join("pgward");
     assert!(
         bin.exists(),
-        "{} not found: build it first (`cargo build -p pgward`, as scripts/test does) or set PGWARD_BIN",
+        "{} not found: build it first (`cargo build -p pgward --features dev-tools`, as scripts/test does) or set PGWARD_BIN",
         bin.display()
     );
     bin
