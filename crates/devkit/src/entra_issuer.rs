@@ -841,63 +841,15 @@ async fn serve(listener: tokio::net::TcpListener, core: Core) {
 async fn handle(core: Core, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let authority = &core.authority;
     let tenant_ok = |t: &str| is_guid(t) || t == "common" || t == "organizations";
     let resp = match (req.method(), segs.as_slice()) {
         (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"])
             if tenant_ok(tenant) =>
         {
-            // Azure names the tenant in a tenant's document, `{tenantid}` in common's.
-            let t = if is_guid(tenant) {
-                tenant.to_string()
-            } else {
-                "{tenantid}".into()
-            };
-            if !lock_state(&core.state).discovery_available {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "discovery disabled by test"}),
-                )
-            } else {
-                respond(
-                    StatusCode::OK,
-                    &json!({
-                        "issuer": core.issuer_v2(&t),
-                        "jwks_uri": format!("{authority}/{tenant}/discovery/v2.0/keys"),
-                        "token_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/token"),
-                        "authorization_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
-                        "response_types_supported": ["code", "id_token", "token"],
-                        "subject_types_supported": ["pairwise"],
-                        "id_token_signing_alg_values_supported": ["RS256"],
-                    }),
-                )
-            }
+            discovery(&core, tenant, false)
         }
         (&Method::GET, [tenant, ".well-known", "openid-configuration"]) if tenant_ok(tenant) => {
-            let t = if is_guid(tenant) {
-                tenant.to_string()
-            } else {
-                "{tenantid}".into()
-            };
-            if !lock_state(&core.state).discovery_available {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "discovery disabled by test"}),
-                )
-            } else {
-                respond(
-                    StatusCode::OK,
-                    &json!({
-                        "issuer": core.issuer_v1(&t),
-                        "jwks_uri": format!("{authority}/{tenant}/discovery/keys"),
-                        "token_endpoint": format!("{authority}/{tenant}/oauth2/token"),
-                        "authorization_endpoint": format!("{authority}/{tenant}/oauth2/authorize"),
-                        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
-                        "subject_types_supported": ["pairwise"],
-                        "id_token_signing_alg_values_supported": ["RS256"],
-                    }),
-                )
-            }
+            discovery(&core, tenant, true)
         }
         (&Method::GET, [tenant, "discovery", "v2.0", "keys"]) if tenant_ok(tenant) => {
             jwks(&core, false).await
@@ -909,6 +861,49 @@ async fn handle(core: Core, req: Request<Incoming>) -> Result<Response<Body>, In
         _ => respond(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     };
     Ok(resp)
+}
+
+/// The v1 or v2 OIDC discovery document Entra serves for `tenant` (a GUID, `common` or
+/// `organizations`).
+fn discovery(core: &Core, tenant: &str, v1: bool) -> Response<Body> {
+    if !lock_state(&core.state).discovery_available {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "discovery disabled by test"}),
+        );
+    }
+    // Azure names the tenant in a tenant's document, `{tenantid}` in common's.
+    let tid = if is_guid(tenant) {
+        tenant
+    } else {
+        "{tenantid}"
+    };
+    let base = format!("{}/{tenant}", core.authority);
+    let (issuer, version, response_types) = if v1 {
+        let types = json!([
+            "code",
+            "id_token",
+            "code id_token",
+            "token id_token",
+            "token"
+        ]);
+        (core.issuer_v1(tid), "", types)
+    } else {
+        let types = json!(["code", "id_token", "token"]);
+        (core.issuer_v2(tid), "/v2.0", types)
+    };
+    respond(
+        StatusCode::OK,
+        &json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{base}/discovery{version}/keys"),
+            "token_endpoint": format!("{base}/oauth2{version}/token"),
+            "authorization_endpoint": format!("{base}/oauth2{version}/authorize"),
+            "response_types_supported": response_types,
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }),
+    )
 }
 
 /// The JWKS (the same keys for v1 and v2, as Entra publishes them), counted per version.
