@@ -9,5 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PGWARD_BENCH_STATEMENTS="${1:-2000}"
-cargo build -q -p pgward
+# The proto-tests' binary, built as scripts/test builds it.
+cargo build -q -p pgward --features dev-tools
 exec cargo test -q -p pgward-proto-tests --test cache_memory -- --ignored --nocapture

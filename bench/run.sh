@@ -33,7 +33,7 @@
 #   BENCH_WARMUP    seconds of unrecorded warm-up per target before measuring (default 3, 0 = none)
 #   PGWARD_WORKER_THREADS  [listen] worker_threads for pgward (default 0 = one per CPU)
 #   BENCH_OUT       markdown results file (default bench/results/latest.md)
-#   BENCH_SKIP_BUILD=1  use the existing target/release/pgward
+#   BENCH_SKIP_BUILD=1  use the existing target/release/pgward (built with --features dev-tools)
 #   PG_BINDIR       PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)
 #   BENCH_KEEP=1    keep the temporary directory (logs) after the run
 #
@@ -862,9 +862,11 @@ main() {
     local started=$SECONDS
     install_prerequisites
 
-    log "cargo build --release -p pgward"
+    # dev-tools: this binary also runs `pgward issuer` and `pgward token`. The feature adds
+    # only those subcommands; serving and relaying are the production build's code.
+    log "cargo build --release -p pgward --features dev-tools"
     if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
-        (cd "$REPO" && cargo build --release -p pgward) || die "cargo build failed"
+        (cd "$REPO" && cargo build --release -p pgward --features dev-tools) || die "cargo build failed"
     fi
     PGWARD_BIN="${PGWARD_BIN:-$REPO/target/release/pgward}"
     [[ -x "$PGWARD_BIN" ]] || die "$PGWARD_BIN not found"

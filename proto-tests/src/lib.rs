@@ -143,7 +143,8 @@ pub struct Pgward {
 }
 
 /// The pgward binary under test: $PGWARD_BIN, else target/<profile>/pgward next to the
-/// test executable (scripts/test builds it first).
+/// test executable (scripts/test builds it first, with the `dev-tools` feature that
+/// `pgward demo` and `pgward token` need).
 pub fn pgward_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGWARD_BIN") {
         return PathBuf::from(p);
@@ -156,7 +157,7 @@ pub fn pgward_bin() -> PathBuf {
     let bin = profile_dir.join("pgward");
     assert!(
         bin.exists(),
-        "{} not found: build it first (`cargo build -p pgward`, as scripts/test does) or set PGWARD_BIN",
+        "{} not found: build it first (`cargo build -p pgward --features dev-tools`, as scripts/test does) or set PGWARD_BIN",
         bin.display()
     );
     bin
@@ -641,19 +642,22 @@ pub mod raw {
 /// TLS for tokio-postgres over rustls (aws-lc-rs), verifying pgward's certificate
 /// against a CA file, so Rust clients can sign in with tokens (which pgward only takes
 /// over TLS).
-/// The local Entra stand-in (pgward_entra::dev::DevIssuer) for `tenant`, serving on a
+/// The local Entra stand-in (pgward_devkit::entra_issuer::DevIssuer) for `tenant`, serving on a
 /// runtime of its own (keep the runtime alive as long as the issuer is used).
 pub fn start_issuer(
     tenant: &str,
     worker_threads: usize,
-) -> (tokio::runtime::Runtime, pgward_entra::dev::DevIssuer) {
+) -> (
+    tokio::runtime::Runtime,
+    pgward_devkit::entra_issuer::DevIssuer,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads)
         .enable_all()
         .build()
         .unwrap();
     let issuer = rt
-        .block_on(pgward_entra::dev::DevIssuer::start(
+        .block_on(pgward_devkit::entra_issuer::DevIssuer::start(
             "127.0.0.1:0".parse().unwrap(),
             tenant,
         ))
@@ -662,7 +666,7 @@ pub fn start_issuer(
 }
 
 /// An `[entra]` section trusting `issuer` for `tenant`.
-pub fn entra_section(tenant: &str, issuer: &pgward_entra::dev::DevIssuer) -> String {
+pub fn entra_section(tenant: &str, issuer: &pgward_devkit::entra_issuer::DevIssuer) -> String {
     format!(
         "[entra]\ntenant_id = \"{tenant}\"\nauthority = \"{}\"\n",
         issuer.authority()

@@ -213,7 +213,7 @@ async fn tds_client_maps_every_type() {
 // managed-identity stand-in.
 
 use pgward_devkit::azure_identity::{Endpoint, Expect as IdentityExpect, IdentityStandIn};
-use pgward_entra::dev::{DevIssuer, TokenSpec};
+use pgward_devkit::entra_issuer::{DevIssuer, TokenSpec};
 use pgward_proto_tests::{psql, run_python, Database, Pgward, PgwardOptions};
 
 const TENANT: &str = "5f1c2a7e-3b4d-4e8f-9a01-6c2d8e4b1f37";

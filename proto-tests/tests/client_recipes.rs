@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use pgward_entra::dev::DevIssuer;
+use pgward_devkit::entra_issuer::DevIssuer;
 use pgward_proto_tests::*;
 
 const TENANT: &str = "7a3c1f0e-5b2d-4c8e-9f61-2d4b8e0c1a97";

@@ -1,11 +1,11 @@
 //! Signing in with Entra access tokens, end to end: the local Entra stand-in
-//! (pgward_entra::dev::DevIssuer) mints real RS256 tokens, pgward validates them, and
+//! (pgward_devkit::entra_issuer::DevIssuer) mints real RS256 tokens, pgward validates them, and
 //! psql, psycopg and tokio-postgres present them as the password. Every refusal is
 //! 28000 with a generic message; the exact reason is in pgward's log and metrics.
 
 use std::time::Duration;
 
-use pgward_entra::dev::{DevIssuer, Forgery, TokenSpec};
+use pgward_devkit::entra_issuer::{DevIssuer, Forgery, TokenSpec};
 use pgward_proto_tests::*;
 
 const TENANT: &str = "7a3c1f0e-5b2d-4c8e-9f61-2d4b8e0c1a97";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgward_devkit::azure_identity::{Expect, IdentityStandIn};
-use pgward_entra::dev::TokenSpec;
+use pgward_devkit::entra_issuer::TokenSpec;
 use pgward_proto_tests::*;
 
 const TENANT: &str = "6b1f2e3d-4c5b-4a69-8778-9a0b1c2d3e4f";

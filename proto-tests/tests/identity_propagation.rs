@@ -4,7 +4,7 @@
 //! (SET, SET LOCAL, RESET, set_config, SET ROLE, extended protocol, startup options),
 //! while RESET ALL and DISCARD ALL put pgward's values back.
 
-use pgward_entra::dev::{DevIssuer, TokenSpec};
+use pgward_devkit::entra_issuer::{DevIssuer, TokenSpec};
 use pgward_proto_tests::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

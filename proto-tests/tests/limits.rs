@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgward_entra::dev::{DevIssuer, TokenSpec};
+use pgward_devkit::entra_issuer::{DevIssuer, TokenSpec};
 use pgward_proto_tests::*;
 use tokio_postgres::Client;
 

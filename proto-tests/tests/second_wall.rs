@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgward_entra::dev::{DevIssuer, TokenSpec};
+use pgward_devkit::entra_issuer::{DevIssuer, TokenSpec};
 use pgward_proto_tests::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

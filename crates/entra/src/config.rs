@@ -133,8 +133,9 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// True for a tenant or object id in GUID form (8-4-4-4-12 hex digits).
-pub(crate) fn is_guid(s: &str) -> bool {
+/// True for a tenant or object id in GUID form (8-4-4-4-12 hex digits), as the validator
+/// and `[entra]` checks read them.
+pub fn is_guid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let lens = [8, 4, 4, 4, 12];
     parts.len() == lens.len()

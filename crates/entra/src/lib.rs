@@ -7,8 +7,9 @@
 //! bound to the token's identity. Refusals carry an exact [`AuthError`] for the log; the
 //! client only ever gets a generic 28000.
 //!
-//! [`dev`] is a local stand-in for Entra (OIDC discovery, JWKS, minting) used by
-//! `pgward demo`, `pgward token` and the tests. See docs/entra.md.
+//! This crate only validates. The local stand-in for Entra that `pgward demo`, `pgward
+//! token` and the tests use (OIDC discovery, JWKS, minting, forged attack tokens) is
+//! `pgward_devkit::entra_issuer`, outside any production build. See docs/entra.md.
 //!
 //! ```no_run
 //! # async fn run(cfg: pgward_entra::EntraConfig, token: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +32,6 @@
 #![warn(missing_docs)]
 
 mod config;
-pub mod dev;
 mod error;
 mod graph;
 mod http;
@@ -39,8 +39,8 @@ mod identity;
 mod validator;
 
 pub use config::{
-    ConfigError, EntraConfig, GraphCredential, GroupsOverage, DEFAULT_AUDIENCE, DEFAULT_AUTHORITY,
-    DEFAULT_GRAPH_ENDPOINT,
+    is_guid, ConfigError, EntraConfig, GraphCredential, GroupsOverage, DEFAULT_AUDIENCE,
+    DEFAULT_AUTHORITY, DEFAULT_GRAPH_ENDPOINT,
 };
 pub use error::{AuthError, Shown};
 pub use graph::{BoxFuture, GraphTokenError, GraphTokenSource, StaticGraphToken};

@@ -1,4 +1,4 @@
-//! The token matrix against a real DevIssuer over loopback HTTP.
+//! The token matrix against a real DevIssuer (pgward_devkit::entra_issuer) over loopback HTTP.
 
 // Test helpers outside #[test] fns are not covered by clippy.toml's allow-unwrap-in-tests;
 // the workspace policy (tests may unwrap) applies to this whole file.
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgward_entra::dev::{mint_remote, DevError, DevIssuer, Forgery, TokenSpec};
+use pgward_devkit::entra_issuer::{mint_remote, DevError, DevIssuer, Forgery, TokenSpec};
 use pgward_entra::{
     AuthError, EntraConfig, GroupsOverage, IdentityKind, StartError, StaticGraphToken, Validator,
 };

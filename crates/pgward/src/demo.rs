@@ -83,9 +83,9 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     let rt = crate::runtime(0)?;
     // The development issuer: OIDC discovery and JWKS on loopback, key generated now.
     let issuer = rt
-        .block_on(pgward_entra::dev::DevIssuer::start(
+        .block_on(pgward_devkit::entra_issuer::DevIssuer::start(
             ([127, 0, 0, 1], 0).into(),
-            pgward_entra::dev::DEMO_TENANT,
+            pgward_devkit::entra_issuer::DEMO_TENANT,
         ))
         .map_err(|e| anyhow!("development issuer: {e}"))?;
     let policy_path = dir.path().join("policy.toml");
@@ -190,7 +190,7 @@ What a role may do: {policy} (edit it; pgward reloads it), or ask:
 Press Ctrl-C to stop; everything the demo made is removed."#,
             pg_port = pg.port,
             config = config_path.display(),
-            tenant = pgward_entra::dev::DEMO_TENANT,
+            tenant = pgward_devkit::entra_issuer::DEMO_TENANT,
             audit = audit_path.display(),
             policy = policy_path.display(),
         );

@@ -1,9 +1,12 @@
 //! The `pgward` command: wires the library crates together; no proxy logic lives here.
 
 mod audit_cmd;
+#[cfg(feature = "dev-tools")]
 mod demo;
+mod dev_tools;
 mod logging;
 mod policy_cmd;
+#[cfg(feature = "dev-tools")]
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,13 @@ use pgward_proxy::{Config, Server};
     name = "pgward",
     version,
     about = "Identity-aware access proxy for PostgreSQL"
+)]
+#[cfg_attr(
+    not(feature = "dev-tools"),
+    command(
+        after_help = "This is a production build: `demo`, `token` and `issuer` come \
+                          only with the `dev-tools` feature (docs/cli.md)."
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,30 +46,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// One-command local trial: a throwaway PostgreSQL with sample data and pgward in
-    /// front of it on 127.0.0.1. Ctrl-C removes everything it made.
-    Demo {
-        #[arg(long, default_value_t = 6432)]
-        port: u16,
-    },
-    /// Run the development token issuer alone (OIDC discovery, JWKS and minting on
-    /// loopback) for benchmarks and local testing. Never trusted unless a config's
-    /// [entra] authority names it.
-    Issuer {
-        /// Loopback address to serve on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-        /// Tenant id the issuer signs for.
-        #[arg(long, default_value = pgward_entra::dev::DEMO_TENANT)]
-        tenant: String,
-    },
-    /// Mint an access token from a running demo's development issuer. Such tokens are
-    /// trusted only by a pgward whose [entra] authority is that issuer.
-    Token(token::TokenArgs),
+    // demo, issuer, token: only in builds with the `dev-tools` feature (dev_tools.rs).
+    #[command(flatten)]
+    Dev(dev_tools::DevCommand),
     /// Inspect the policy: `pgward policy explain` shows how a statement is decided.
     Policy(policy_cmd::PolicyArgs),
     /// Read the audit log: search, verify the hash chain, tail.
-    Audit(audit_cmd::AuditArgs),
+    // Boxed: its options are several times larger than every other command's.
+    Audit(Box<audit_cmd::AuditArgs>),
 }
 
 fn main() -> ExitCode {
@@ -73,12 +67,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => return check(&config),
-        Command::Demo { port } => demo::run(port),
-        Command::Token(args) => token::run(args),
-        Command::Issuer { listen, tenant } => token::serve_issuer(listen, &tenant),
+        Command::Dev(command) => command.run(),
         // Both choose their own exit status (deny, broken chain, usage error).
         Command::Policy(args) => return policy_cmd::run(args),
-        Command::Audit(args) => return audit_cmd::run(args),
+        Command::Audit(args) => return audit_cmd::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use pgward_entra::dev::{mint_remote, TokenSpec};
+use pgward_devkit::entra_issuer::{mint_remote, TokenSpec};
 
 #[derive(Args)]
 pub struct TokenArgs {
@@ -63,7 +63,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
 pub fn serve_issuer(listen: std::net::SocketAddr, tenant: &str) -> anyhow::Result<()> {
     let rt = crate::runtime(1)?;
     rt.block_on(async {
-        let issuer = pgward_entra::dev::DevIssuer::start(listen, tenant)
+        let issuer = pgward_devkit::entra_issuer::DevIssuer::start(listen, tenant)
             .await
             .map_err(|e| anyhow::anyhow!("development issuer: {e}"))?;
         println!("{}", issuer.authority());

@@ -1,5 +1,5 @@
-//! `pgward policy explain` and `pgward audit ...` run as a user would: the built binary, its
-//! output and its exit status.
+//! `pgward policy explain`, `pgward audit ...` and the development tools run as a user
+//! would: the built binary, its output and its exit status.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -536,4 +536,76 @@ fn tail_prints_the_last_records_and_follows_until_ctrl_c() {
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
     close_log(&log);
+}
+
+/// The subcommands listed by `pgward --help`.
+fn listed_commands() -> Vec<String> {
+    let help = stdout_of(&pgward(&["--help"]), 0);
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// `demo`, `token` and `issuer` exist only in a build with the `dev-tools` feature (the
+/// README's scripts/demo, scripts/test's proto-test binary, bench/run.sh). A production
+/// build (plain `cargo build -p pgward`, as deploy/Dockerfile does) does not list them and
+/// answers each, whatever its arguments, with a sentence saying why, never by running it.
+/// scripts/test runs this test in both builds.
+#[test]
+fn dev_tools_only_in_the_feature_build() {
+    let commands = listed_commands();
+    let dev = ["demo", "token", "issuer"];
+    if cfg!(feature = "dev-tools") {
+        for name in dev {
+            assert!(
+                commands.iter().any(|c| c == name),
+                "{name} not in {commands:?}"
+            );
+        }
+        for (name, option) in [
+            ("demo", "--port"),
+            ("token", "--issuer"),
+            ("issuer", "--listen"),
+        ] {
+            let help = stdout_of(&pgward(&[name, "--help"]), 0);
+            assert!(help.contains(option), "`pgward {name} --help`:\n{help}");
+        }
+    } else {
+        for name in dev {
+            assert!(
+                !commands.iter().any(|c| c == name),
+                "{name} in {commands:?}"
+            );
+        }
+        let help = stdout_of(&pgward(&["--help"]), 0);
+        assert!(help.contains("production build"), "{help}");
+        for args in [
+            &["demo", "--port", "6432"][..],
+            &["demo", "--help"],
+            &[
+                "token",
+                "--issuer",
+                "http://127.0.0.1:1",
+                "--user",
+                "alice@contoso.com",
+            ],
+            &["issuer"],
+        ] {
+            let o = pgward(args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert_eq!(stdout(&o), "", "{args:?}");
+            assert!(
+                err.contains(&format!(
+                    "`pgward {}` is one of the development tools",
+                    args[0]
+                )) && err.contains("production build")
+                    && err.contains("--features dev-tools"),
+                "{args:?}: {err}"
+            );
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! A local development token issuer: an Entra stand-in for `pgward demo`, `pgward token`
-//! and tests.
+//! A local development token issuer: an Entra stand-in for `pgward demo`, `pgward token`,
+//! `pgward issuer` and the tests. It lives with the other stand-ins, not in
+//! `pgward-entra`, so the validating crate carries no minting or forging code and a
+//! production build (which has no devkit in its tree) cannot serve or mint dev tokens.
 //!
 //! It generates an RSA-2048 key at start and serves, on loopback only, what Entra serves:
 //! OIDC discovery for v2 at `/{tenant}/v2.0/.well-known/openid-configuration` (issuer
@@ -34,11 +36,12 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::config::{EntraConfig, DEFAULT_AUDIENCE};
-use crate::identity::IdentityKind;
+use pgward_entra::{is_guid, EntraConfig, IdentityKind, DEFAULT_AUDIENCE};
 
 /// The path of the mint endpoint.
 pub const MINT_PATH: &str = "/pgward-dev/token";
+/// Largest mint answer [`mint_remote`] reads.
+const MAX_MINT_ANSWER: u64 = 64 * 1024;
 /// The tenant `pgward demo` uses when none is given.
 pub const DEMO_TENANT: &str = "00000000-0000-4000-8000-00000000d3e0";
 
@@ -350,7 +353,7 @@ impl DevIssuer {
         if !bind.ip().is_loopback() {
             return Err(DevError::NotLoopback(bind.to_string()));
         }
-        if !crate::config::is_guid(tenant_id) {
+        if !is_guid(tenant_id) {
             return Err(DevError::BadTenant(tenant_id.to_string()));
         }
         let listener = tokio::net::TcpListener::bind(bind)
@@ -759,17 +762,41 @@ pub async fn mint_remote(issuer: &str, spec: &TokenSpec) -> Result<String, DevEr
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| remote(e.to_string()))?;
-    let body = serde_json::to_value(spec).map_err(|e| remote(e.to_string()))?;
-    let req = crate::http::json_body(
-        client.post(format!("{}{MINT_PATH}", issuer.trim_end_matches('/'))),
-        &body,
-    );
-    let answer = crate::http::send_json(req).await.map_err(remote)?;
+    let body = serde_json::to_string(spec).map_err(|e| remote(e.to_string()))?;
+    let resp = client
+        .post(format!("{}{MINT_PATH}", issuer.trim_end_matches('/')))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| remote(error_chain(&e)))?;
+    let status = resp.status();
+    // The mint endpoint's answers are a few hundred bytes; anything much larger is not it.
+    if resp.content_length().is_some_and(|n| n > MAX_MINT_ANSWER) {
+        return Err(remote(format!(
+            "answer larger than {MAX_MINT_ANSWER} bytes"
+        )));
+    }
+    let text = resp.text().await.map_err(|e| remote(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(remote(format!("HTTP {status}: {text}")));
+    }
+    let answer: Value =
+        serde_json::from_str(&text).map_err(|e| remote(format!("not JSON ({e})")))?;
     answer
         .get("access_token")
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or_else(|| remote("answer has no access_token".into()))
+}
+
+/// `e: cause: cause`: reqwest's own message ("error sending request") hides the part
+/// worth reading (connection refused, timeout).
+fn error_chain(e: &reqwest::Error) -> String {
+    std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 type Body = Full<Bytes>;
@@ -814,63 +841,15 @@ async fn serve(listener: tokio::net::TcpListener, core: Core) {
 async fn handle(core: Core, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let authority = &core.authority;
-    let tenant_ok = |t: &str| crate::config::is_guid(t) || t == "common" || t == "organizations";
+    let tenant_ok = |t: &str| is_guid(t) || t == "common" || t == "organizations";
     let resp = match (req.method(), segs.as_slice()) {
         (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"])
             if tenant_ok(tenant) =>
         {
-            // Azure names the tenant in a tenant's document, `{tenantid}` in common's.
-            let t = if crate::config::is_guid(tenant) {
-                tenant.to_string()
-            } else {
-                "{tenantid}".into()
-            };
-            if !lock_state(&core.state).discovery_available {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "discovery disabled by test"}),
-                )
-            } else {
-                respond(
-                    StatusCode::OK,
-                    &json!({
-                        "issuer": core.issuer_v2(&t),
-                        "jwks_uri": format!("{authority}/{tenant}/discovery/v2.0/keys"),
-                        "token_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/token"),
-                        "authorization_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
-                        "response_types_supported": ["code", "id_token", "token"],
-                        "subject_types_supported": ["pairwise"],
-                        "id_token_signing_alg_values_supported": ["RS256"],
-                    }),
-                )
-            }
+            discovery(&core, tenant, false)
         }
         (&Method::GET, [tenant, ".well-known", "openid-configuration"]) if tenant_ok(tenant) => {
-            let t = if crate::config::is_guid(tenant) {
-                tenant.to_string()
-            } else {
-                "{tenantid}".into()
-            };
-            if !lock_state(&core.state).discovery_available {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"error": "discovery disabled by test"}),
-                )
-            } else {
-                respond(
-                    StatusCode::OK,
-                    &json!({
-                        "issuer": core.issuer_v1(&t),
-                        "jwks_uri": format!("{authority}/{tenant}/discovery/keys"),
-                        "token_endpoint": format!("{authority}/{tenant}/oauth2/token"),
-                        "authorization_endpoint": format!("{authority}/{tenant}/oauth2/authorize"),
-                        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
-                        "subject_types_supported": ["pairwise"],
-                        "id_token_signing_alg_values_supported": ["RS256"],
-                    }),
-                )
-            }
+            discovery(&core, tenant, true)
         }
         (&Method::GET, [tenant, "discovery", "v2.0", "keys"]) if tenant_ok(tenant) => {
             jwks(&core, false).await
@@ -882,6 +861,49 @@ async fn handle(core: Core, req: Request<Incoming>) -> Result<Response<Body>, In
         _ => respond(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     };
     Ok(resp)
+}
+
+/// The v1 or v2 OIDC discovery document Entra serves for `tenant` (a GUID, `common` or
+/// `organizations`).
+fn discovery(core: &Core, tenant: &str, v1: bool) -> Response<Body> {
+    if !lock_state(&core.state).discovery_available {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "discovery disabled by test"}),
+        );
+    }
+    // Azure names the tenant in a tenant's document, `{tenantid}` in common's.
+    let tid = if is_guid(tenant) {
+        tenant
+    } else {
+        "{tenantid}"
+    };
+    let base = format!("{}/{tenant}", core.authority);
+    let (issuer, version, response_types) = if v1 {
+        let types = json!([
+            "code",
+            "id_token",
+            "code id_token",
+            "token id_token",
+            "token"
+        ]);
+        (core.issuer_v1(tid), "", types)
+    } else {
+        let types = json!(["code", "id_token", "token"]);
+        (core.issuer_v2(tid), "/v2.0", types)
+    };
+    respond(
+        StatusCode::OK,
+        &json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{base}/discovery{version}/keys"),
+            "token_endpoint": format!("{base}/oauth2{version}/token"),
+            "authorization_endpoint": format!("{base}/oauth2{version}/authorize"),
+            "response_types_supported": response_types,
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }),
+    )
 }
 
 /// The JWKS (the same keys for v1 and v2, as Entra publishes them), counted per version.
