@@ -372,7 +372,7 @@ impl Config {
         }
         p.extend(self.limits.problems());
         if let Some(policy) = &self.policy {
-            match crate::enforce::load_policy(&policy.file) {
+            match load_policy(&policy.file) {
                 Err(e) => p.push(e),
                 Ok(loaded) => {
                     for r in &self.limits.roles {
@@ -491,6 +491,14 @@ fn is_loopback_host(host: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
+}
+
+/// Reads and validates a policy file; the error lists every problem with its line.
+pub fn load_policy(path: &Path) -> Result<pgward_policy::Policy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read policy file {}: {e}", path.display()))?;
+    pgward_policy::Policy::from_toml(&text)
+        .map_err(|e| format!("policy file {}: {e}", path.display()))
 }
 
 #[cfg(test)]

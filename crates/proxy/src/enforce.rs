@@ -30,7 +30,7 @@ use crate::catalogs::CatalogHandle;
 use tracing::{error, info, warn};
 
 use crate::analysis_pool::{AnalysisPool, Pending};
-use crate::config::PolicyConfig;
+use crate::config::{load_policy, PolicyConfig};
 
 /// Strings up to this size are analysed inline on the runtime thread (microseconds);
 /// longer ones on the analysis pool.
@@ -50,13 +50,6 @@ pub struct PolicyStore {
     max_statement_bytes: usize,
     /// The current policy's version, readable without the lock.
     version: AtomicU64,
-}
-
-/// Reads and validates a policy file; the error lists every problem with its line.
-pub fn load_policy(path: &Path) -> Result<Policy, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read policy file {}: {e}", path.display()))?;
-    Policy::from_toml(&text).map_err(|e| format!("policy file {}: {e}", path.display()))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

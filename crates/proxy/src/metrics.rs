@@ -42,8 +42,12 @@ pub struct Metrics {
     audit: Mutex<Option<pgward_audit::AuditLog>>,
     /// Bytes the policy decision cache accounts for, copied in at each scrape.
     policy_cache_bytes: Gauge,
-    policy: Mutex<Option<std::sync::Arc<crate::enforce::PolicyStore>>>,
+    /// Where the policy decision cache's size is read from (set by the server).
+    policy_cache: Mutex<Option<CacheSize>>,
 }
+
+/// Reads a size in bytes (the policy decision cache's), so metrics need not know its owner.
+pub type CacheSize = Box<dyn Fn() -> usize + Send + Sync>;
 
 fn label(k: &str, v: &str) -> Labels {
     vec![(k.to_owned(), v.to_owned())]
@@ -193,19 +197,19 @@ impl Metrics {
             audit_sink_failing,
             audit: Mutex::new(None),
             policy_cache_bytes,
-            policy: Mutex::new(None),
+            policy_cache: Mutex::new(None),
         }
     }
 
-    /// Reports the policy decision cache's size.
-    pub fn watch_policy(&self, store: Option<std::sync::Arc<crate::enforce::PolicyStore>>) {
-        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = store;
+    /// Reports the policy decision cache's size, read from `size` at each scrape.
+    pub fn watch_policy_cache(&self, size: Option<CacheSize>) {
+        *self.policy_cache.lock().unwrap_or_else(|p| p.into_inner()) = size;
     }
 
     fn sync_policy(&self) {
-        let store = self.policy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = store.as_ref() {
-            let bytes = i64::try_from(store.cache_bytes()).unwrap_or(i64::MAX);
+        let size = self.policy_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(size) = size.as_ref() {
+            let bytes = i64::try_from(size()).unwrap_or(i64::MAX);
             self.policy_cache_bytes.set(bytes);
         }
     }

@@ -187,7 +187,9 @@ impl Server {
                 let m = Metrics::new();
                 m.watch_credentials(credentials.clone());
                 m.watch_audit(audit_for_metrics);
-                m.watch_policy(policy.clone());
+                m.watch_policy_cache(policy.clone().map(|store| {
+                    Box::new(move || store.cache_bytes()) as crate::metrics::CacheSize
+                }));
                 Arc::new(m)
             },
             hard_stop: CancellationToken::new(),

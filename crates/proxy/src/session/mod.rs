@@ -125,14 +125,19 @@ async fn run_session(
         Err(e) => return s.refuse(e).await,
     };
     let opened = match a.upstream.config().kind {
-        UpstreamKind::Postgres => {
-            postgres::open(&mut a, &s.forwarded, s.application_name.as_deref(), shared)
+        UpstreamKind::Postgres => postgres::open(
+            &mut a,
+            &s.client.forwarded,
+            s.client.application_name.as_deref(),
+            shared,
+        )
+        .await
+        .map(Opened::Postgres),
+        UpstreamKind::AzureSql => {
+            azure_sql::open(&a, &s.client.user, s.client.application_name.as_deref())
                 .await
-                .map(Opened::Postgres)
+                .map(|t| Opened::AzureSql(Box::new(t)))
         }
-        UpstreamKind::AzureSql => azure_sql::open(&a, &s.user, s.application_name.as_deref())
-            .await
-            .map(|t| Opened::AzureSql(Box::new(t))),
     };
     let opened = match opened {
         Ok(o) => o,
@@ -168,7 +173,7 @@ async fn run_session(
         ),
         Opened::AzureSql(_) => (
             Some(shared.cancels.register_signal(signal.clone())),
-            azure_sql::greeting_parameters(s.application_name.as_deref())
+            azure_sql::greeting_parameters(s.client.application_name.as_deref())
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
@@ -184,7 +189,7 @@ async fn run_session(
         build::backend_key_data(&mut greeting, r.pid, &r.secret);
     }
     build::ready_for_query(&mut greeting, tx);
-    if let Err(e) = s.stream.write_all(&greeting).await {
+    if let Err(e) = s.client.stream.write_all(&greeting).await {
         shared.metrics.error("client_gone");
         debug!(error = %e, "client left before the greeting");
         if let Opened::AzureSql(tds) = opened {
@@ -192,14 +197,14 @@ async fn run_session(
         }
         return;
     }
-    let _ = s.stream.flush().await;
+    let _ = s.client.stream.flush().await;
     shared
         .metrics
         .handshake_seconds
         .observe(accepted.elapsed().as_secs_f64());
     info!(
-        application_name = s.application_name.as_deref().unwrap_or(""),
-        direct_tls = s.direct_tls,
+        application_name = s.client.application_name.as_deref().unwrap_or(""),
+        direct_tls = s.client.direct_tls,
         upstream = a.upstream.name(),
         kind = ?a.upstream.config().kind,
         "session started"
@@ -210,7 +215,7 @@ async fn run_session(
     let trail = audit
         .as_ref()
         .map(|log| crate::trail::Trail::new(log.clone()));
-    let Setup { stream, buf, .. } = s;
+    let ClientStartup { stream, buf, .. } = s.client;
     let outcome: RelayOutcome = match opened {
         Opened::Postgres(session) => {
             let params = relay::RelayParams {

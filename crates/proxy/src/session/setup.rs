@@ -19,7 +19,6 @@ use crate::enforce::{Denial, Gate};
 use crate::handshake::ClientStartup;
 use crate::limits::{Permit, Refusal};
 use crate::shared::Shared;
-use crate::stream::ClientStream;
 
 /// Why a session could not be set up.
 pub enum SetupError {
@@ -138,14 +137,9 @@ impl SetupError {
 /// A session being set up: the client's connection and what is known of it so far.
 pub struct Setup<'a> {
     pub shared: &'a Shared,
-    pub stream: ClientStream,
-    pub buf: BytesMut,
+    /// The client's connection and what its StartupMessage asked for.
+    pub client: ClientStartup,
     pub peer: SocketAddr,
-    pub user: String,
-    pub database: String,
-    pub application_name: Option<String>,
-    pub forwarded: Vec<(String, String)>,
-    pub direct_tls: bool,
     /// The audit context: identity filled in once known.
     pub info: pgward_audit::SessionInfo,
 }
@@ -182,37 +176,22 @@ impl<'a> Setup<'a> {
         session: String,
         shared: &'a Shared,
     ) -> Self {
-        let ClientStartup {
-            stream,
-            buf,
-            user,
-            database,
-            application_name,
-            forwarded,
-            direct_tls,
-        } = startup;
         let info = pgward_audit::SessionInfo {
             session,
             client: pgward_audit::Client {
                 addr: peer.to_string(),
-                user: Some(user.clone()),
-                application_name: application_name.clone(),
-                tls: stream.is_tls(),
+                user: Some(startup.user.clone()),
+                application_name: startup.application_name.clone(),
+                tls: startup.stream.is_tls(),
                 tls_version: None,
             },
             identity: None,
-            database: Some(database.clone()),
+            database: Some(startup.database.clone()),
         };
         Self {
             shared,
-            stream,
-            buf,
+            client: startup,
             peer,
-            user,
-            database,
-            application_name,
-            forwarded,
-            direct_tls,
             info,
         }
     }
@@ -229,7 +208,14 @@ impl<'a> Setup<'a> {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                match auth::sign_in(validator, &mut self.stream, &mut self.buf, &self.user).await {
+                match auth::sign_in(
+                    validator,
+                    &mut self.client.stream,
+                    &mut self.client.buf,
+                    &self.client.user,
+                )
+                .await
+                {
                     Ok(identity) => {
                         shared.throttle.succeeded(ip);
                         shared.metrics.auth("ok");
@@ -247,8 +233,8 @@ impl<'a> Setup<'a> {
         // probe which database names exist.
         let route = shared
             .config
-            .route(&self.database)
-            .ok_or_else(|| SetupError::UnknownDatabase(self.database.clone()))?;
+            .route(&self.client.database)
+            .ok_or_else(|| SetupError::UnknownDatabase(self.client.database.clone()))?;
         let upstream = shared
             .upstreams
             .get(&route.upstream)
@@ -279,8 +265,8 @@ impl<'a> Setup<'a> {
                 app_roles: id.roles.clone(),
             },
             None => pgward_policy::Principal {
-                oid: self.user.clone(),
-                upn: self.user.clone(),
+                oid: self.client.user.clone(),
+                upn: self.client.user.clone(),
                 groups: Vec::new(),
                 app_roles: Vec::new(),
             },
@@ -290,7 +276,7 @@ impl<'a> Setup<'a> {
         });
         if let Some(g) = gate.as_mut() {
             // Startup parameters are settings too: the policy decides them like SET.
-            for (name, value) in &self.forwarded {
+            for (name, value) in &self.client.forwarded {
                 if let Err(denial) = g.check_startup_setting(name, value) {
                     return Err(SetupError::StartupParameter {
                         name: name.clone(),
@@ -314,7 +300,7 @@ impl<'a> Setup<'a> {
         // Per-identity and per-role limits, before anything is opened upstream.
         let limit_key = identity
             .as_ref()
-            .map_or(self.user.as_str(), |id| id.oid.as_str());
+            .map_or(self.client.user.as_str(), |id| id.oid.as_str());
         let permit = shared
             .limiter
             .admit(
@@ -388,10 +374,10 @@ impl<'a> Setup<'a> {
             &mut out,
             Severity::Fatal,
             e.sqlstate(),
-            &e.client_message(&self.user),
+            &e.client_message(&self.client.user),
         );
-        let _ = self.stream.write_all(&out).await;
-        let _ = self.stream.flush().await;
-        let _ = self.stream.shutdown().await;
+        let _ = self.client.stream.write_all(&out).await;
+        let _ = self.client.stream.flush().await;
+        let _ = self.client.stream.shutdown().await;
     }
 }
