@@ -199,18 +199,7 @@ impl Trail {
             return;
         }
         let decided_by = decision.filter(|_| refused.is_none()).cloned();
-        let audited = match (refused, decision.map(|d| &**d)) {
-            (Some(a), _) => a,
-            (None, Some(d)) => {
-                let accesses: Vec<_> = d
-                    .statements
-                    .iter()
-                    .flat_map(|s| s.analysis.accesses.iter().cloned())
-                    .collect();
-                Audited::from_policy(&d.decision, &accesses)
-            }
-            (None, None) => Audited::default(),
-        };
+        let audited = audited_of(refused, decision.map(|d| &**d));
         // The same text parsed again under the same name with the same decision (drivers
         // re-parse the unnamed statement for every query) keeps the prepared statement,
         // so its portals' serialised heads stay valid and are reused.
@@ -348,18 +337,7 @@ impl Trail {
         refused: Option<Audited>,
         args: &[(Option<&[u8]>, bool)],
     ) {
-        let audited = match (refused, decision) {
-            (Some(a), _) => a,
-            (None, Some(d)) => {
-                let accesses: Vec<_> = d
-                    .statements
-                    .iter()
-                    .flat_map(|s| s.analysis.accesses.iter().cloned())
-                    .collect();
-                Audited::from_policy(&d.decision, &accesses)
-            }
-            (None, None) => Audited::default(),
-        };
+        let audited = audited_of(refused, decision);
         let params = Params::capture(
             self.redaction,
             args.iter().map(|(value, binary)| ParamIn {
@@ -477,6 +455,23 @@ fn rows_of(tag: &str) -> Option<u64> {
             last.parse().ok()
         }
         _ => None,
+    }
+}
+
+/// What a unit's record says about its decision: the refusal pgward answered itself, else
+/// the policy's decision and the accesses it saw, else nothing (no policy).
+fn audited_of(refused: Option<Audited>, decision: Option<&QueryDecision>) -> Audited {
+    match (refused, decision) {
+        (Some(a), _) => a,
+        (None, Some(d)) => {
+            let accesses: Vec<_> = d
+                .statements
+                .iter()
+                .flat_map(|s| s.analysis.accesses.iter().cloned())
+                .collect();
+            Audited::from_policy(&d.decision, &accesses)
+        }
+        (None, None) => Audited::default(),
     }
 }
 

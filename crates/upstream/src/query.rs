@@ -24,10 +24,15 @@ impl Upstream {
     pub async fn query_rows(&self, database: &str, sql: &str) -> Result<Vec<Row>, ConnectError> {
         let mut session = self.own_session(database, "pgward (catalog)").await?;
         let rows = self.query_on(&mut session, sql).await;
+        self.close_session(&mut session).await;
+        rows
+    }
+
+    /// Ends a session of pgward's own politely (Terminate); errors are moot by then.
+    pub async fn close_session(&self, session: &mut UpstreamSession) {
         let mut bye = BytesMut::new();
         build::terminate(&mut bye);
         let _ = session.stream.write_all(&bye).await;
-        rows
     }
 
     /// A connection of pgward's own to `database` (its own credential), for its own

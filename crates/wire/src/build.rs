@@ -114,20 +114,26 @@ pub fn error_response_with(
     detail: Option<&str>,
 ) {
     framed(buf, b'E', |b| {
-        b.put_u8(b'S');
-        put_cstr(b, severity.as_str());
-        b.put_u8(b'V');
-        put_cstr(b, severity.as_str());
-        b.put_u8(b'C');
-        put_cstr(b, code);
-        b.put_u8(b'M');
-        put_cstr(b, message);
+        error_head(b, severity, code, message.as_bytes());
         if let Some(d) = detail {
             b.put_u8(b'D');
             put_cstr(b, d);
         }
         b.put_u8(0);
     });
+}
+
+/// The fields every ErrorResponse pgward writes starts with: severity (localized and not),
+/// SQLSTATE and message.
+fn error_head(b: &mut BytesMut, severity: Severity, code: &str, message: &[u8]) {
+    b.put_u8(b'S');
+    put_cstr(b, severity.as_str());
+    b.put_u8(b'V');
+    put_cstr(b, severity.as_str());
+    b.put_u8(b'C');
+    put_cstr(b, code);
+    b.put_u8(b'M');
+    put_cstr_bytes(b, message);
 }
 
 /// An ErrorResponse that points at a character of the statement (field `P`, 1-based, as
@@ -141,14 +147,7 @@ pub fn error_response_at(
     position: u32,
 ) {
     framed(buf, b'E', |b| {
-        b.put_u8(b'S');
-        put_cstr(b, severity.as_str());
-        b.put_u8(b'V');
-        put_cstr(b, severity.as_str());
-        b.put_u8(b'C');
-        put_cstr(b, code);
-        b.put_u8(b'M');
-        put_cstr_bytes(b, message);
+        error_head(b, severity, code, message);
         if position > 0 {
             b.put_u8(b'P');
             put_cstr(b, &position.to_string());

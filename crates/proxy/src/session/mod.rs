@@ -161,7 +161,7 @@ async fn run_session(
 
     // One cancel registry for every kind: a PostgreSQL key is forwarded upstream, an Azure
     // SQL session is woken to send an attention.
-    let signal = Arc::new(Notify::new());
+    let signal = matches!(opened, Opened::AzureSql(_)).then(|| Arc::new(Notify::new()));
     let (registration, parameters, tx) = match &opened {
         Opened::Postgres(session) => (
             session
@@ -172,7 +172,7 @@ async fn run_session(
             session.tx_status,
         ),
         Opened::AzureSql(_) => (
-            Some(shared.cancels.register_signal(signal.clone())),
+            signal.clone().map(|n| shared.cancels.register_signal(n)),
             azure_sql::greeting_parameters(s.client.application_name.as_deref())
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -236,7 +236,7 @@ async fn run_session(
                 trail,
                 permit: a.permit.take(),
                 database: a.upstream_database.clone(),
-                signal,
+                signal: signal.unwrap_or_default(),
                 expires_at: a.expires_at,
             };
             azure_sql::relay(stream, buf, *tds, params, shared).await
