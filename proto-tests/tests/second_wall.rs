@@ -252,6 +252,44 @@ fn each_wall_holds_on_its_own() {
             assert_eq!(code, "42501", "{marked}: {message}");
             assert!(message.contains(db_message), "{marked}: {message}");
         }
+        // The extended protocol is the same wall: a prepared DELETE let past pgward meets
+        // the database's privileges at Execute.
+        let e = alice
+            .execute("DELETE FROM orders WHERE id = $1", &[&1i32])
+            .await
+            .unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.code().code() == "42501"
+                    && !d.message().contains("permission denied for")),
+            "{e}"
+        );
+        let e = alice
+            .execute(
+                &format!("{MARKER}DELETE FROM orders WHERE id = $1"),
+                &[&1i32],
+            )
+            .await
+            .unwrap_err();
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "42501", "{}", db.message());
+        assert!(
+            db.message().contains("permission denied for table orders"),
+            "{}",
+            db.message()
+        );
+        // Stepping back from the role is no way out: the login is the role.
+        for sql in ["RESET ROLE", "SET ROLE NONE", "RESET SESSION AUTHORIZATION"] {
+            alice
+                .batch_execute(&format!("{MARKER}{sql}"))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(
+                rows(&alice, "SELECT current_user || ' ' || session_user").await,
+                ["pgw_reader pgw_reader"],
+                "after {sql}"
+            );
+        }
         // The session still works, and is still the same caller.
         assert_eq!(
             rows(&alice, "SELECT pgward.caller_upn()").await,
@@ -314,6 +352,13 @@ fn row_security_on_the_recorded_caller_cannot_be_talked_round() {
         let (code, _) = refused(&bob, &format!("{MARKER}CREATE SCHEMA shadow")).await;
         assert_eq!(code, "42501");
 
+        // A search path that puts the session's own temporary schema first changes nothing
+        // (last: pgward then reads unqualified names as possibly temporary ones):
+        // pgward.caller() pins its own and spells every operator out.
+        bob.batch_execute(&format!("{MARKER}SET search_path = pg_temp, public"))
+            .await
+            .unwrap();
+        assert_eq!(rows(&bob, "SELECT pgward.caller_oid()").await, [BOB_OID]);
         // A session that did not come through pgward (the same login, connected directly)
         // has no recorded caller, so it sees nothing.
         let direct = format!(
