@@ -44,17 +44,23 @@ pub async fn apply(
     let result = async {
         let first = conn.plan(policy, keep_public).await?;
         let ran = first.statements.len();
-        if ran > 0 {
-            let mut sql = String::from("BEGIN;\n");
-            for s in &first.statements {
-                sql.push_str(s);
-                sql.push_str(";\n");
-            }
-            sql.push_str("COMMIT;");
-            conn.run(&sql)
-                .await
-                .map_err(|e| format!("applying grants: {e}"))?;
+        if ran == 0 {
+            // Nothing to run: what was just read is what remains (the usual case on a
+            // catalog refresh).
+            return Ok(Applied {
+                ran,
+                remaining: first,
+            });
         }
+        let mut sql = String::from("BEGIN;\n");
+        for s in &first.statements {
+            sql.push_str(s);
+            sql.push_str(";\n");
+        }
+        sql.push_str("COMMIT;");
+        conn.run(&sql)
+            .await
+            .map_err(|e| format!("applying grants: {e}"))?;
         let remaining = conn.plan(policy, keep_public).await?;
         Ok(Applied { ran, remaining })
     }
