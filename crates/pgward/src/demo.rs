@@ -80,7 +80,7 @@ pub fn run(port: u16) -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))?;
     let password_file = dir.path().join("upstream-password");
     std::fs::write(&password_file, &password).context("writing the password file")?;
-    let rt = crate::runtime(0)?;
+    let rt = crate::process::runtime(0)?;
     // The development issuer: OIDC discovery and JWKS on loopback, key generated now.
     let issuer = rt
         .block_on(pgward_devkit::entra_issuer::DevIssuer::start(
@@ -147,7 +147,7 @@ upstream_database = "app"
     let authority = issuer.authority();
     rt.block_on(async {
         let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
-        crate::spawn_signal_handlers(server.handle())?;
+        crate::process::spawn_signal_handlers(server.handle())?;
         let ca = certs.ca.display();
         println!(
             r#"

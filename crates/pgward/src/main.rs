@@ -6,13 +6,13 @@ mod demo;
 mod dev_tools;
 mod logging;
 mod policy_cmd;
+mod process;
 #[cfg(feature = "dev-tools")]
 mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgward_proxy::{Config, Server};
 
@@ -102,44 +102,14 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-pub(crate) fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if worker_threads > 0 {
-        b.worker_threads(worker_threads);
-    }
-    b.enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     logging::init(&config.log)?;
-    let rt = runtime(config.listen.worker_threads)?;
+    let rt = process::runtime(config.listen.worker_threads)?;
     rt.block_on(async {
         let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
-        spawn_signal_handlers(server.handle().reloading_from(path))?;
+        process::spawn_signal_handlers(server.handle().reloading_from(path))?;
         server.run().await;
         Ok(())
     })
-}
-
-/// SIGTERM / SIGINT drain and stop; SIGHUP reloads.
-pub(crate) fn spawn_signal_handlers(
-    handle: pgward_proxy::server::ServerHandle,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: draining"); handle.shutdown(); }
-                _ = int.recv() => { tracing::info!("SIGINT: draining"); handle.shutdown(); }
-                _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); handle.reload(); }
-            }
-        }
-    });
-    Ok(())
 }

@@ -178,7 +178,7 @@ fn pg_grants(a: &GrantsArgs, config: &Config, policy: &Policy) -> Result<ExitCod
             .ok_or_else(|| format!("no route for database {db:?}"))?;
         targets.retain(|(u, d)| *u == route.upstream && d == route.upstream_database());
     }
-    let rt = crate::runtime(1).map_err(|e| e.to_string())?;
+    let rt = crate::process::runtime(1).map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut converged = true;
         for (name, database) in &targets {

@@ -50,7 +50,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     if args.v1 {
         spec = spec.v1();
     }
-    let rt = crate::runtime(1)?;
+    let rt = crate::process::runtime(1)?;
     let token = rt
         .block_on(mint_remote(&args.issuer, &spec))
         .with_context(|| format!("cannot mint a token from {}", args.issuer))?;
@@ -61,7 +61,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
 /// `pgward issuer`: serves the development issuer until Ctrl-C or SIGTERM. Prints the
 /// authority URL on the first line of stdout, so scripts can read it.
 pub fn serve_issuer(listen: std::net::SocketAddr, tenant: &str) -> anyhow::Result<()> {
-    let rt = crate::runtime(1)?;
+    let rt = crate::process::runtime(1)?;
     rt.block_on(async {
         let issuer = pgward_devkit::entra_issuer::DevIssuer::start(listen, tenant)
             .await
