@@ -20,7 +20,8 @@
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
 #   BENCH_CLIENTS   client counts to measure (default "1 16")
 #   BENCH_MODES     pgbench -M modes (default "simple extended prepared")
-#   BENCH_TARGETS   targets (default "direct pgward pgward_tls pgbouncer pgward_policy pgward_audit");
+#   BENCH_TARGETS   targets (default "direct pgward pgward_tls pgbouncer pgward_policy pgward_audit
+#                   pgward_full"); pgward_full is everything on: TLS, token sign-in, policy, audit;
 #                   also pgward_policy_base: pgward+policy run by PGWARD_BASE_BIN (an earlier
 #                   build), to compare a change against what it replaces, interleaved
 #   PGWARD_BASE_BIN the binary of pgward_policy_base
@@ -49,7 +50,7 @@ BENCH_ROUNDS="${BENCH_ROUNDS:-2}"
 BENCH_SCALE="${BENCH_SCALE:-10}"
 BENCH_CLIENTS="${BENCH_CLIENTS:-1 16}"
 BENCH_MODES="${BENCH_MODES:-simple extended prepared}"
-BENCH_TARGETS="${BENCH_TARGETS:-direct pgward pgward_tls pgbouncer pgward_policy pgward_audit}"
+BENCH_TARGETS="${BENCH_TARGETS:-direct pgward pgward_tls pgbouncer pgward_policy pgward_audit pgward_full}"
 BENCH_CONNECT_TARGETS="${BENCH_CONNECT_TARGETS-direct pgward_conn pgward_token}"
 BENCH_WARMUP="${BENCH_WARMUP:-3}"
 PGWARD_WORKER_THREADS="${PGWARD_WORKER_THREADS:-0}"
@@ -278,7 +279,7 @@ write_pgward_config() {
     local plaintext=true unauth=true
     case "$inst" in
         tlsdev) plaintext=false ;;
-        token | signed | walls) plaintext=false; unauth=false ;;
+        token | signed | walls | full) plaintext=false; unauth=false ;;
     esac
     {
         cat <<EOF
@@ -322,17 +323,21 @@ EOF
         if [[ "$inst" == policy || "$inst" == policy_base || "$inst" == audit ]]; then
             printf '\n[policy]\nfile = "%s"\n' "$WORK/policy.toml"
         fi
-        if [[ "$inst" == signed ]]; then
+        if [[ "$inst" == signed || "$inst" == full ]]; then
             printf '\n[policy]\nfile = "%s"\n' "$WORK/policy-signed.toml"
         fi
         if [[ "$inst" == walls ]]; then
             printf '\n[policy]\nfile = "%s"\napply_grants = true\n' "$WORK/policy-walls.toml"
         fi
-        if [[ "$inst" == audit ]]; then
+        if [[ "$inst" == audit || "$inst" == full ]]; then
             # Default rotate_bytes, rotate_secs, fsync = "none", redaction = "types", failure_mode.
-            printf '\n[audit]\nfile = "%s"\n' "$WORK/audit/pgward.jsonl"
+            # Each instance its own directory (count_audit_records reads pgward_audit's).
+            local audit_dir="$WORK/audit"
+            [[ "$inst" == full ]] && audit_dir="$WORK/audit-full"
+            mkdir -p "$audit_dir"
+            printf '\n[audit]\nfile = "%s"\n' "$audit_dir/pgward.jsonl"
         fi
-        if [[ "$inst" == token || "$inst" == signed || "$inst" == walls ]]; then
+        if [[ "$inst" == token || "$inst" == signed || "$inst" == walls || "$inst" == full ]]; then
             printf '\n[entra]\ntenant_id = "%s"\nauthority = "%s"\n' "$TOKEN_TENANT" "$ISSUER_URL"
         fi
     } >"$file"
@@ -370,10 +375,11 @@ pgward_instances() { # the instances the selected targets need
             pgward_token) need[token]=1 ;;
             pgward_signed) need[signed]=1 ;;
             pgward_walls) need[walls]=1 ;;
+            pgward_full) need[full]=1 ;;
         esac
     done
     local i
-    for i in plain policy policy_base audit tlsdev token signed walls; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
+    for i in plain policy policy_base audit tlsdev token signed walls full; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
     return 0
 }
 
@@ -467,12 +473,13 @@ target_label() {
         pgward_token) echo "pgward TLS token" ;;
         pgward_signed) echo "pgward TLS token+policy" ;;
         pgward_walls) echo "pgward TLS token+policy+walls" ;;
+        pgward_full) echo "pgward TLS token+policy+audit" ;;
     esac
 }
 
 # Prints the libpq environment for a target, one VAR=value per line.
 pgbench_env() {
-    if [[ "$1" == pgward_token || "$1" == pgward_signed || "$1" == pgward_walls ]]; then
+    if [[ "$1" == pgward_token || "$1" == pgward_signed || "$1" == pgward_walls || "$1" == pgward_full ]]; then
         echo "PGUSER=$TOKEN_USER"
         echo "PGPASSWORD=$TOKEN"
     else
@@ -493,6 +500,7 @@ pgbench_env() {
         pgward_token) echo "PGPORT=${PW_PORT[token]}"; echo "PGSSLMODE=require" ;;
         pgward_signed) echo "PGPORT=${PW_PORT[signed]}"; echo "PGSSLMODE=require" ;;
         pgward_walls) echo "PGPORT=${PW_PORT[walls]}"; echo "PGSSLMODE=require" ;;
+        pgward_full) echo "PGPORT=${PW_PORT[full]}"; echo "PGSSLMODE=require" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -515,6 +523,7 @@ target_pid() {
         pgward_token) echo "${PW_PID[token]}" ;;
         pgward_signed) echo "${PW_PID[signed]}" ;;
         pgward_walls) echo "${PW_PID[walls]}" ;;
+        pgward_full) echo "${PW_PID[full]}" ;;
         *) echo "" ;;
     esac
 }
@@ -756,6 +765,30 @@ write_report() {
                 echo "| $mode | $c | $(fmt "$d" 0) | $(fmt "$w" 0) | $(fmt "$s" 0) | $(fmt "$b" 0) | $(ratio "$w" "$d") | $(ratio "$w" "$b") | $(ratio "$s" "$d") | $(ratio "$s" "$b") |"
             done
         done
+        if has_target pgward_full; then
+            echo
+            echo "## Everything on against PgBouncer"
+            echo
+            echo "pgward with everything on (\`pgward_full\`): TLS client leg, token sign-in, a policy and the"
+            echo "audit file (default settings). PgBouncer: session mode, plaintext, no checks. CPU is each"
+            echo "proxy process's user+system time per transaction."
+            echo
+            echo "| mode | clients | PgBouncer TPS | pgward full TPS | full/PgBouncer (ratio of medians) | per-round pairs | PgBouncer CPU µs/txn | pgward full CPU µs/txn |"
+            echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+            local rows_f=""
+            for mode in $BENCH_MODES; do
+                for c in $BENCH_CLIENTS; do
+                    local f b rf
+                    f="$(median_of "$mode" "$c" pgward_full 5)"
+                    b="$(median_of "$mode" "$c" pgbouncer 5)"
+                    rf="$(ratio "$f" "$b")"
+                    echo "| $mode | $c | $(fmt "$b" 0) | $(fmt "$f" 0) | $rf | $(pair_median "$mode" "$c" pgward_full pgbouncer) | $(fmt "$(median_of "$mode" "$c" pgbouncer 8)" 1) | $(fmt "$(median_of "$mode" "$c" pgward_full 8)" 1) |"
+                    ((c >= 16)) && rows_f+="$rf $mode $c"$'\n'
+                done
+            done
+            echo
+            printf '%s' "$rows_f" | verdict "pgward full / PgBouncer at 16 clients, ratio of medians" 1.0
+        fi
         echo
         echo "## Average latency (ms)"
         echo
@@ -773,12 +806,12 @@ write_report() {
         echo
         echo "## Proxy CPU per transaction (µs, user+system of the proxy process)"
         echo
-        echo "| mode | clients | pgward | pgward TLS | PgBouncer |"
-        echo "|---|---:|---:|---:|---:|"
+        echo "| mode | clients | pgward | pgward TLS | PgBouncer | pgward full |"
+        echo "|---|---:|---:|---:|---:|---:|"
         for mode in $BENCH_MODES; do
             for c in $BENCH_CLIENTS; do
                 echo -n "| $mode | $c |"
-                for t in pgward pgward_tls pgbouncer; do
+                for t in pgward pgward_tls pgbouncer pgward_full; do
                     echo -n " $(fmt "$(median_of "$mode" "$c" "$t" 8)" 1) |"
                 done
                 echo
@@ -893,7 +926,7 @@ main() {
     PW_PORT[plain]="$PGWARD_PORT"
     PW_ADMIN_PORT[plain]="$PGWARD_ADMIN_PORT"
     local inst
-    for inst in policy policy_base audit tlsdev token signed walls; do
+    for inst in policy policy_base audit tlsdev token signed walls full; do
         PW_PORT[$inst]="$(free_port)"
         PW_ADMIN_PORT[$inst]="$(free_port)"
     done
@@ -903,7 +936,7 @@ main() {
     make_tls_cert
     write_policy
     mkdir -p "$WORK/audit"
-    if [[ " $BENCH_TARGETS $BENCH_CONNECT_TARGETS " =~ " pgward_"(token|signed|walls)" " ]]; then start_issuer; fi
+    if [[ " $BENCH_TARGETS $BENCH_CONNECT_TARGETS " =~ " pgward_"(token|signed|walls|full)" " ]]; then start_issuer; fi
     local -a instances
     mapfile -t instances < <(pgward_instances)
     for inst in "${instances[@]}"; do start_pgward "$inst"; done
@@ -918,7 +951,7 @@ main() {
     for t in $BENCH_TARGETS $BENCH_CONNECT_TARGETS; do
         local ssl q="SELECT coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), '?')"
         # The policy targets may only read the pgbench tables.
-        [[ "$t" == pgward_policy || "$t" == pgward_policy_base || "$t" == pgward_audit || "$t" == pgward_signed || "$t" == pgward_walls ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
+        [[ "$t" == pgward_policy || "$t" == pgward_policy_base || "$t" == pgward_audit || "$t" == pgward_signed || "$t" == pgward_walls || "$t" == pgward_full ]] && q="SELECT 'n/a, policy: ' || count(*) || ' branches' FROM public.pgbench_branches"
         ssl="$(target_query "$t" "$q")" || die "cannot query through target $t"
         log "target $(target_label "$t"): OK (upstream session ssl=$ssl)"
     done
