@@ -105,7 +105,9 @@ fn check(path: &Path) -> ExitCode {
 fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     logging::init(&config.log)?;
-    let rt = process::runtime(config.listen.worker_threads)?;
+    // Sessions run on their own workers ([listen] worker_threads); this runtime has the
+    // accept loop and the background work (admin endpoint, refreshes, grants).
+    let rt = process::runtime(2)?;
     rt.block_on(async {
         let server = Server::bind(config).await.map_err(anyhow::Error::msg)?;
         process::spawn_signal_handlers(server.handle().reloading_from(path))?;

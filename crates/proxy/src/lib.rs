@@ -25,9 +25,11 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod shared;
+mod sides;
 pub mod stream;
 pub mod tls;
 pub mod trail;
+mod workers;
 
 pub use config::Config;
 pub use server::Server;

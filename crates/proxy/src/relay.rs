@@ -13,9 +13,11 @@
 //! Both directions feed `Conversation`, the protocol state (`Phase`) shared between them.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use bytes::BytesMut;
 use pgward_policy::QueryDecision;
@@ -32,6 +34,7 @@ use crate::client_encoding::{EncodingTrack, Unreadable};
 use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict, INLINE_ANALYSIS_BYTES};
 use crate::limits::Permit;
 use crate::metrics::Metrics;
+use crate::sides::Sides;
 use crate::trail::{Audited, Trail};
 use pgward_audit::Append;
 
@@ -320,28 +323,43 @@ where
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(inbound, outbound, expiry);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(inbound, outbound, expiry, cancelled);
         let mut expiry_armed = true;
-        loop {
-            tokio::select! {
-                end = &mut inbound => break end,
-                end = &mut outbound => break end,
-                () = shutdown.cancelled() => break RelayEnd::Shutdown,
-                () = &mut expiry, if expiry_armed => {
-                    expiry_armed = false;
-                    let idle = matches!(
-                        conversation.lock().map(|c| c.phase()),
-                        Ok(Phase::Idle(_))
-                    );
-                    if idle {
-                        break RelayEnd::TokenExpired;
-                    }
-                    // Busy: the statement in flight finishes; the session ends when it
-                    // is idle again or the client sends anything more.
-                    expired.store(true, Ordering::Release);
+        // Each wake-up polls only what woke it (sides.rs): a message from one socket
+        // does not also check the other socket, the drain signal and the expiry.
+        let sides = Sides::new(4);
+        std::future::poll_fn(|cx| {
+            let fired = sides.begin(cx);
+            if fired & 1 != 0 {
+                if let Poll::Ready(end) = inbound.as_mut().poll(&mut sides.context(0)) {
+                    return Poll::Ready(end);
                 }
             }
-        }
+            if fired & 2 != 0 {
+                if let Poll::Ready(end) = outbound.as_mut().poll(&mut sides.context(1)) {
+                    return Poll::Ready(end);
+                }
+            }
+            if fired & 4 != 0 && cancelled.as_mut().poll(&mut sides.context(2)).is_ready() {
+                return Poll::Ready(RelayEnd::Shutdown);
+            }
+            if fired & 8 != 0
+                && expiry_armed
+                && expiry.as_mut().poll(&mut sides.context(3)).is_ready()
+            {
+                expiry_armed = false;
+                let idle = matches!(conversation.lock().map(|c| c.phase()), Ok(Phase::Idle(_)));
+                if idle {
+                    return Poll::Ready(RelayEnd::TokenExpired);
+                }
+                // Busy: the statement in flight finishes; the session ends when it is
+                // idle again or the client sends anything more.
+                expired.store(true, Ordering::Release);
+            }
+            Poll::Pending
+        })
+        .await
     };
     totals.bytes_to_client = up_totals.bytes_to_client;
     totals.messages_to_client = up_totals.messages_to_client;
@@ -446,7 +464,12 @@ where
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-                let text = statement_text(msg.tag, msg.body, &conv.encoding);
+                // Without a policy or an audit log nothing reads the statement's text.
+                let text = if gate.is_some() || conv.trail.is_some() {
+                    statement_text(msg.tag, msg.body, &conv.encoding)
+                } else {
+                    None
+                };
                 let readable = text.as_ref().and_then(|t| t.as_deref().ok());
                 let judged = match (gate.as_deref_mut(), readable) {
                     (Some(g), Some(sql)) => match judge(g, sql) {
@@ -557,6 +580,10 @@ where
             let conv = &mut *conv;
             let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
+                // Rows are most of a result and nothing here reads them.
+                if tag == be::DATA_ROW {
+                    return Ok(());
+                }
                 if tag == be::ERROR_RESPONSE {
                     let encoding = &conv.encoding;
                     let rewritten = conv.denials.rewrite(body, |m| encoding.message_bytes(m));
@@ -777,6 +804,9 @@ fn decide(
                 }
                 return Ok(conv.denials.replace_query(d));
             }
+            if judged.is_none() && conv.trail.is_none() {
+                return Ok(Verdict::Forward);
+            }
             let sql = read.unwrap_or_else(|_| String::from_utf8_lossy(bytes));
             let (rewritten, qd) = match judged {
                 Some(j) => (j.rewritten, Some(j.qd)),
@@ -834,6 +864,9 @@ fn decide(
                 }
                 return Ok(conv.denials.replace_parse(p.statement, d));
             }
+            if judged.is_none() && conv.trail.is_none() {
+                return Ok(Verdict::Forward);
+            }
             let query_text = read.unwrap_or_else(|_| String::from_utf8_lossy(p.query));
             let (rewritten, qd) = match judged {
                 Some(j) => (j.rewritten, Some(j.qd)),
@@ -867,10 +900,15 @@ fn decide(
             verdict
         }
         fe::BIND => {
-            let (portal, statement, params) = frontend::bind_params(body)?;
-            if let Some(t) = conv.trail.as_mut() {
-                t.on_bind(portal, statement, &params);
-            }
+            // The parameters are read only for the audit log (no allocation without it).
+            let (portal, statement) = match conv.trail.as_mut() {
+                Some(t) => {
+                    let (portal, statement, params) = frontend::bind_params(body)?;
+                    t.on_bind(portal, statement, &params);
+                    (portal, statement)
+                }
+                None => frontend::bind_names(body)?,
+            };
             if let Some(d) = over_rate(conv) {
                 return Ok(conv.denials.replace_bind(portal, d));
             }

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::session;
 use crate::shared::{SessionIds, Shared};
 use crate::tls::TlsSettings;
+use crate::workers::Workers;
 
 /// Controls for a running server, used by the binary's signal handlers and by tests.
 #[derive(Clone)]
@@ -90,12 +91,14 @@ pub struct Server {
     admin: Option<(TcpListener, SocketAddr)>,
     readiness: Arc<Readiness>,
     handle: ServerHandle,
+    workers: Workers,
 }
 
 impl Server {
     /// Validates the configuration, binds the listeners and prepares upstreams. Nothing
     /// is accepted until `run`.
     pub async fn bind(config: Config) -> Result<Self, String> {
+        let worker_count = config.listen.worker_threads;
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(format!(
@@ -194,7 +197,10 @@ impl Server {
             },
             hard_stop: CancellationToken::new(),
         });
+        let workers = Workers::start(worker_count)
+            .map_err(|e| format!("cannot start the session workers: {e}"))?;
         Ok(Self {
+            workers,
             shared,
             listener,
             local_addr,
@@ -235,6 +241,7 @@ impl Server {
             admin,
             readiness,
             handle,
+            workers,
         } = self;
         let admin_stop = CancellationToken::new();
         if let Some((l, a)) = admin {
@@ -299,9 +306,12 @@ impl Server {
                 Ok(permit) => {
                     shared.metrics.connection("accepted");
                     let shared = shared.clone();
-                    tracker.spawn(async move {
+                    // Counted by the tracker from now on, though it starts on the worker.
+                    let tracked = tracker.token();
+                    workers.spawn_session(tcp, move |tcp| async move {
                         session::handle(tcp, peer, shared).await;
                         drop(permit);
+                        drop(tracked);
                     });
                 }
                 Err(_) => {
