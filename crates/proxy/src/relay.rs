@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pgward_policy::QueryDecision;
 use pgward_wire::backend::{self, Scanner};
 use pgward_wire::build::{self, Severity};
@@ -218,6 +218,9 @@ struct Link<'a> {
     /// Set when the token expired while a statement was in flight.
     expired: &'a AtomicBool,
     metrics: &'a Metrics,
+    /// Whether writes to each side need a flush ([`HoldsWrites`]).
+    flush_client: bool,
+    flush_upstream: bool,
 }
 
 /// State of the upstream → client direction that outlives a cancelled future, so the
@@ -266,9 +269,10 @@ pub async fn run<C, U>(
     shutdown: &CancellationToken,
 ) -> RelayOutcome
 where
-    C: AsyncRead + AsyncWrite + Send,
-    U: AsyncRead + AsyncWrite + Send,
+    C: AsyncRead + AsyncWrite + HoldsWrites + Send,
+    U: AsyncRead + AsyncWrite + HoldsWrites + Send,
 {
+    let (flush_client, flush_upstream) = (client.holds_writes(), upstream.holds_writes());
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
     let RelayParams {
@@ -298,6 +302,8 @@ where
         conversation: &conversation,
         expired: &expired,
         metrics,
+        flush_client,
+        flush_upstream,
     };
 
     let end = {
@@ -509,17 +515,19 @@ where
             }
         }
         if ready > 0 {
-            let chunk = buf.split_to(ready);
+            // Written from the buffer and then skipped (no split-off chunk to allocate
+            // and free); the read buffer is reused from its start once it is empty.
             let written = match replaced {
-                None => write_flush(upstream, &chunk).await,
+                None => write_flush(upstream, &buf[..ready], link.flush_upstream).await,
                 Some((mut out, copied)) => {
-                    out.extend_from_slice(&chunk[copied..]);
-                    write_flush(upstream, &out).await
+                    out.extend_from_slice(&buf[copied..ready]);
+                    write_flush(upstream, &out, link.flush_upstream).await
                 }
             };
             if let Err(e) = written {
                 return RelayEnd::UpstreamGone(Some(e));
             }
+            buf.advance(ready);
             totals.bytes_to_upstream += ready as u64;
             totals.messages_to_upstream += messages;
             link.metrics.bytes_to_upstream.inc_by(ready as u64);
@@ -641,10 +649,10 @@ where
         }
         state.held = buf.len() - ready;
         if ready > 0 {
-            let chunk = buf.split_to(ready);
+            let chunk = &buf[..ready];
             state.writing = true;
             let written = if rewrites.is_empty() {
-                write_flush(client, &chunk).await
+                write_flush(client, chunk, link.flush_client).await
             } else {
                 let mut out = BytesMut::with_capacity(chunk.len());
                 let mut copied = 0;
@@ -654,11 +662,12 @@ where
                     copied = at + len;
                 }
                 out.extend_from_slice(&chunk[copied..]);
-                write_flush(client, &out).await
+                write_flush(client, &out, link.flush_client).await
             };
             if let Err(e) = written {
                 return RelayEnd::ClientGone(Some(e));
             }
+            buf.advance(ready);
             state.writing = false;
             totals.bytes_to_client += ready as u64;
             totals.messages_to_client += messages;
@@ -1011,9 +1020,30 @@ fn unencodable() -> Denial {
     )
 }
 
-async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], flush: bool) -> io::Result<()> {
     w.write_all(data).await?;
-    w.flush().await
+    if flush {
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// Whether a stream holds written bytes until it is flushed. TLS does; a TCP socket's
+/// flush does nothing, and skipping it saves a lock of the split stream per write.
+pub trait HoldsWrites {
+    fn holds_writes(&self) -> bool;
+}
+
+impl HoldsWrites for crate::stream::ClientStream {
+    fn holds_writes(&self) -> bool {
+        self.is_tls()
+    }
+}
+
+impl HoldsWrites for pgward_upstream::UpstreamStream {
+    fn holds_writes(&self) -> bool {
+        !matches!(self, pgward_upstream::UpstreamStream::Plain(_))
+    }
 }
 
 #[cfg(test)]
