@@ -34,6 +34,7 @@ mod parser;
 mod pg_grants;
 mod policy;
 mod server_catalog;
+mod shape;
 pub mod tsql;
 #[rustfmt::skip]
 mod walk_gen;
