@@ -7,13 +7,13 @@ use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
 use foldhash::fast::FoldHasher;
-use foldhash::SharedSeed;
 
 use crate::analyze::{
     analyze, Access, Analysis, AnalysisError, FunctionRef, ObjectRef, SessionEffect, SettingChange,
     StatementAnalysis,
 };
 use crate::decide::{QueryDecision, RoleSet, SessionState, StatementDecision};
+use crate::keyed::{keyed_state, KeyedState};
 use crate::policy::Policy;
 use crate::shape::{fast_shape_into, fast_shape_verified, is_fast, scanner_shape};
 
@@ -43,7 +43,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// byte budget is stored.
 ///
 /// Keys are hashed with foldhash under seeds drawn from the operating system's randomness
-/// for each cache (docs/dependencies.md): a caller cannot predict which texts collide, and
+/// ([`keyed_state`], docs/dependencies.md): a caller cannot predict which texts collide, and
 /// since entries are compared on the full key a collision costs only time.
 pub struct DecisionCache {
     shards: Vec<Mutex<Shard>>,
@@ -51,8 +51,7 @@ pub struct DecisionCache {
     /// Bytes one generation of one shard may hold (half the shard's budget).
     generation_bytes: usize,
     max_entry_bytes: usize,
-    seed: SharedSeed,
-    per_hasher_seed: u64,
+    hasher: KeyedState,
 }
 
 /// The shards' maps are keyed by the key's hash, already keyed and well mixed: they use it
@@ -114,7 +113,7 @@ struct Key<'a> {
     version: u64,
     roles: &'a RoleSet,
     session: &'a str,
-    hasher: FoldHasher<'a>,
+    hasher: FoldHasher<'static>,
 }
 
 impl Key<'_> {
@@ -137,18 +136,12 @@ impl DecisionCache {
     pub fn with_limits(capacity: usize, max_bytes: usize) -> DecisionCache {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         let shard_bytes = max_bytes / SHARDS;
-        // std's RandomState is keyed from the operating system's randomness (once per
-        // thread, then varied per instance); its SipHash of two constants gives two
-        // unpredictable 64-bit seeds. foldhash's own RandomState seeds from addresses and
-        // the clock only.
-        let os = std::collections::hash_map::RandomState::new();
         DecisionCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
             generation_bytes: shard_bytes / 2,
             max_entry_bytes: shard_bytes / 8,
-            seed: SharedSeed::from_u64(os.hash_one(0x5eed_u64)),
-            per_hasher_seed: os.hash_one(0x7a11_u64),
+            hasher: keyed_state(),
         }
     }
 
@@ -168,7 +161,7 @@ impl DecisionCache {
     }
 
     fn key<'a>(&'a self, version: u64, roles: &'a RoleSet, session: &'a str) -> Key<'a> {
-        let mut hasher = FoldHasher::with_seed(self.per_hasher_seed, &self.seed);
+        let mut hasher = self.hasher.build_hasher();
         version.hash(&mut hasher);
         roles.idx.hash(&mut hasher);
         session.hash(&mut hasher);
