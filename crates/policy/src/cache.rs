@@ -1,18 +1,21 @@
 //! A cache of query decisions, bounded in bytes and in entries.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
-use std::collections::hash_map::RandomState;
+use foldhash::fast::FoldHasher;
 
 use crate::analyze::{
     analyze, Access, Analysis, AnalysisError, FunctionRef, ObjectRef, SessionEffect, SettingChange,
     StatementAnalysis,
 };
 use crate::decide::{QueryDecision, RoleSet, SessionState, StatementDecision};
+use crate::keyed::{keyed_state, KeyedState};
 use crate::policy::Policy;
+use crate::shape::{fast_shape_into, fast_shape_verified, is_fast, scanner_shape};
 
 const SHARDS: usize = 16;
 
@@ -38,21 +41,49 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// analyses) and in entries: each shard keeps two generations and drops the older one when
 /// the newer holds half the shard's bytes or its entries. No entry bigger than 1/128 of the
 /// byte budget is stored.
+///
+/// Keys are hashed with foldhash under seeds drawn from the operating system's randomness
+/// ([`keyed_state`], docs/dependencies.md): a caller cannot predict which texts collide, and
+/// since entries are compared on the full key a collision costs only time.
 pub struct DecisionCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     /// Bytes one generation of one shard may hold (half the shard's budget).
     generation_bytes: usize,
     max_entry_bytes: usize,
-    hasher: RandomState,
+    hasher: KeyedState,
+}
+
+/// The shards' maps are keyed by the key's hash, already keyed and well mixed: they use it
+/// as it is rather than hashing it again.
+type ByHash = HashMap<u64, Vec<Arc<Entry>>, BuildHasherDefault<PassThrough>>;
+
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; kept total for any other use.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Default)]
 struct Shard {
-    young: HashMap<u64, Vec<Arc<Entry>>>,
+    young: ByHash,
     young_len: usize,
     young_bytes: usize,
-    old: HashMap<u64, Vec<Arc<Entry>>>,
+    old: ByHash,
     old_len: usize,
     old_bytes: usize,
 }
@@ -68,11 +99,28 @@ struct Entry {
 }
 
 impl Entry {
-    fn is(&self, version: u64, roles: &RoleSet, session: &str, sql: &str) -> bool {
-        self.version == version
-            && self.roles == roles.idx
-            && self.session == session
+    fn is(&self, key: &Key<'_>, sql: &str) -> bool {
+        self.version == key.version
+            && self.roles == key.roles.idx
+            && self.session == key.session
             && self.sql == sql
+    }
+}
+
+/// Everything of a cache key but the SQL text, with its hash state: hashed once per
+/// decision, then finished for each text looked up (the exact text, its shape).
+struct Key<'a> {
+    version: u64,
+    roles: &'a RoleSet,
+    session: &'a str,
+    hasher: FoldHasher<'static>,
+}
+
+impl Key<'_> {
+    fn hash(&self, sql: &str) -> u64 {
+        let mut h = self.hasher.clone();
+        h.write(sql.as_bytes());
+        h.finish()
     }
 }
 
@@ -93,7 +141,7 @@ impl DecisionCache {
             per_shard,
             generation_bytes: shard_bytes / 2,
             max_entry_bytes: shard_bytes / 8,
-            hasher: RandomState::new(),
+            hasher: keyed_state(),
         }
     }
 
@@ -112,6 +160,19 @@ impl DecisionCache {
         }
     }
 
+    fn key<'a>(&'a self, version: u64, roles: &'a RoleSet, session: &'a str) -> Key<'a> {
+        let mut hasher = self.hasher.build_hasher();
+        version.hash(&mut hasher);
+        roles.idx.hash(&mut hasher);
+        session.hash(&mut hasher);
+        Key {
+            version,
+            roles,
+            session,
+            hasher,
+        }
+    }
+
     /// Whether a decision for `sql` in this session is cached (exactly or by its shape),
     /// so the caller need not analyse it ahead of [`DecisionCache::decide_with`].
     pub fn contains(
@@ -125,9 +186,11 @@ impl DecisionCache {
         if roles.version() != version {
             return false;
         }
-        let skey = session.cache_key();
-        self.lookup(version, roles, skey, sql).is_some()
-            || constant_shape(sql).is_some_and(|s| self.lookup(version, roles, skey, &s).is_some())
+        let key = self.key(version, roles, session.cache_key());
+        self.lookup(&key, key.hash(sql), sql).is_some()
+            || with_shape_buffer(|s| {
+                shape_into(sql, s) && self.lookup(&key, key.hash(s), s).is_some()
+            })
     }
 
     /// The decision for `sql`, from the cache or decided from `analyse(sql)` (and then
@@ -150,90 +213,83 @@ impl DecisionCache {
                 session,
             )));
         }
-        let skey = session.cache_key();
-        if let Some(d) = self.lookup(version, roles, skey, sql) {
+        let key = self.key(version, roles, session.cache_key());
+        let hash = key.hash(sql);
+        if let Some(d) = self.lookup(&key, hash, sql) {
             return Some(d);
         }
-        // Statements that differ only in numeric constants (`WHERE aid = 42`) share one
-        // decision, found under their shape; see `constant_shape` and `shape_safe`.
-        let shape = constant_shape(sql);
-        if let Some(shape) = &shape {
-            if let Some(d) = self.lookup(version, roles, skey, shape) {
-                return Some(d);
-            }
-        }
-        // Decide outside the locks: parsing is the slow part.
-        let decision = Arc::new(policy.decide_analysis(roles, analyse(sql)?, session));
-        let denied_text = decision.decision.verdict == crate::Verdict::Deny
-            && sql.len() > MAX_CACHED_DENIAL_BYTES;
-        if decision.cacheable && !denied_text {
-            self.store(version, roles, skey, sql, &decision);
-            if let Some(shape) = &shape {
-                if shape_safe(&decision) {
-                    self.store(version, roles, skey, shape, &decision);
+        with_shape_buffer(|shape| {
+            // Statements that differ only in numeric constants (`WHERE aid = 42`) share one
+            // decision, found under their shape; see shape.rs and `shape_safe`.
+            let shaped = shape_into(sql, shape).then(|| key.hash(shape));
+            if let Some(h) = shaped {
+                if let Some(d) = self.lookup(&key, h, shape) {
+                    return Some(d);
                 }
             }
-        }
-        Some(decision)
+            // Decide outside the locks: parsing is the slow part.
+            let decision = Arc::new(policy.decide_analysis(roles, analyse(sql)?, session));
+            let denied_text = decision.decision.verdict == crate::Verdict::Deny
+                && sql.len() > MAX_CACHED_DENIAL_BYTES;
+            if decision.cacheable && !denied_text {
+                self.store(&key, hash, sql, &decision);
+                if let Some(h) = shaped {
+                    // A fast shape is stored only when PostgreSQL's own scanner finds the
+                    // same constants (a hit's soundness rests on it: shape.rs, `fast_shape_into`).
+                    if shape_safe(&decision) && (!is_fast(shape) || fast_shape_verified(sql, shape))
+                    {
+                        self.store(&key, h, shape, &decision);
+                    }
+                }
+            }
+            Some(decision)
+        })
     }
 
-    fn key_hash(&self, version: u64, roles: &RoleSet, skey: &str, sql: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        version.hash(&mut h);
-        roles.idx.hash(&mut h);
-        skey.hash(&mut h);
-        sql.hash(&mut h);
-        h.finish()
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // Bits the shards' maps use little (they index by the low bits and tag by the top
+        // seven), so each shard's map still sees well-spread hashes.
+        &self.shards[((hash >> 32) as usize) % SHARDS]
     }
 
-    fn lookup(
-        &self,
-        version: u64,
-        roles: &RoleSet,
-        skey: &str,
-        sql: &str,
-    ) -> Option<Arc<QueryDecision>> {
-        let hash = self.key_hash(version, roles, skey, sql);
-        // The low bits pick the shard; HashMap rehashes the full value anyway.
-        let shard = &self.shards[(hash as usize) % SHARDS];
-        let mut s = shard.lock().ok()?;
+    fn lookup(&self, key: &Key<'_>, hash: u64, sql: &str) -> Option<Arc<QueryDecision>> {
+        let mut s = self.shard(hash).lock().ok()?;
         if let Some(e) = s
             .young
             .get(&hash)
-            .and_then(|v| v.iter().find(|e| e.is(version, roles, skey, sql)))
+            .and_then(|v| v.iter().find(|e| e.is(key, sql)))
         {
             return Some(Arc::clone(&e.decision));
         }
         let promoted = s
             .old
             .get(&hash)
-            .and_then(|v| v.iter().find(|e| e.is(version, roles, skey, sql)))
+            .and_then(|v| v.iter().find(|e| e.is(key, sql)))
             .cloned()?;
         let d = Arc::clone(&promoted.decision);
         s.insert(hash, promoted, self.per_shard, self.generation_bytes);
         Some(d)
     }
 
-    fn store(&self, version: u64, roles: &RoleSet, skey: &str, sql: &str, d: &Arc<QueryDecision>) {
+    fn store(&self, key: &Key<'_>, hash: u64, sql: &str, d: &Arc<QueryDecision>) {
         let bytes = size_of::<Entry>()
             + ENTRY_OVERHEAD
             + sql.len()
-            + skey.len()
-            + roles.idx.len() * size_of::<u16>()
+            + key.session.len()
+            + key.roles.idx.len() * size_of::<u16>()
             + decision_bytes(d);
         if bytes > self.max_entry_bytes {
             return;
         }
-        let hash = self.key_hash(version, roles, skey, sql);
         let e = Arc::new(Entry {
-            version,
-            roles: roles.idx.clone(),
-            session: skey.to_owned(),
+            version: key.version,
+            roles: key.roles.idx.clone(),
+            session: key.session.to_owned(),
             sql: sql.to_owned(),
             decision: Arc::clone(d),
             bytes,
         });
-        if let Ok(mut s) = self.shards[(hash as usize) % SHARDS].lock() {
+        if let Ok(mut s) = self.shard(hash).lock() {
             s.insert(hash, e, self.per_shard, self.generation_bytes);
         }
     }
@@ -376,44 +432,37 @@ fn analysis_bytes(a: &StatementAnalysis) -> usize {
             .sum::<usize>()
 }
 
-/// `sql` with every numeric constant replaced by `0`, found with PostgreSQL's own scanner
-/// (so string literals, quoted identifiers, comments and dollar quoting are never
-/// touched), prefixed with a NUL so it can never equal a real statement text (protocol
-/// strings cannot contain NUL). `None` when there is no numeric constant, the text is
-/// long, or it does not scan.
-fn constant_shape(sql: &str) -> Option<String> {
-    const ICONST: i32 = pg_query::protobuf::Token::Iconst as i32;
-    const FCONST: i32 = pg_query::protobuf::Token::Fconst as i32;
-    if sql.len() > 4096 || !sql.bytes().any(|b| b.is_ascii_digit()) {
-        return None;
+/// The key statements differing only in numeric constants share, into `out`: the fast
+/// scanner's shape, or, for a text it declines, PostgreSQL's scanner's (in a key space of
+/// its own). False (and `out` empty) when there is none.
+fn shape_into(sql: &str, out: &mut String) -> bool {
+    if fast_shape_into(sql, out) {
+        return true;
     }
-    let scanned = pg_query::scan(sql).ok()?;
-    let mut out = String::with_capacity(sql.len() + 1);
-    out.push('\0');
-    let mut copied = 0;
-    let mut replaced = false;
-    for t in &scanned.tokens {
-        if t.token != ICONST && t.token != FCONST {
-            continue;
+    match scanner_shape(sql) {
+        Some(s) => {
+            *out = s;
+            true
         }
-        let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
-        if start < copied
-            || end > sql.len()
-            || !sql.is_char_boundary(start)
-            || !sql.is_char_boundary(end)
-        {
-            return None;
-        }
-        out.push_str(&sql[copied..start]);
-        out.push('0');
-        copied = end;
-        replaced = true;
+        None => false,
     }
-    if !replaced {
-        return None;
+}
+
+thread_local! {
+    /// The buffer shapes are built in: one per thread, reused, so a shape hit allocates
+    /// nothing.
+    static SHAPE_BUFFER: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// Runs `f` with this thread's shape buffer (a fresh one if it is in use further up).
+fn with_shape_buffer<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    let mut buffer = SHAPE_BUFFER.take();
+    let r = f(&mut buffer);
+    if buffer.capacity() <= 2 * crate::shape::MAX_SHAPED_BYTES {
+        buffer.clear();
+        SHAPE_BUFFER.set(buffer);
     }
-    out.push_str(&sql[copied..]);
-    Some(out)
+    r
 }
 
 /// Whether a decision holds for every statement of the same shape: one statement that
@@ -448,20 +497,98 @@ fn shape_safe(d: &QueryDecision) -> bool {
 
 #[cfg(test)]
 mod shape_tests {
-    use super::constant_shape;
+    use super::*;
+    use crate::Principal;
+
+    fn setup() -> (Policy, RoleSet, SessionState) {
+        let policy = Policy::from_toml(
+            r#"
+            [[roles]]
+            name = "analyst"
+            members = { users = ["alice@contoso.com"] }
+            allow = [ { actions = ["select"], objects = ["public.orders"] } ]
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let roles = policy.roles_for(&Principal {
+            upn: "alice@contoso.com".into(),
+            ..Default::default()
+        });
+        let session = SessionState::new(&policy);
+        (policy, roles, session)
+    }
 
     #[test]
-    fn only_numeric_constants_are_replaced() {
-        assert_eq!(
-            constant_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4217;").as_deref(),
-            Some("\0SELECT abalance FROM pgbench_accounts WHERE aid = 0;")
+    fn statements_differing_in_numbers_share_a_decision() {
+        let (policy, roles, session) = setup();
+        let cache = DecisionCache::new(100);
+        let first = "SELECT * FROM orders WHERE id = 1 LIMIT 10";
+        assert!(!cache
+            .decide(&policy, &roles, &session, first)
+            .decision
+            .blocks());
+        // The exact text and its fast shape.
+        assert_eq!(cache.len(), 2);
+        let other = "SELECT * FROM orders WHERE id = 73 LIMIT 5";
+        assert!(cache.contains(&policy, &roles, &session, other));
+        let d = cache.decide_with(&policy, &roles, &session, other, |_| None);
+        assert!(d.is_some_and(|d| !d.decision.blocks()));
+        // Another class of constant is another shape.
+        let float = "SELECT * FROM orders WHERE id = 1.5 LIMIT 10";
+        assert!(!cache.contains(&policy, &roles, &session, float));
+        let big = "SELECT * FROM orders WHERE id = 4294967296 LIMIT 10";
+        assert!(!cache.contains(&policy, &roles, &session, big));
+        // Denials are shared the same way.
+        let denied = "SELECT * FROM salaries WHERE id = 1";
+        assert!(cache
+            .decide(&policy, &roles, &session, denied)
+            .decision
+            .blocks());
+        let d = cache.decide_with(
+            &policy,
+            &roles,
+            &session,
+            "SELECT * FROM salaries WHERE id = 2",
+            |_| None,
         );
-        assert_eq!(
-            constant_shape("SELECT 1.5e3, '42', \"t1\", $1, x2 -- 7\n/* 8 */ FROM t LIMIT 10")
-                .as_deref(),
-            Some("\0SELECT 0, '42', \"t1\", $1, x2 -- 7\n/* 8 */ FROM t LIMIT 0")
-        );
-        assert_eq!(constant_shape("SELECT $$ 1 $$, E'\\x31'"), None);
-        assert_eq!(constant_shape("SELECT * FROM t"), None);
+        assert!(d.is_some_and(|d| d.decision.blocks()));
+    }
+
+    #[test]
+    fn texts_the_fast_scanner_declines_share_by_postgres_scanner() {
+        let (policy, roles, session) = setup();
+        let cache = DecisionCache::new(100);
+        let first = "SELECT E'x' FROM orders WHERE id = 1";
+        assert!(!cache
+            .decide(&policy, &roles, &session, first)
+            .decision
+            .blocks());
+        assert!(cache.contains(
+            &policy,
+            &roles,
+            &session,
+            "SELECT E'x' FROM orders WHERE id = 2"
+        ));
+        // A text PostgreSQL 16+ reads as a number and older versions as `0 AS x1F` gets a
+        // scanner shape only: a text the fast scanner reads never finds it.
+        let hex = "SELECT 0x1F FROM orders";
+        cache.decide(&policy, &roles, &session, hex);
+        assert!(cache.contains(&policy, &roles, &session, "SELECT 0x2F FROM orders"));
+        assert!(!cache.contains(&policy, &roles, &session, "SELECT 5 FROM orders"));
+    }
+
+    #[test]
+    fn shape_unsafe_decisions_are_cached_by_exact_text_only() {
+        let (policy, roles, session) = setup();
+        let cache = DecisionCache::new(100);
+        let sql = "SELECT nextval(16405) FROM orders";
+        cache.decide(&policy, &roles, &session, sql);
+        assert!(cache.contains(&policy, &roles, &session, sql));
+        assert!(!cache.contains(
+            &policy,
+            &roles,
+            &session,
+            "SELECT nextval(16406) FROM orders"
+        ));
     }
 }

@@ -26,8 +26,8 @@ pub(crate) fn names_caller(value: &str, caller: &str) -> bool {
 /// If `sql` is exactly one `SET [SESSION] application_name {=|TO} '<literal>'`, the same SET
 /// with the caller's name put first; otherwise `None` (the statement is decided as written).
 pub fn rewrite_set_application_name(sql: &str, caller: &str) -> Option<String> {
-    // Cheap test first: this runs on every statement of a session with a policy.
-    if sql.len() > 4096 || !contains_ignore_ascii_case(sql, "application_name") {
+    // Cheap tests first: this runs on every statement of a session with a policy.
+    if sql.len() > 4096 || !may_start_with_set(sql) || !mentions_application_name(sql) {
         return None;
     }
     let parsed = pg_query::parse(sql).ok()?;
@@ -63,18 +63,40 @@ pub fn rewrite_set_application_name(sql: &str, caller: &str) -> Option<String> {
     ))
 }
 
-fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
-    let needle = needle.as_bytes();
-    let Some(&first) = needle.first() else {
-        return true;
-    };
-    // Compare whole windows only where the first byte matches: this runs on every
-    // statement, and most windows of most statements fail on their first byte.
-    let first = first.to_ascii_lowercase();
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(needle))
+/// Whether `sql` may be a SET statement: it starts (after whitespace) with the keyword SET,
+/// or with a comment or an empty statement (`;`), after which it might. A single
+/// VariableSetStmt is parsed only from a text whose first token is SET: keywords are ASCII
+/// in any case, never quoted. Most statements fail on their first bytes (`SELECT`).
+fn may_start_with_set(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+        .unwrap_or(b.len());
+    match b.get(start..) {
+        Some([b'/' | b'-' | b';', ..]) => true,
+        Some([s, e, t, rest @ ..]) => {
+            [*s, *e, *t].eq_ignore_ascii_case(b"set")
+                && !rest.first().is_some_and(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$') || !c.is_ascii()
+                })
+        }
+        _ => false,
+    }
+}
+
+/// Whether `sql` contains `application_name` in any ASCII case. Every occurrence has its
+/// `_` 11 bytes in, and `_` is rare in SQL: only the windows around each `_` (found a word
+/// at a time by `str::match_indices`) are compared. This runs on every statement.
+fn mentions_application_name(sql: &str) -> bool {
+    const NEEDLE: &[u8] = b"application_name";
+    const UNDERSCORE: usize = 11;
+    let bytes = sql.as_bytes();
+    sql.match_indices('_').any(|(i, _)| {
+        i.checked_sub(UNDERSCORE)
+            .and_then(|start| bytes.get(start..start + NEEDLE.len()))
+            .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+    })
 }
 
 #[cfg(test)]
@@ -82,21 +104,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contains_ignores_ascii_case() {
-        assert!(contains_ignore_ascii_case(
+    fn only_texts_that_may_start_with_set_are_parsed() {
+        for sql in [
+            "SET application_name = 'x'",
+            "  \t\n\x0bset application_name = 'x'",
+            "Set",
+            "SET\"application_name\" = 'x'",
+            "SET/**/application_name = 'x'",
+            "/* c */ SET application_name = 'x'",
+            "-- c\nSET application_name = 'x'",
+            ";SET application_name = 'x'",
+        ] {
+            assert!(may_start_with_set(sql), "{sql:?}");
+        }
+        for sql in [
+            "SELECT 'application_name'",
+            "SETTINGS",
+            "SET_x",
+            "SETé",
+            "SE",
+            "",
+            "RESET application_name",
+            "(SET application_name = 'x')",
+        ] {
+            assert!(!may_start_with_set(sql), "{sql:?}");
+        }
+        let c = "alice@contoso.com";
+        for sql in [
+            "/* c */ SET application_name = 'x'",
+            "-- c\nSET application_name = 'x'",
+            ";SET application_name = 'x'",
+            "\x0bSET application_name = 'x'",
+        ] {
+            assert_eq!(
+                rewrite_set_application_name(sql, c).as_deref(),
+                Some("SET application_name = 'alice@contoso.com (x)'"),
+                "{sql:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn finds_application_name_in_any_case() {
+        for sql in [
             "SET Application_Name = 'x'",
-            "application_name"
-        ));
-        assert!(contains_ignore_ascii_case(
             "application_name",
-            "application_name"
-        ));
-        assert!(!contains_ignore_ascii_case(
+            "SET \"APPLICATION_NAME\" = 'x'",
+            "x_y application_name",
+            "_application_name_",
+            "SET é_application_name_é",
+        ] {
+            assert!(mentions_application_name(sql), "{sql}");
+        }
+        for sql in [
             "SET applicationname = 'x'",
-            "application_name"
-        ));
-        assert!(!contains_ignore_ascii_case("app", "application_name"));
-        assert!(contains_ignore_ascii_case("x", ""));
+            "app",
+            "",
+            "_",
+            "application_nam",
+            "pplication_name",
+            "application-name",
+            "SELECT aid FROM pgbench_accounts",
+            "éééééééééééé_name",
+        ] {
+            assert!(!mentions_application_name(sql), "{sql}");
+        }
     }
 
     #[test]

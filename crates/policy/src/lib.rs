@@ -30,10 +30,12 @@ pub mod catalog;
 mod decide;
 pub mod encoding;
 mod explain;
+mod keyed;
 mod parser;
 mod pg_grants;
 mod policy;
 mod server_catalog;
+mod shape;
 pub mod tsql;
 #[rustfmt::skip]
 mod walk_gen;
@@ -49,6 +51,7 @@ pub use decide::{
     Decision, Principal, QueryDecision, RoleSet, SessionState, StatementDecision, Verdict,
 };
 pub use explain::explain_decision;
+pub use keyed::{keyed_state, KeyedState};
 pub use pg_grants::{GrantPlan, GrantsQuery};
 pub use policy::{Mode, Policy, PolicyError, PolicyProblem};
 pub use server_catalog::{CatalogError, ServerCatalog};
