@@ -22,7 +22,8 @@
 # fallback (~2,000 instructions per 64-byte block where a CPU with SHA-NI spends a few
 # hundred cycles); the SHA-256 compression functions' inclusive count (callgrind_annotate,
 # self = inclusive for these leaves) is reported per transaction and subtracted in the "full
-# without SHA-256" column.
+# without SHA-256" column. aws-lc's jitter entropy source (jent_*, per TLS handshake, a
+# different amount in every run) is left out of every total.
 #
 # Environment: COLUMNS_ (default "pgbouncer relay tls signed full"), MODES (default "simple
 # extended prepared"), N1 / N2 (default 400 / 1200), PGWARD_BIN (default: the release build),
@@ -178,14 +179,22 @@ count() {
     fi
     wait "$pid" 2>/dev/null || true
     for _ in $(seq 100); do [[ -s "$OUT/cg.out" ]] && grep -q '^summary:' "$OUT/cg.out" && break; sleep 0.1; done
-    local total sha
+    local total sha jent
     total="$(awk '/^summary:/ { print $2; exit }' "$OUT/cg.out")"
     [[ -n "$total" ]] || die "no callgrind summary for $col ($mode)"
     # The compression functions are leaves, so their own count is their inclusive count; the
     # per-file lines of one function (inlined code) are summed. aws-lc's SHA-256 (the audit
     # chain) and the sha2 crate's (SCRAM at sign-in, which cancels out between N1 and N2).
-    sha="$(callgrind_annotate --inclusive=no --threshold=100 "$OUT/cg.out" 2>/dev/null \
-        | awk '/sha256_block_data_order|sha2::sha256::.*compress/ { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }')"
+    local own
+    own="$(callgrind_annotate --inclusive=no --threshold=100 "$OUT/cg.out" 2>/dev/null)"
+    sha="$(awk '/sha256_block_data_order|sha2::sha256::.*compress/ { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }' <<<"$own")"
+    # aws-lc's jitter entropy source (jent_*) runs when a TLS handshake needs randomness and
+    # loops for as long as valgrind's timing takes to look random enough: per connection,
+    # not per transaction, and a different amount in every run, so it does not cancel out
+    # between N1 and N2. Left out of the total (and reported).
+    jent="$(awk '/jent_/ { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }' <<<"$own")"
+    total=$((total - jent))
+    echo "jent $jent" >>"$OUT/jent.log"
     if [[ -n "${PROFILE_DIR:-}" ]]; then
         mkdir -p "$PROFILE_DIR"
         cp "$OUT/cg.out" "$PROFILE_DIR/callgrind.$col.$mode.$n"
