@@ -376,14 +376,14 @@ pub struct Statement<'a> {
 #[cfg(test)]
 #[derive(Serialize)]
 pub(crate) struct StatementHead<'a> {
-    #[serde(serialize_with = "scrub::ser_str")]
-    pub sql: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub params: Option<&'a Params>,
     pub protocol: Protocol,
     pub objects: &'a [ObjectAction<'a>],
     pub decision: Decision,
     pub rule: Option<&'a str>,
+    #[serde(serialize_with = "scrub::ser_str")]
+    pub sql: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<&'a Params>,
 }
 
 #[cfg(test)]
@@ -407,22 +407,20 @@ fn key(v: &mut Vec<u8>, name: &[u8]) {
     v.extend_from_slice(b"\":");
 }
 
-/// Appends `,"sql":…[,"params":[…]],"protocol":"…"`: the members of a `statement` record
-/// before its decision ([`decision_members_into`]), byte for byte what serde writes for
-/// them, by hand (a Query's record is serialised per statement, so this is on the path of
-/// every simple-protocol statement).
-pub(crate) fn statement_text_into(
-    v: &mut Vec<u8>,
-    sql: &str,
-    params: Option<&Params>,
-    protocol: Protocol,
-) {
+/// Appends `,"sql":…[,"params":[…]]`: the members of a `statement` record after its
+/// decision, byte for byte what serde writes for them, by hand (a Query's record is
+/// serialised per statement, so this is on the path of every simple-protocol statement).
+pub(crate) fn statement_text_into(v: &mut Vec<u8>, sql: &str, params: Option<&Params>) {
     key(v, b"sql");
     json::push_scrubbed(v, sql);
     if let Some(params) = params {
         key(v, b"params");
         params_into(v, params);
     }
+}
+
+/// Appends `,"protocol":"…"`.
+pub(crate) fn protocol_into(v: &mut Vec<u8>, protocol: Protocol) {
     v.extend_from_slice(b",\"protocol\":\"");
     v.extend_from_slice(protocol.as_str().as_bytes());
     v.push(b'"');
@@ -457,10 +455,13 @@ pub(crate) fn decision_members_into(
 }
 
 /// Appends the members of a `statement` record before its outcome (what serde writes for
-/// [`StatementHead`]).
+/// [`StatementHead`]): `protocol`, `objects`, `decision`, `rule` — the same for every
+/// statement of a session that the policy decides alike, so their hash state is kept —
+/// then `sql` and `params`.
 pub(crate) fn statement_head_into(v: &mut Vec<u8>, s: &Statement<'_>) {
-    statement_text_into(v, s.sql, s.params, s.protocol);
+    protocol_into(v, s.protocol);
     decision_members_into(v, s.objects, s.decision, s.rule);
+    statement_text_into(v, s.sql, s.params);
 }
 
 /// `params` as serde writes [`Params`].

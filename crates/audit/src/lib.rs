@@ -55,5 +55,6 @@ pub use time::{TimeParseError, Timestamp};
 pub use verify::{run_verify, verify, verify_with_witness, VerifyArgs, VerifyReport};
 pub use witness::{read_witness, Checkpoint, Witness};
 pub use writer::{
-    Append, AuditLog, AuditLogBuilder, DecisionJson, InFlight, Receipt, SessionLog, StatementHead,
+    Append, AuditLog, AuditLogBuilder, DecidedHead, DecisionJson, InFlight, Receipt, SessionLog,
+    StatementHead,
 };

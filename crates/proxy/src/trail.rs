@@ -14,10 +14,12 @@
 //! (`StatementHead`), i.e. while the statement runs upstream, and reused when a prepared
 //! statement is executed again with the same recorded parameters; only the outcome is
 //! serialised between the server's reply and its relay to the client. The members that
-//! come from the policy's decision (`objects`, `decision`, `rule`) are serialised once per
-//! decision ([`DecisionJson`]): kept with each prepared statement, and for Queries reused
-//! while the policy decides the next one alike (its cache hands back the same decision for
-//! statements that differ only in their constants).
+//! come from the policy's decision (`protocol`, `objects`, `decision`, `rule`, which come
+//! before the text in a record) are serialised and hashed once per decision
+//! ([`DecidedHead`]): kept with each prepared statement, and for Queries reused while the
+//! policy decides the next one alike (its cache hands back the same decision for
+//! statements that differ only in their constants), so a Query's head only serialises
+//! and hashes its text.
 //!
 //! Nothing here allocates per statement in the steady state: one queue holds the units of
 //! every batch, the unnamed statement and portal (what drivers use most) have slots of
@@ -29,8 +31,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pgward_audit::{
-    Append, Decision, DecisionJson, InFlight, ObjectAction, Outcome, ParamIn, Params, Protocol,
-    Redaction, SessionLog, StatementHead,
+    Append, DecidedHead, Decision, DecisionJson, InFlight, ObjectAction, Outcome, ParamIn, Params,
+    Protocol, Redaction, SessionLog, StatementHead,
 };
 use pgward_policy::{Access, QueryDecision, Verdict};
 use pgward_wire::tag::target;
@@ -102,6 +104,8 @@ struct Prepared {
     sql: Arc<str>,
     param_types: Vec<u32>,
     decision: DecisionJson,
+    /// `decision` for the extended protocol, serialised and hashed.
+    decided: DecidedHead,
     /// The policy's (cached) decision `decision` was made from: the same decision for the
     /// same text again means the same members, without serialising them to compare.
     decided_by: Option<Arc<QueryDecision>>,
@@ -179,6 +183,8 @@ struct LastDecision {
     rule: String,
     accesses: Vec<Access>,
     json: DecisionJson,
+    /// `json` for the simple protocol (a Query's), serialised and hashed.
+    simple: DecidedHead,
 }
 
 pub struct Trail {
@@ -200,8 +206,9 @@ pub struct Trail {
     generation: u64,
     portals: Named<Portal>,
     last_decision: Option<LastDecision>,
-    /// The members of a statement no policy decided.
+    /// The members of a statement no policy decided, and those of such a Query.
     undecided: DecisionJson,
+    undecided_simple: DecidedHead,
     /// The head of the last statement recorded, whose memory the next Query's reuses.
     spare: Option<StatementHead>,
     /// Statement records written so far.
@@ -220,6 +227,8 @@ impl std::fmt::Debug for Trail {
 impl Trail {
     pub fn new(log: SessionLog) -> Self {
         let redaction = log.log().redaction();
+        let undecided = Audited::default().json();
+        let undecided_simple = log.decided(Protocol::Simple, &undecided);
         Self {
             log,
             redaction,
@@ -231,7 +240,8 @@ impl Trail {
             generation: 0,
             portals: Named::default(),
             last_decision: None,
-            undecided: Audited::default().json(),
+            undecided,
+            undecided_simple,
             spare: None,
             recorded: 0,
         }
@@ -266,25 +276,26 @@ impl Trail {
         let now = Instant::now();
         match (refused, decision) {
             (Some(a), _) => {
-                let u = self.unit(sql, Protocol::Simple, &a.json(), None, now);
+                let decided = self.log.decided(Protocol::Simple, &a.json());
+                let u = self.unit(sql, &decided, None, now);
                 self.push(u);
             }
             (None, Some(d)) if d.statements.len() > 1 && !d.decision.blocks() => {
                 for s in &d.statements {
-                    let dj = self.decided(&s.decision, s.analysis.accesses.iter());
-                    let u = self.unit(&s.analysis.sql, Protocol::Simple, &dj, None, now);
+                    let (_, decided) = self.decided(&s.decision, s.analysis.accesses.iter());
+                    let u = self.unit(&s.analysis.sql, &decided, None, now);
                     self.push(u);
                 }
             }
             (None, Some(d)) => {
                 let accesses = d.statements.iter().flat_map(|s| s.analysis.accesses.iter());
-                let dj = self.decided(&d.decision, accesses);
-                let u = self.unit(sql, Protocol::Simple, &dj, None, now);
+                let (_, decided) = self.decided(&d.decision, accesses);
+                let u = self.unit(sql, &decided, None, now);
                 self.push(u);
             }
             (None, None) => {
-                let dj = self.undecided.clone();
-                let u = self.unit(sql, Protocol::Simple, &dj, None, now);
+                let decided = self.undecided_simple.clone();
+                let u = self.unit(sql, &decided, None, now);
                 self.push(u);
             }
         }
@@ -329,19 +340,14 @@ impl Trail {
             None => Arc::new(Prepared {
                 sql: Arc::from(sql),
                 param_types,
+                decided: self.log.decided(Protocol::Extended, &dj),
                 decision: dj,
                 decided_by,
             }),
         };
         if denied && !self.open_failed {
             self.open_failed = true;
-            let u = self.unit(
-                &prepared.sql,
-                Protocol::Extended,
-                &prepared.decision,
-                None,
-                Instant::now(),
-            );
+            let u = self.unit(&prepared.sql, &prepared.decided, None, Instant::now());
             self.push(u);
         }
         if !kept {
@@ -370,9 +376,10 @@ impl Trail {
                 sql: Arc::from(format!("EXECUTE {statement} (protocol-level Bind)")),
                 param_types: Vec::new(),
                 decision: self.undecided.clone(),
+                decided: self.log.decided(Protocol::Extended, &self.undecided),
                 decided_by: None,
             });
-            let head = self.head(&p.sql, Protocol::Extended, &p.decision, None);
+            let head = self.head(&p.sql, &p.decided, None);
             self.portals.insert(
                 portal,
                 Portal {
@@ -408,12 +415,7 @@ impl Trail {
                 return;
             }
         }
-        let head = self.head(
-            &prepared.sql,
-            Protocol::Extended,
-            &prepared.decision,
-            captured.as_ref(),
-        );
+        let head = self.head(&prepared.sql, &prepared.decided, captured.as_ref());
         if let Some(old) = self.portals.get_mut(portal) {
             old.statement.clear();
             old.statement.push_str(statement);
@@ -488,13 +490,8 @@ impl Trail {
                 binary: *binary,
             }),
         );
-        let u = self.unit(
-            sql,
-            Protocol::FunctionCall,
-            &dj,
-            params.as_ref(),
-            Instant::now(),
-        );
+        let decided = self.log.decided(Protocol::FunctionCall, &dj);
+        let u = self.unit(sql, &decided, params.as_ref(), Instant::now());
         self.push(u);
         self.close_open();
     }
@@ -559,29 +556,21 @@ impl Trail {
     fn unit(
         &mut self,
         sql: &str,
-        protocol: Protocol,
-        decision: &DecisionJson,
+        decided: &DecidedHead,
         params: Option<&Params>,
         started: Instant,
     ) -> Unit {
         Unit {
-            head: self.head(sql, protocol, decision, params),
+            head: self.head(sql, decided, params),
             started,
             _in_flight: self.log.in_flight(),
         }
     }
 
     /// Serialises everything of the record but its outcome.
-    fn head(
-        &mut self,
-        sql: &str,
-        protocol: Protocol,
-        decision: &DecisionJson,
-        params: Option<&Params>,
-    ) -> StatementHead {
+    fn head(&mut self, sql: &str, decided: &DecidedHead, params: Option<&Params>) -> StatementHead {
         let spare = self.spare.take();
-        self.log
-            .statement_head_reusing(spare, sql, params, protocol, decision)
+        self.log.statement_head_reusing(spare, decided, sql, params)
     }
 
     /// The decision members of a policy decision over `accesses`: those of the last
@@ -591,26 +580,28 @@ impl Trail {
         &mut self,
         d: &pgward_policy::Decision,
         accesses: impl Iterator<Item = &'a Access> + Clone,
-    ) -> DecisionJson {
+    ) -> (DecisionJson, DecidedHead) {
         if let Some(last) = &self.last_decision {
             if last.verdict == d.verdict
                 && last.enforced == d.enforced
                 && last.rule == d.rule
                 && accesses.clone().eq(last.accesses.iter())
             {
-                return last.json.clone();
+                return (last.json.clone(), last.simple.clone());
             }
         }
         let accesses: Vec<Access> = accesses.cloned().collect();
         let json = Audited::from_policy(d, &accesses).json();
+        let simple = self.log.decided(Protocol::Simple, &json);
         self.last_decision = Some(LastDecision {
             verdict: d.verdict,
             enforced: d.enforced,
             rule: d.rule.clone(),
             accesses,
             json: json.clone(),
+            simple: simple.clone(),
         });
-        json
+        (json, simple)
     }
 
     /// What a unit's record says about its decision: the refusal pgward answered itself,
@@ -624,7 +615,7 @@ impl Trail {
             (Some(a), _) => a.json(),
             (None, Some(d)) => {
                 let accesses = d.statements.iter().flat_map(|s| s.analysis.accesses.iter());
-                self.decided(&d.decision, accesses)
+                self.decided(&d.decision, accesses).0
             }
             (None, None) => self.undecided.clone(),
         }

@@ -50,4 +50,4 @@ pub use append::Append;
 pub use commit::Receipt;
 pub use log::AuditLog;
 pub use open::AuditLogBuilder;
-pub use session::{DecisionJson, InFlight, SessionLog, StatementHead};
+pub use session::{DecidedHead, DecisionJson, InFlight, SessionLog, StatementHead};

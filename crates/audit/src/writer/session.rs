@@ -49,10 +49,12 @@ impl AuditLog {
 pub struct StatementHead {
     /// The session's `"event":"statement",<context>`.
     ctx: Arc<[u8]>,
-    /// `,"sql":…,"rule":…` (a `Vec` so that a head nothing else holds any more can be
-    /// refilled in place: [`SessionLog::statement_head_reusing`]).
+    /// `,"protocol":…,"rule":…`, when shared with other heads ([`DecidedHead`]).
+    decided: Arc<[u8]>,
+    /// The other members up to the outcome (a `Vec` so that a head nothing else holds
+    /// any more can be refilled in place: [`SessionLog::statement_head_reusing`]).
     members: Arc<Vec<u8>>,
-    /// The log's prefix, `ctx` and `members`, hashed.
+    /// The log's prefix, `ctx`, `decided` and `members`, hashed.
     state: HashState,
 }
 
@@ -60,7 +62,10 @@ impl std::fmt::Debug for StatementHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The SQL may be sensitive: its length is enough for a Debug dump.
         f.debug_struct("StatementHead")
-            .field("bytes", &(self.ctx.len() + self.members.len()))
+            .field(
+                "bytes",
+                &(self.ctx.len() + self.decided.len() + self.members.len()),
+            )
             .finish()
     }
 }
@@ -93,6 +98,24 @@ impl PartialEq for DecisionJson {
 }
 
 impl Eq for DecisionJson {}
+
+/// The start of a session's statement records for one protocol and decision — up to and
+/// including `rule` — with its hash state: a session's Queries that the policy decides
+/// alike share it, so only their text is hashed per statement. From
+/// [`SessionLog::decided`].
+#[derive(Clone)]
+pub struct DecidedHead {
+    /// `,"protocol":"…"` and the [`DecisionJson`].
+    bytes: Arc<[u8]>,
+    /// The log's prefix, the session's statement context and `bytes`, hashed.
+    state: HashState,
+}
+
+impl std::fmt::Debug for DecidedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.bytes))
+    }
+}
 
 /// The per-connection recorder, from [`AuditLog::session`].
 #[derive(Clone)]
@@ -143,39 +166,50 @@ impl SessionLog {
     /// [`SessionLog::statement_done`] supplies them. The record is byte for byte what
     /// [`SessionLog::statement`] writes.
     pub fn statement_head(&self, s: &event::Statement<'_>) -> StatementHead {
-        self.head_of(None, |v| event::statement_head_into(v, s))
-    }
-
-    /// [`SessionLog::statement_head`] with the decision's members serialised ahead
-    /// ([`DecisionJson`]): the same bytes, without serialising them again.
-    pub fn statement_head_decided(
-        &self,
-        sql: &str,
-        params: Option<&Params>,
-        protocol: Protocol,
-        decision: &DecisionJson,
-    ) -> StatementHead {
-        self.statement_head_reusing(None, sql, params, protocol, decision)
-    }
-
-    /// [`SessionLog::statement_head_decided`] into the memory of `spare`, a head no longer
-    /// needed (its statement recorded), when nothing else holds it: a session recording
-    /// one Query after another then allocates nothing for their heads.
-    pub fn statement_head_reusing(
-        &self,
-        spare: Option<StatementHead>,
-        sql: &str,
-        params: Option<&Params>,
-        protocol: Protocol,
-        decision: &DecisionJson,
-    ) -> StatementHead {
-        self.head_of(spare, |v| {
-            event::statement_text_into(v, sql, params, protocol);
-            v.extend_from_slice(&decision.0);
+        self.head_of(None, Arc::from(&[][..]), self.stmt_state, |v| {
+            event::statement_head_into(v, s)
         })
     }
 
-    fn head_of(&self, spare: Option<StatementHead>, fill: impl Fn(&mut Vec<u8>)) -> StatementHead {
+    /// The members of this session's statement records from `protocol` to `rule`, and
+    /// their hash state: serialise a decision once per session and protocol, then
+    /// [`SessionLog::statement_head_reusing`] for each statement it decides.
+    pub fn decided(&self, protocol: Protocol, decision: &DecisionJson) -> DecidedHead {
+        let mut bytes = Vec::with_capacity(24 + decision.0.len());
+        event::protocol_into(&mut bytes, protocol);
+        bytes.extend_from_slice(&decision.0);
+        let mut state = self.stmt_state;
+        state.update(&bytes);
+        DecidedHead {
+            bytes: Arc::from(bytes),
+            state,
+        }
+    }
+
+    /// [`SessionLog::statement_head`] of a statement decided as `decided` says (from this
+    /// session), into the memory of `spare` — a head no longer needed (its statement
+    /// recorded) — when nothing else holds it: only the text and parameters are
+    /// serialised and hashed, and a session recording one Query after another allocates
+    /// nothing for their heads.
+    pub fn statement_head_reusing(
+        &self,
+        spare: Option<StatementHead>,
+        decided: &DecidedHead,
+        sql: &str,
+        params: Option<&Params>,
+    ) -> StatementHead {
+        self.head_of(spare, decided.bytes.clone(), decided.state, |v| {
+            event::statement_text_into(v, sql, params)
+        })
+    }
+
+    fn head_of(
+        &self,
+        spare: Option<StatementHead>,
+        decided: Arc<[u8]>,
+        state: HashState,
+        fill: impl Fn(&mut Vec<u8>),
+    ) -> StatementHead {
         /// A buffer larger than this (one huge statement) is not kept for the next one.
         const KEEP: usize = 16 * 1024;
         let mut members = spare
@@ -191,10 +225,11 @@ impl SessionLog {
         };
         v.clear();
         fill(v);
-        let mut state = self.stmt_state;
+        let mut state = state;
         state.update(v);
         StatementHead {
             ctx: self.stmt_ctx.clone(),
+            decided,
             members,
             state,
         }
@@ -210,7 +245,7 @@ impl SessionLog {
         // The outcome is serialised straight into the record, and hashed with the frame.
         let tail = |v: &mut Vec<u8>| event::statement_tail_into(v, &outcome, duration_us);
         let body = Body {
-            hashed: &[&head.ctx, &head.members],
+            hashed: &[&head.ctx, &head.decided, &head.members],
             state: head.state,
             rest: Some(&tail),
         };
@@ -304,8 +339,11 @@ mod tests {
         s.statement_done(&head, st.outcome, st.duration_us)
             .wait()
             .unwrap();
-        let decided = DecisionJson::new(st.objects, st.decision, st.rule);
-        let head = s.statement_head_decided(st.sql, st.params, st.protocol, &decided);
+        let decided = s.decided(
+            st.protocol,
+            &DecisionJson::new(st.objects, st.decision, st.rule),
+        );
+        let head = s.statement_head_reusing(None, &decided, st.sql, st.params);
         s.statement_done(&head, st.outcome, st.duration_us)
             .wait()
             .unwrap();
