@@ -42,23 +42,27 @@ const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
 /// Whether any byte of `w` is zero (the classic SWAR test: exact, no false positives).
-#[inline]
+/// With [`has_control`], the reference the combined [`word_needs_escape`] is tested against.
+#[cfg(test)]
 fn has_zero(w: u64) -> bool {
     w.wrapping_sub(LO) & !w & HI != 0
 }
 
 /// Whether any byte of `w` is below 0x20.
-#[inline]
+#[cfg(test)]
 fn has_control(w: u64) -> bool {
     // Exact for thresholds up to 0x80: a byte b < 0x20 borrows into its high bit, and a
     // byte with its high bit set is masked out by `!w`.
     w.wrapping_sub(LO * 0x20) & !w & HI != 0
 }
 
-/// Whether JSON must escape some byte of `w`: `"`, `\` or a control character.
+/// Whether JSON must escape some byte of `w`: `"`, `\` or a control character (the three
+/// tests of [`has_control`] and [`has_zero`] at once, without branches).
 #[inline]
 fn word_needs_escape(w: u64) -> bool {
-    has_control(w) || has_zero(w ^ (LO * u64::from(b'"'))) || has_zero(w ^ (LO * u64::from(b'\\')))
+    let zeros = |v: u64| v.wrapping_sub(LO) & !v;
+    let control = w.wrapping_sub(LO * 0x20) & !w;
+    (control | zeros(w ^ (LO * u64::from(b'"'))) | zeros(w ^ (LO * u64::from(b'\\')))) & HI != 0
 }
 
 /// The eight bytes of `b` from `i` as a word, padded with `_` (which nothing looks for).
@@ -241,9 +245,15 @@ mod tests {
     #[test]
     fn the_word_tests_are_exact() {
         for b in 0u8..=255 {
-            let w = u64::from_le_bytes([b'a', b, b'a', b'a', b'a', b'a', b'a', b'a']);
-            assert_eq!(has_control(w), b < 0x20, "{b}");
-            assert_eq!(has_zero(w ^ (LO * u64::from(b'"'))), b == b'"', "{b}");
+            for pos in 0..8 {
+                let mut bytes = [b'a'; 8];
+                bytes[pos] = b;
+                let w = u64::from_le_bytes(bytes);
+                assert_eq!(has_control(w), b < 0x20, "{b}");
+                assert_eq!(has_zero(w ^ (LO * u64::from(b'"'))), b == b'"', "{b}");
+                let escape = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(word_needs_escape(w), escape, "{b} at {pos}");
+            }
         }
     }
 }

@@ -629,7 +629,13 @@ fn rows_of(tag: &str) -> Option<u64> {
     match first {
         b"SELECT" | b"INSERT" | b"UPDATE" | b"DELETE" | b"MERGE" | b"COPY" | b"FETCH" | b"MOVE" => {
             let last = b.iter().rposition(|&c| c == b' ').map_or(0, |i| i + 1);
-            tag[last..].parse().ok()
+            let digits = &b[last..];
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            digits.iter().try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
         }
         _ => None,
     }
@@ -637,7 +643,168 @@ fn rows_of(tag: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::rows_of;
+    use std::path::{Path, PathBuf};
+
+    use pgward_audit::{read_records, AuditLogBuilder, ReadItem, Record, SessionInfo};
+
+    use super::*;
+
+    /// A trail on a log of its own; the log's file.
+    fn trail(name: &str, redaction: Redaction) -> (Trail, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pgward-trail-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("a.jsonl");
+        let log = AuditLogBuilder::new("t")
+            .file(&path)
+            .redaction(redaction)
+            .open()
+            .unwrap();
+        (Trail::new(log.session(&SessionInfo::default())), path)
+    }
+
+    fn statements(path: &Path) -> Vec<Record> {
+        read_records(path)
+            .unwrap()
+            .filter_map(|i| match i.unwrap() {
+                ReadItem::Record { record, .. } if record.event == "statement" => Some(*record),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn done(a: Option<Append>) {
+        a.unwrap().wait().unwrap();
+    }
+
+    /// Parse/Bind/Execute bookkeeping: a portal bound again keeps its head only while its
+    /// statement and recorded parameters are the same; a statement parsed again or closed
+    /// under the same name is what the next Bind records; an error ends the batch and
+    /// the rest is recorded as not executed at ReadyForQuery.
+    #[test]
+    fn extended_statements_are_recorded_with_their_current_text_and_parameters() {
+        let (mut t, path) = trail("ext", Redaction::Full);
+        t.on_parse("s", "select $1", vec![23], None, None);
+        for v in [b"1", b"1", b"2"] {
+            t.on_bind("", "s", &[(Some(v), false)]);
+            t.on_execute("");
+        }
+        t.on_sync();
+        for _ in 0..3 {
+            done(t.on_result(Some("SELECT 1"), None));
+        }
+        assert!(t.on_ready().is_empty());
+        // Parsed again under the same name with another text, then bound to the portal.
+        t.on_parse("s", "select $1 + 1", vec![23], None, None);
+        t.on_bind("", "s", &[(Some(b"2"), false)]);
+        t.on_execute("");
+        // Closed: a Bind to it names it (prepared by SQL PREPARE, as far as pgward knows).
+        t.on_close(target::STATEMENT, "s");
+        t.on_bind("", "s", &[]);
+        t.on_execute("");
+        t.on_sync();
+        done(t.on_result(None, Some(("22012", "division by zero"))));
+        let skipped = t.on_ready();
+        assert_eq!(skipped.len(), 1);
+        for a in skipped {
+            a.wait().unwrap();
+        }
+        // A Query after it, in its own batch.
+        t.on_query("select 3", None, None);
+        done(t.on_result(Some("SELECT 1"), None));
+        assert!(t.on_ready().is_empty());
+        assert_eq!(t.recorded, 6);
+
+        let recs = statements(&path);
+        let sql: Vec<&str> = recs.iter().map(|r| r.sql.as_deref().unwrap()).collect();
+        assert_eq!(
+            sql,
+            [
+                "select $1",
+                "select $1",
+                "select $1",
+                "select $1 + 1",
+                "EXECUTE s (protocol-level Bind)",
+                "select 3"
+            ]
+        );
+        let values: Vec<Option<String>> = recs
+            .iter()
+            .map(|r| {
+                r.params
+                    .as_ref()
+                    .and_then(|p| p.0.first())
+                    .and_then(|p| p.value.clone().flatten())
+            })
+            .collect();
+        let v = |s: &str| Some(s.to_string());
+        assert_eq!(values, [v("1"), v("1"), v("2"), v("2"), None, None]);
+        assert_eq!(recs[3].sqlstate(), Some("22012"));
+        assert_eq!(
+            recs[4].outcome.as_ref().and_then(|o| o.message.as_deref()),
+            Some("not executed: an earlier error ended the batch")
+        );
+        assert_eq!(recs[5].protocol.as_deref(), Some("simple"));
+        assert_eq!(recs[5].outcome.as_ref().and_then(|o| o.rows), Some(1));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// With parameter types only, a portal bound again to the same statement keeps its
+    /// head without looking at the parameters, until the statement changes or the number
+    /// of parameters does.
+    #[test]
+    fn a_prepared_statement_bound_again_keeps_its_head_until_it_changes() {
+        let (mut t, path) = trail("types", Redaction::Types);
+        t.on_parse("p1", "select $1", vec![23], None, None);
+        let bind = |t: &mut Trail, n: usize| {
+            let params: Vec<(Option<&[u8]>, bool)> = vec![(Some(&b"7"[..]), false); n];
+            t.on_bind("", "p1", &params);
+            t.on_execute("");
+        };
+        bind(&mut t, 1);
+        bind(&mut t, 1);
+        bind(&mut t, 2);
+        t.on_parse("p1", "select $1::text", vec![25], None, None);
+        bind(&mut t, 1);
+        t.on_sync();
+        for _ in 0..4 {
+            done(t.on_result(Some("SELECT 1"), None));
+        }
+        assert!(t.on_ready().is_empty());
+        let recs = statements(&path);
+        let got: Vec<(String, Vec<String>)> = recs
+            .iter()
+            .map(|r| {
+                let types = r
+                    .params
+                    .as_ref()
+                    .map(|p| p.0.iter().map(|p| p.ty.clone()).collect());
+                (r.sql.clone().unwrap(), types.unwrap_or_default())
+            })
+            .collect();
+        let want = |sql: &str, types: &[&str]| {
+            (
+                sql.to_string(),
+                types.iter().map(|t| t.to_string()).collect(),
+            )
+        };
+        assert_eq!(
+            got,
+            [
+                want("select $1", &["int4"]),
+                want("select $1", &["int4"]),
+                want("select $1", &["int4", "unknown"]),
+                want("select $1::text", &["text"]),
+            ]
+        );
+        assert!(recs.iter().all(|r| r
+            .params
+            .as_ref()
+            .unwrap()
+            .0
+            .iter()
+            .all(|p| p.value.is_none())));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 
     #[test]
     fn rows_from_command_tags() {
@@ -646,5 +813,9 @@ mod tests {
         assert_eq!(rows_of("COPY 100000"), Some(100000));
         assert_eq!(rows_of("CREATE TABLE"), None);
         assert_eq!(rows_of("BEGIN"), None);
+        assert_eq!(rows_of("SELECT"), None);
+        assert_eq!(rows_of("SELECT +3"), None);
+        assert_eq!(rows_of("UPDATE 18446744073709551615"), Some(u64::MAX));
+        assert_eq!(rows_of("UPDATE 18446744073709551616"), None);
     }
 }
