@@ -3,9 +3,11 @@
 //! Write side: the proxy fills [`SessionInfo`] once per connection and a small borrowed
 //! struct per event ([`Connect`], [`AuthFailed`], [`Statement`], [`Disconnect`]); the
 //! event is serialised on the caller's task (in parallel across connections) and the
-//! writer thread only adds `v, seq, ts, instance` and the chain. Read side: [`Record`]
-//! holds any line of any version leniently (unknown members are ignored, string enums are
-//! kept as strings) so old readers still search newer logs.
+//! writer only adds `v, instance` before it and `seq, ts` and the chain after it. The
+//! members of statement records are written by hand (byte for byte what the serde derives
+//! write; the tests compare them). Read side: [`Record`] holds any line of any version
+//! leniently (unknown members are ignored, string enums are kept as strings) so old
+//! readers still search newer logs.
 //!
 //! No field is meant to hold a token or a password; free-text fields (SQL, messages,
 //! reasons, parameter values, application_name) are also scrubbed of JWTs and
@@ -16,11 +18,13 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::scrub;
+use crate::{json, scrub};
 
 /// The `v` written in every record. Bump on an incompatible change; additions of members
-/// or of enum values keep the version.
-pub const SCHEMA_VERSION: u32 = 1;
+/// or of enum values keep the version. `2`: the members of `1` with the same names and
+/// meaning, in another order — `seq` and `ts` moved from after `v` to before `prev_hash`,
+/// so every record starts with bytes its session always writes (docs/audit.md).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The event kinds (`event` member).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +127,17 @@ pub enum Protocol {
     FunctionCall,
 }
 
+impl Protocol {
+    /// The name as written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Simple => "simple",
+            Protocol::Extended => "extended",
+            Protocol::FunctionCall => "function_call",
+        }
+    }
+}
+
 /// The policy decision for a statement.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -134,6 +149,17 @@ pub enum Decision {
     Deny,
     /// Would have been denied, relayed because the policy is in observe mode.
     ObserveDeny,
+}
+
+impl Decision {
+    /// The name as written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::ObserveDeny => "observe-deny",
+        }
+    }
 }
 
 /// One (object, action) pair the policy found in a statement.
@@ -345,19 +371,22 @@ pub struct Statement<'a> {
 }
 
 /// The members of a `statement` record known before the statement runs (everything but
-/// `outcome` and `duration_us`, which [`statement_tail_into`] writes after them).
+/// `outcome` and `duration_us`), as serde would write them: the reference the hand-written
+/// [`statement_head_into`] is tested against.
+#[cfg(test)]
 #[derive(Serialize)]
 pub(crate) struct StatementHead<'a> {
-    #[serde(serialize_with = "scrub::ser_str")]
-    pub sql: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub params: Option<&'a Params>,
     pub protocol: Protocol,
     pub objects: &'a [ObjectAction<'a>],
     pub decision: Decision,
     pub rule: Option<&'a str>,
+    #[serde(serialize_with = "scrub::ser_str")]
+    pub sql: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<&'a Params>,
 }
 
+#[cfg(test)]
 impl<'a> StatementHead<'a> {
     pub(crate) fn of(s: &Statement<'a>) -> Self {
         StatementHead {
@@ -369,6 +398,96 @@ impl<'a> StatementHead<'a> {
             rule: s.rule,
         }
     }
+}
+
+/// Appends `,"<name>":`.
+fn key(v: &mut Vec<u8>, name: &[u8]) {
+    v.extend_from_slice(b",\"");
+    v.extend_from_slice(name);
+    v.extend_from_slice(b"\":");
+}
+
+/// Appends `,"sql":…[,"params":[…]]`: the members of a `statement` record after its
+/// decision, byte for byte what serde writes for them, by hand (a Query's record is
+/// serialised per statement, so this is on the path of every simple-protocol statement).
+pub(crate) fn statement_text_into(v: &mut Vec<u8>, sql: &str, params: Option<&Params>) {
+    key(v, b"sql");
+    json::push_scrubbed(v, sql);
+    if let Some(params) = params {
+        key(v, b"params");
+        params_into(v, params);
+    }
+}
+
+/// Appends `,"protocol":"…"`.
+pub(crate) fn protocol_into(v: &mut Vec<u8>, protocol: Protocol) {
+    v.extend_from_slice(b",\"protocol\":\"");
+    v.extend_from_slice(protocol.as_str().as_bytes());
+    v.push(b'"');
+}
+
+/// Appends `,"objects":[…],"decision":"…","rule":…`: the members of a `statement` record
+/// that come from the policy's decision, the same for every statement it decides alike.
+pub(crate) fn decision_members_into(
+    v: &mut Vec<u8>,
+    objects: &[ObjectAction<'_>],
+    decision: Decision,
+    rule: Option<&str>,
+) {
+    v.extend_from_slice(b",\"objects\":[");
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            v.push(b',');
+        }
+        v.extend_from_slice(b"{\"object\":");
+        json::push_str(v, o.object);
+        v.extend_from_slice(b",\"action\":");
+        json::push_str(v, o.action);
+        v.push(b'}');
+    }
+    v.extend_from_slice(b"],\"decision\":\"");
+    v.extend_from_slice(decision.as_str().as_bytes());
+    v.extend_from_slice(b"\",\"rule\":");
+    match rule {
+        Some(r) => json::push_str(v, r),
+        None => v.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends the members of a `statement` record before its outcome (what serde writes for
+/// [`StatementHead`]): `protocol`, `objects`, `decision`, `rule` — the same for every
+/// statement of a session that the policy decides alike, so their hash state is kept —
+/// then `sql` and `params`.
+pub(crate) fn statement_head_into(v: &mut Vec<u8>, s: &Statement<'_>) {
+    protocol_into(v, s.protocol);
+    decision_members_into(v, s.objects, s.decision, s.rule);
+    statement_text_into(v, s.sql, s.params);
+}
+
+/// `params` as serde writes [`Params`].
+fn params_into(v: &mut Vec<u8>, params: &Params) {
+    v.push(b'[');
+    for (i, p) in params.0.iter().enumerate() {
+        if i > 0 {
+            v.push(b',');
+        }
+        v.extend_from_slice(b"{\"type\":");
+        json::push_str(v, &p.ty);
+        if let Some(f) = &p.format {
+            key(v, b"format");
+            json::push_str(v, f);
+        }
+        match &p.value {
+            None => {}
+            Some(None) => v.extend_from_slice(b",\"value\":null"),
+            Some(Some(t)) => {
+                key(v, b"value");
+                json::push_scrubbed(v, t);
+            }
+        }
+        v.push(b'}');
+    }
+    v.push(b']');
 }
 
 /// The members of a `statement` record known once it has run (written by
@@ -462,10 +581,7 @@ pub(crate) fn members_into<T: Serialize>(v: &mut Vec<u8>, detail: &T) {
 /// [`StatementTail`], by hand: it runs between the server's reply and its relay to the
 /// client, where serde's generic machinery cost more than the rest of the tail.
 pub(crate) fn statement_tail_into(v: &mut Vec<u8>, outcome: &Outcome<'_>, duration_us: u64) {
-    fn json_str(v: &mut Vec<u8>, s: &str) {
-        // Escaping into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *v, s);
-    }
+    let json_str = json::push_str;
     v.extend_from_slice(b",\"outcome\":{");
     let mut first = true;
     let mut key = |v: &mut Vec<u8>, name: &[u8]| {
@@ -490,7 +606,7 @@ pub(crate) fn statement_tail_into(v: &mut Vec<u8>, outcome: &Outcome<'_>, durati
     }
     if let Some(message) = outcome.message {
         key(v, b"message");
-        json_str(v, &scrub::scrub(message));
+        json::push_scrubbed(v, message);
     }
     v.extend_from_slice(b"},\"duration_us\":");
     crate::json::push_decimal(v, duration_us);
@@ -703,5 +819,95 @@ mod tests {
             !String::from_utf8_lossy(&v).contains(jwt),
             "the JWT is scrubbed"
         );
+    }
+
+    /// The hand-written head is what serde writes for it, for text that needs escaping,
+    /// secrets that must be scrubbed (in the SQL and in parameter values), every
+    /// parameter shape, every protocol and decision, and objects and rules with quotes.
+    #[test]
+    fn hand_written_statement_head_is_what_serde_writes() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let sqls = [
+            String::new(),
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;".to_string(),
+            "SELECT \"Col\" FROM t WHERE a = 'x\\y' -- \t tab\nnew line\r".to_string(),
+            "select '\u{0}\u{1}\u{8}\u{c}\u{1f}\u{7f}' as ctl".to_string(),
+            "SELECT 'naïve café 日本語 🙂 \u{2028}' AS ü".to_string(),
+            format!("select '{jwt}' as token, \"{jwt}\""),
+            "ALTER ROLE bob WITH PASSWORD 'it''s \"secret\"\n' VALID UNTIL 'x'".to_string(),
+            format!("alter user \"a\" password E'{jwt}'; select '{jwt}'"),
+        ];
+        let full = Params(vec![
+            Param {
+                ty: "int4".into(),
+                format: None,
+                value: Some(Some("42".into())),
+            },
+            Param {
+                ty: "text".into(),
+                format: None,
+                value: Some(Some(format!("bearer {jwt} \"q\" \\ \u{1} é"))),
+            },
+            Param {
+                ty: "bytea".into(),
+                format: Some("binary".into()),
+                value: Some(Some("3q2+7w==".into())),
+            },
+            Param {
+                ty: "unknown".into(),
+                format: None,
+                value: Some(None),
+            },
+            Param {
+                ty: "16415".into(),
+                format: None,
+                value: None,
+            },
+        ]);
+        let empty = Params(Vec::new());
+        let objects = [
+            ObjectAction {
+                object: "public.orders",
+                action: "select",
+            },
+            ObjectAction {
+                object: "\"Weird \"\"Name\"\".t\\x",
+                action: "delete",
+            },
+        ];
+        for sql in &sqls {
+            for params in [None, Some(&empty), Some(&full)] {
+                for protocol in [Protocol::Simple, Protocol::Extended, Protocol::FunctionCall] {
+                    for decision in [Decision::Allow, Decision::Deny, Decision::ObserveDeny] {
+                        for (objects, rule) in [
+                            (&objects[..0], None),
+                            (&objects[..1], Some("analyst")),
+                            (&objects[..], Some("analyst: deny \"*.salaries\" \u{1}")),
+                        ] {
+                            let st = Statement {
+                                sql,
+                                params,
+                                protocol,
+                                objects,
+                                decision,
+                                rule,
+                                ..Statement::default()
+                            };
+                            let mut by_serde = b"{\"x\":1".to_vec();
+                            members_into(&mut by_serde, &StatementHead::of(&st));
+                            let mut by_hand = b"{\"x\":1".to_vec();
+                            statement_head_into(&mut by_hand, &st);
+                            assert_eq!(
+                                String::from_utf8_lossy(&by_hand),
+                                String::from_utf8_lossy(&by_serde)
+                            );
+                            let text = String::from_utf8_lossy(&by_hand);
+                            assert!(!text.contains(jwt), "the JWT is scrubbed: {text}");
+                            assert!(!text.contains("secret"), "the password is scrubbed");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

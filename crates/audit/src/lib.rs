@@ -54,4 +54,7 @@ pub use sinks::{
 pub use time::{TimeParseError, Timestamp};
 pub use verify::{run_verify, verify, verify_with_witness, VerifyArgs, VerifyReport};
 pub use witness::{read_witness, Checkpoint, Witness};
-pub use writer::{Append, AuditLog, AuditLogBuilder, InFlight, Receipt, SessionLog, StatementHead};
+pub use writer::{
+    Append, AuditLog, AuditLogBuilder, DecidedHead, DecisionJson, InFlight, Receipt, SessionLog,
+    StatementHead,
+};

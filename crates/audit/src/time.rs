@@ -62,6 +62,43 @@ impl Timestamp {
     }
 }
 
+/// Formats a stream of record timestamps, almost all within the same second as the one
+/// before: the `YYYY-MM-DDTHH:MM:SS.` part is computed once per second and only the
+/// microseconds per record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TsFormatter {
+    second: i64,
+    head: [u8; 20],
+}
+
+impl Default for TsFormatter {
+    fn default() -> Self {
+        // i64::MIN is never a real second (Timestamp(i64::MIN) would be year -292277).
+        TsFormatter {
+            second: i64::MIN,
+            head: [0; 20],
+        }
+    }
+}
+
+impl TsFormatter {
+    /// Appends the RFC 3339 form of `ts` to `out`: the same bytes as
+    /// [`Timestamp::push_rfc3339`].
+    #[inline]
+    pub(crate) fn push(&mut self, ts: Timestamp, out: &mut Vec<u8>) {
+        let second = ts.0.div_euclid(1_000_000);
+        if second != self.second {
+            let full = ts.rfc3339();
+            self.head.copy_from_slice(&full[..20]);
+            self.second = second;
+        }
+        let mut tail = *b"000000Z";
+        put_digits(&mut tail[..6], ts.0.rem_euclid(1_000_000) as u32);
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&tail);
+    }
+}
+
 /// Writes `n` as decimal digits right-aligned into `slot`, zero-padded (`slot` is
 /// pre-filled with `0`; digits beyond its width are dropped).
 fn put_digits(slot: &mut [u8], mut n: u32) {
@@ -234,5 +271,23 @@ mod tests {
         assert!("2026-11-22T17:45".parse::<Timestamp>().is_err()); // no zone
         let n = Timestamp::now();
         assert_eq!(n.to_string().parse::<Timestamp>().unwrap(), n);
+    }
+
+    /// The per-second cache writes what the full formatting writes, across second, day
+    /// and year boundaries and back again (the clock may step back).
+    #[test]
+    fn the_cached_form_is_the_full_form() {
+        let mut f = TsFormatter::default();
+        let base: Timestamp = "2026-12-31T23:59:58.999998Z".parse().unwrap();
+        let mut steps: Vec<i64> = (0..5_000_000).step_by(99_991).collect();
+        steps.extend([0, 1, 2, 1_000_000, -1, -3_000_000_000, 86_400_000_000]);
+        for d in steps {
+            let t = Timestamp(base.0 + d);
+            let mut v = Vec::new();
+            f.push(t, &mut v);
+            let mut w = Vec::new();
+            t.push_rfc3339(&mut w);
+            assert_eq!(v, w, "{t}");
+        }
     }
 }

@@ -98,7 +98,7 @@ impl WitnessWriter {
         b.push(b'"');
         let mac = self.hasher.hash(&b);
         b.extend_from_slice(b",\"mac\":\"");
-        chain::push_hex_bytes(&mut b, &mac);
+        b.extend_from_slice(&chain::hex_digest(&mac));
         b.extend_from_slice(b"\"}\n");
         b
     }

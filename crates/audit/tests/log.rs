@@ -527,6 +527,38 @@ async fn group_commit_with_fsync_and_both_rotations() {
     concurrent_rotation(b, path, 32, 40, None, Via::Statement).await;
 }
 
+/// The writer thread (fsync = "batch") takes statement records whose outcome its caller
+/// hashed on top of the head's state: they chain and verify like the others, keyed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_with_fsync_of_heads_and_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.jsonl");
+    let b = AuditLogBuilder::new("t")
+        .file(&path)
+        .fsync(Fsync::Batch)
+        .rotate_bytes(16384);
+    concurrent_rotation(b, path, 8, 40, None, Via::HeadAndDone).await;
+
+    let keyed = dir.path().join("keyed.jsonl");
+    let key = vec![0x5a; 48];
+    let log = AuditLogBuilder::new("t")
+        .file(&keyed)
+        .fsync(Fsync::Batch)
+        .hmac_key(key.clone())
+        .open()
+        .unwrap();
+    let s = log.session(&session_info(1));
+    for i in 0..20 {
+        append(&s, &format!("select {i}"), Via::HeadAndDone)
+            .await
+            .unwrap();
+    }
+    log.close("done").await.unwrap();
+    let report = verify(std::slice::from_ref(&keyed), Some(&key)).unwrap();
+    assert!(report.is_ok(), "{:#?}", report.findings);
+    assert_eq!(report.records, 22);
+}
+
 #[tokio::test]
 async fn idle_log_rotates_by_time() {
     let dir = tempfile::tempdir().unwrap();

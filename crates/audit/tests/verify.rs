@@ -286,3 +286,100 @@ async fn verify_reads_the_key_file() {
     let (r, text) = run_verify_on(path, Some(key_file));
     assert!(r.is_ok(), "{text}");
 }
+
+/// The fixtures: a v1 chain as pgward 0.1.0 wrote it (the samples of docs/audit.md before
+/// schema version 2), and the same records chained with HMAC-SHA-256 under
+/// `v1-hmac.key`, in a temporary directory.
+fn v1_fixture(dir: &Path, keyed: bool) -> (PathBuf, Option<Vec<u8>>) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let name = if keyed {
+        "v1-hmac.jsonl"
+    } else {
+        "v1-sha256.jsonl"
+    };
+    let path = dir.join("pgward.jsonl");
+    std::fs::copy(data.join(name), &path).unwrap();
+    let key = keyed.then(|| std::fs::read(data.join("v1-hmac.key")).unwrap());
+    (path, key)
+}
+
+/// Files written before schema version 2 (`seq` and `ts` after `v`) verify as they did.
+#[test]
+fn version_1_files_still_verify() {
+    for keyed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = v1_fixture(dir.path(), keyed);
+        let report = verify(std::slice::from_ref(&path), key.as_deref()).unwrap();
+        assert!(report.is_ok(), "keyed {keyed}: {:#?}", report.findings);
+        assert_eq!(report.records, 7);
+        assert!(lines(&path)
+            .iter()
+            .all(|l| l.starts_with("{\"v\":1,\"seq\":")));
+        if keyed {
+            // The wrong key is still told apart from an edit.
+            let report = verify(std::slice::from_ref(&path), Some(&[7u8; 40])).unwrap();
+            assert!(report.findings.iter().any(|f| f.kind == FindingKind::Key));
+        }
+    }
+}
+
+/// An upgraded pgward continues a version 1 file in place: its records are version 2,
+/// chained to the last version 1 record, and the whole file verifies — with the
+/// verifier, and with the documented recipe (SHA-256 or HMAC of the line without its
+/// `hash` member), computed here independently of the writer.
+#[tokio::test]
+async fn a_version_1_log_continued_in_version_2_verifies() {
+    for keyed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = v1_fixture(dir.path(), keyed);
+        let v1_last = hash_of(lines(&path).last().unwrap());
+        let mut b = AuditLogBuilder::new("pgward-0").file(&path);
+        if let Some(k) = &key {
+            b = b.hmac_key(k.clone());
+        }
+        let log = b.open().unwrap();
+        let s = log.session(&session_info(1));
+        s.statement(&stmt("select \"a\\b\" -- naïve \u{1}"))
+            .await
+            .unwrap();
+        let head = s.statement_head(&stmt("select 2"));
+        s.statement_done(&head, Outcome::default(), 5)
+            .await
+            .unwrap();
+        s.statement_done(&head, Outcome::default(), 6)
+            .await
+            .unwrap();
+        log.close("test done").await.unwrap();
+
+        let report = verify(std::slice::from_ref(&path), key.as_deref()).unwrap();
+        assert!(report.is_ok(), "keyed {keyed}: {:#?}", report.findings);
+        assert_eq!(report.records, 7 + 5);
+        let l = lines(&path);
+        assert!(l[7].contains(&format!("\"prev_hash\":\"{v1_last}\"")));
+        for (i, line) in l.iter().enumerate() {
+            assert_eq!(rehash(line, key.as_deref()), *line, "line {}", i + 1);
+            let v2 = line.starts_with("{\"v\":2,\"instance\":\"pgward-0\",\"event\":\"");
+            assert_eq!(v2, i >= 7, "{line}");
+        }
+        // Version 2 moves `seq` and `ts` next to `prev_hash` and keeps every member.
+        let recs = records(std::slice::from_ref(&path));
+        assert!(recs
+            .iter()
+            .skip(7)
+            .all(|r| r.v == 2 && r.instance == "pgward-0"));
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=12).collect::<Vec<_>>()
+        );
+        let stmt_line = &l[8];
+        assert!(
+            stmt_line.contains(",\"duration_us\":120,\"seq\":9,\"ts\":\""),
+            "{stmt_line}"
+        );
+        assert!(recs[8].ts.ends_with('Z') && recs[8].ts.len() == 27);
+        assert_eq!(
+            recs[8].sql.as_deref(),
+            Some("select \"a\\b\" -- naïve \u{1}")
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! The `Writer`: the chain state and the active file, behind the log's mutex. Every
-//! record goes through here: sealed (framed with `v, seq, ts, instance`, chained, hashed)
-//! into a buffer, committed (one write(2), an fdatasync in batch mode, the extra sinks),
+//! record goes through here: sealed (framed with `v, instance` before its body and `seq,
+//! ts, prev_hash` after it, chained, hashed) into a buffer, committed (one write(2), an fdatasync in batch mode, the extra sinks),
 //! and only then counted in the chain, so a failed write leaves neither a partial line nor
 //! a gap. Rotation, the header each file starts with, the group-commit bookkeeping of
 //! deferred statement records, and the final `audit_stop` live here too, because each of
@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::chain::{self, Hasher};
+use crate::chain::{self, HashState, Hasher};
 use crate::config::Fsync;
 use crate::event::{self, EventKind, LogEvent, Predecessor, Redaction};
 use crate::files::{file_name, rotated_name};
 use crate::json::push_decimal;
 use crate::sink::{SealedRecord, Sink};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, TsFormatter};
 use crate::AuditError;
 
 /// Room for the framing around a body (`v`, `seq`, `ts`, `instance`, hashes).
@@ -71,6 +71,30 @@ pub(super) struct ActiveFile {
     len: u64,
     records: u64,
     opened: Instant,
+    /// `opened` by the wall clock: an append checks time rotation against the timestamp
+    /// it reads anyway (the writer thread's timer uses `opened`).
+    opened_ts: Timestamp,
+}
+
+/// A record's body as an append hands it over: the concatenation of `hashed`, then what
+/// `rest` writes. `state` is the hash state after the log's prefix and `hashed`, computed
+/// by the appending task outside the lock (and mostly once per session or statement, see
+/// `writer::session`); the writer hashes only `rest` and the frame.
+pub(super) struct Body<'a> {
+    pub(super) hashed: &'a [&'a [u8]],
+    pub(super) state: HashState,
+    pub(super) rest: Option<WriteRest<'a>>,
+}
+
+/// Writes the part of a body its appending task did not hash.
+pub(super) type WriteRest<'a> = &'a dyn Fn(&mut Vec<u8>);
+
+impl Body<'_> {
+    /// Roughly how long it is (`rest` is a statement's outcome: short).
+    fn len_hint(&self) -> u64 {
+        let rest = if self.rest.is_some() { 128 } else { 0 };
+        self.hashed.iter().map(|p| p.len() as u64).sum::<u64>() + rest
+    }
 }
 
 pub(super) struct Writer {
@@ -82,11 +106,16 @@ pub(super) struct Writer {
     pub(super) rotate_after: Option<Duration>,
     pub(super) fsync: Fsync,
     pub(super) hasher: Hasher,
-    pub(super) instance_json: String,
+    /// `{"v":2,"instance":…,`: the bytes every record starts with.
+    pub(super) prefix: Vec<u8>,
+    /// The hash state after `prefix`.
+    pub(super) prefix_state: HashState,
+    pub(super) ts_format: TsFormatter,
     pub(super) redaction: Redaction,
     /// Chain state: the last record written.
     pub(super) seq: u64,
-    pub(super) last_hash: String,
+    /// Its hash, in hex (bytes: what the seal copies into the next record).
+    pub(super) last_hash: Vec<u8>,
     pub(super) last_ts: Timestamp,
     /// A header still to be written before any other record.
     pub(super) header: Option<Header>,
@@ -179,6 +208,11 @@ fn feed_sinks(
 }
 
 impl Writer {
+    /// The chain's last hash, as text.
+    pub(super) fn last_hash_hex(&self) -> String {
+        String::from_utf8_lossy(&self.last_hash).into_owned()
+    }
+
     fn path_str(&self) -> String {
         self.path
             .as_ref()
@@ -212,6 +246,7 @@ impl Writer {
             len,
             records: 0,
             opened: Instant::now(),
+            opened_ts: Timestamp::now(),
         });
         if self.fsync == Fsync::Batch {
             sync_dir(path).map_err(|e| AuditError::io(path, "sync directory", &e))?;
@@ -251,16 +286,17 @@ impl Writer {
     /// Seals `body` after any records sealed and not yet written, to be written by
     /// [`Writer::flush_pending`]; returns (ticket, seq). A due header or rotation first
     /// writes what is pending, so records never cross a file boundary out of order.
-    pub(super) fn seal_deferred(&mut self, body: &[u8]) -> Result<(u64, u64), AuditError> {
+    pub(super) fn seal_deferred(&mut self, body: &Body<'_>) -> Result<(u64, u64), AuditError> {
+        let now = Timestamp::now();
         let prepared = self
             .ensure_header()
-            .and_then(|()| self.rotate_if_due(body.len() as u64));
+            .and_then(|()| self.rotate_if_due(body.len_hint(), Some(now)));
         if let Err(e) = prepared {
             self.failing.set(Some(&e));
             return Err(e);
         }
         let seq = self.marks.last().map_or(self.seq, |m| m.0) + 1;
-        self.seal(body, seq);
+        self.seal(body, seq, now);
         self.deferred.sealed += 1;
         Ok((self.deferred.sealed, seq))
     }
@@ -295,21 +331,64 @@ impl Writer {
         self.marks.clear();
     }
 
-    /// Seals and commits one record on its own; returns its seq.
+    /// Seals and commits one record of the log's own on its own; returns its seq.
     fn write_one(&mut self, body: &[u8]) -> Result<u64, AuditError> {
         self.flush_pending();
         let seq = self.seq + 1;
-        self.seal(body, seq);
+        let mut state = self.prefix_state;
+        state.update(body);
+        let body = Body {
+            hashed: &[body],
+            state,
+            rest: None,
+        };
+        self.seal(&body, seq, Timestamp::now());
         let res = self.commit(seq).map(|()| seq);
         self.buf.clear();
         self.marks.clear();
         res
     }
 
-    /// Appends one framed record to `buf`, chained to the last record in `buf` (or, for
-    /// the first, to the chain's last record).
-    fn seal(&mut self, body: &[u8], seq: u64) {
+    /// Writes one record now (an inline append): after the pending header, a due
+    /// rotation and any records sealed before it.
+    pub(super) fn write_now(&mut self, body: &Body<'_>) -> Result<Receipt, AuditError> {
         let now = Timestamp::now();
+        self.flush_pending();
+        let prepared = self
+            .ensure_header()
+            .and_then(|()| self.rotate_if_due(body.len_hint(), Some(now)));
+        if let Err(e) = prepared {
+            self.failing.set(Some(&e));
+            return Err(e);
+        }
+        let seq = self.seq + 1;
+        self.seal(body, seq, now);
+        let res = self.commit(seq);
+        self.buf.clear();
+        self.marks.clear();
+        match res {
+            Ok(()) => {
+                if self.failing.failing.load(Ordering::Relaxed) {
+                    self.failing.set(None);
+                }
+                Ok(Receipt {
+                    seq,
+                    recorded: true,
+                })
+            }
+            Err(e) => {
+                self.failing.set(Some(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends one framed record to `buf`, chained to the last record in `buf` (or, for
+    /// the first, to the chain's last record): `prefix`, the body, then
+    /// `,"seq":N,"ts":"…","prev_hash":"…"` and the hash. Only what `body.state` has not
+    /// hashed yet (the body's `rest` and the frame) is hashed here, in one call. `now` is
+    /// the clock as the append read it.
+    fn seal(&mut self, body: &Body<'_>, seq: u64, now: Timestamp) {
         // Keep ts non-decreasing along the chain even if the clock steps back.
         let ts = if now < self.last_ts {
             self.last_ts
@@ -319,27 +398,41 @@ impl Writer {
         self.last_ts = ts;
         let start = self.buf.len();
         let b = &mut self.buf;
+        b.reserve(self.prefix.len() + body.len_hint() as usize + 256);
+        b.extend_from_slice(&self.prefix);
+        for part in body.hashed {
+            b.extend_from_slice(part);
+        }
+        let unhashed = b.len();
+        if let Some(rest) = body.rest {
+            rest(b);
+        }
         // Written by hand rather than with `write!`: core::fmt was most of the frame's cost.
-        b.extend_from_slice(b"{\"v\":");
-        push_decimal(b, u64::from(event::SCHEMA_VERSION));
         b.extend_from_slice(b",\"seq\":");
         push_decimal(b, seq);
         b.extend_from_slice(b",\"ts\":\"");
-        ts.push_rfc3339(b);
-        b.extend_from_slice(b"\",\"instance\":");
-        b.extend_from_slice(self.instance_json.as_bytes());
-        b.push(b',');
-        b.extend_from_slice(body);
-        b.extend_from_slice(b",\"prev_hash\":\"");
+        self.ts_format.push(ts, b);
+        b.extend_from_slice(b"\",\"prev_hash\":\"");
         match self.marks.last() {
             // The previous record's hash, as it was just written.
             Some(&(_, _, end)) => b.extend_from_within(hash_hex(end)),
-            None => b.extend_from_slice(self.last_hash.as_bytes()),
+            None => b.extend_from_slice(&self.last_hash),
         }
-        b.push(b'"');
-        let digest = self.hasher.hash(&b[start..]);
+        // The hashed line ends with the `}` the hash member is cut before.
+        b.extend_from_slice(b"\"}");
+        let mut state = body.state;
+        state.update(&b[unhashed..]);
+        b.pop();
+        let digest = self.hasher.finish(state);
+        // A state that was not the prefix and body's would break the chain: the tests
+        // check every record against the whole-line hash.
+        debug_assert_eq!(
+            digest,
+            self.hasher.hash(&b[start..]),
+            "hash state of another body"
+        );
         b.extend_from_slice(b",\"hash\":\"");
-        chain::push_hex_bytes(b, &digest);
+        b.extend_from_slice(&chain::hex_digest(&digest));
         b.extend_from_slice(b"\"}");
         let end = b.len();
         b.push(b'\n');
@@ -380,11 +473,8 @@ impl Writer {
         }
         self.seq = seq;
         if let Some(&(_, _, end)) = self.marks.last() {
-            // The hex digits the seal just wrote: always ASCII.
-            if let Ok(hex) = std::str::from_utf8(&self.buf[hash_hex(end)]) {
-                self.last_hash.clear();
-                self.last_hash.push_str(hex);
-            }
+            self.last_hash.clear();
+            self.last_hash.extend_from_slice(&self.buf[hash_hex(end)]);
         }
         if self.sinks.is_empty() {
             return Ok(());
@@ -416,7 +506,13 @@ impl Writer {
     /// Rotates when the next record (of `next_len` bytes) would overflow the file, or the
     /// file is old enough. A file holding only its header is not rotated (an idle proxy
     /// would otherwise make one empty file per interval).
-    pub(super) fn rotate_if_due(&mut self, next_len: u64) -> Result<(), AuditError> {
+    /// `now` is the clock an append read (`None`: the writer thread's timer, which
+    /// measures the age with the monotonic clock).
+    pub(super) fn rotate_if_due(
+        &mut self,
+        next_len: u64,
+        now: Option<Timestamp>,
+    ) -> Result<(), AuditError> {
         let Some(f) = &self.file else {
             return Ok(());
         };
@@ -427,10 +523,13 @@ impl Writer {
         let by_size = self
             .rotate_bytes
             .is_some_and(|max| f.len + self.buf.len() as u64 + next_len + FRAME_OVERHEAD > max);
-        let by_time = self
-            .rotate_after
-            .is_some_and(|age| f.opened.elapsed() >= age)
-            && self.rotate_not_before.is_none_or(|t| Instant::now() >= t);
+        let by_time = self.rotate_after.is_some_and(|age| match now {
+            Some(ts) => {
+                let age_us = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+                ts.0.saturating_sub(f.opened_ts.0) >= age_us
+            }
+            None => f.opened.elapsed() >= age,
+        }) && self.rotate_not_before.is_none_or(|t| Instant::now() >= t);
         if !by_size && !by_time {
             return Ok(());
         }
@@ -460,7 +559,7 @@ impl Writer {
             predecessor: Some(Predecessor {
                 file: file_name(&to),
                 last_seq: self.seq,
-                last_hash: self.last_hash.clone(),
+                last_hash: self.last_hash_hex(),
             }),
         });
         self.ensure_header()
@@ -470,20 +569,20 @@ impl Writer {
     /// falls inside them) and reports each item's result to `done`.
     pub(super) fn process<B: AsRef<[u8]>, R>(
         &mut self,
-        items: impl IntoIterator<Item = (B, R)>,
+        items: impl IntoIterator<Item = (B, HashState, R)>,
         mut done: impl FnMut(R, Result<Receipt, AuditError>),
     ) {
         self.flush_pending();
         let mut pending = items.into_iter().peekable();
         // Zero-sized for inline appends, so no allocation there.
         let mut taken: Vec<R> = Vec::new();
-        while let Some(first_len) = pending.peek().map(|(b, _)| b.as_ref().len() as u64) {
+        while let Some(first_len) = pending.peek().map(|(b, _, _)| b.as_ref().len() as u64) {
             let prepared = self
                 .ensure_header()
-                .and_then(|()| self.rotate_if_due(first_len));
+                .and_then(|()| self.rotate_if_due(first_len, None));
             if let Err(e) = prepared {
                 self.failing.set(Some(&e));
-                for (_, r) in pending.by_ref() {
+                for (_, _, r) in pending.by_ref() {
                     done(r, Err(e.clone()));
                 }
                 break;
@@ -491,14 +590,19 @@ impl Writer {
             // Seal as many as fit in the current file (at least one).
             let mut seq = self.seq;
             let base = self.file.as_ref().map_or(0, |f| f.len);
-            while let Some((b, r)) = pending.next_if(|(b, _)| {
+            while let Some((b, state, r)) = pending.next_if(|(b, _, _)| {
                 taken.is_empty()
                     || self.rotate_bytes.is_none_or(|max| {
                         base + (self.buf.len() + b.as_ref().len()) as u64 + FRAME_OVERHEAD <= max
                     })
             }) {
                 seq += 1;
-                self.seal(b.as_ref(), seq);
+                let body = Body {
+                    hashed: &[b.as_ref()],
+                    state,
+                    rest: None,
+                };
+                self.seal(&body, seq, Timestamp::now());
                 taken.push(r);
             }
             match self.commit(seq) {

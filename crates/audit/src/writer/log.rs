@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::append::{Append, State};
-use super::commit::{lock_writer, Receipt};
+use super::commit::{lock_writer, Body, Receipt};
 use super::shared::Inner;
 use super::thread::{Msg, Pending};
 use crate::config::FailureMode;
@@ -70,15 +70,23 @@ impl AuditLog {
 
     /// Appends the body `fill` writes into an empty buffer.
     pub(super) fn append_with(&self, fill: impl Fn(&mut Vec<u8>)) -> Append {
-        let fresh = || {
-            let mut v = Vec::with_capacity(1024);
-            fill(&mut v);
-            v
-        };
+        with_scratch(fill, |body| {
+            let mut state = self.inner.prefix_state;
+            state.update(body);
+            self.append_body(&Body {
+                hashed: &[body],
+                state,
+                rest: None,
+            })
+        })
+    }
+
+    /// Appends a record now (inline) or through the writer thread.
+    pub(super) fn append_body(&self, body: &Body<'_>) -> Append {
         if !self.inner.inline {
-            return self.submit(fresh());
+            return self.submit(body);
         }
-        let res = with_scratch(fill, |body| self.write_inline(body));
+        let res = self.write_inline(body);
         Append {
             state: State::Done(Some(res)),
             failure_mode: self.inner.failure_mode,
@@ -87,8 +95,8 @@ impl AuditLog {
 
     /// Seals a statement record now; it is written by the first of the appends sealed
     /// meanwhile to be polled again (see the module docs).
-    pub(super) fn append_deferred(&self, fill: impl Fn(&mut Vec<u8>)) -> Append {
-        let sealed = with_scratch(fill, |body| self.seal_deferred(body));
+    pub(super) fn append_deferred(&self, body: &Body<'_>) -> Append {
+        let sealed = self.seal_deferred(body);
         let state = match sealed {
             Ok((ticket, seq)) => State::Sealed {
                 inner: self.inner.clone(),
@@ -104,7 +112,7 @@ impl AuditLog {
         }
     }
 
-    fn seal_deferred(&self, body: &[u8]) -> Result<(u64, u64), AuditError> {
+    fn seal_deferred(&self, body: &Body<'_>) -> Result<(u64, u64), AuditError> {
         let mut w = lock_writer(&self.inner.writer);
         if w.closed {
             return Err(AuditError::Closed);
@@ -112,19 +120,30 @@ impl AuditLog {
         w.seal_deferred(body)
     }
 
-    fn write_inline(&self, body: &[u8]) -> Result<Receipt, AuditError> {
+    fn write_inline(&self, body: &Body<'_>) -> Result<Receipt, AuditError> {
         let mut w = lock_writer(&self.inner.writer);
         if w.closed {
             return Err(AuditError::Closed);
         }
-        let mut out = Err(AuditError::Closed);
-        w.process(std::iter::once((body, ())), |(), r| out = r);
-        out
+        w.write_now(body)
     }
 
-    fn submit(&self, body: Vec<u8>) -> Append {
+    /// Queues the record for the writer thread, whole and hashed.
+    fn submit(&self, body: &Body<'_>) -> Append {
+        let mut bytes = body.hashed.concat();
+        let mut hashed = body.state;
+        if let Some(rest) = body.rest {
+            let mark = bytes.len();
+            rest(&mut bytes);
+            hashed.update(&bytes[mark..]);
+        }
         let (reply, rx) = oneshot::channel();
-        let state = match self.inner.tx.send(Msg::Append(Pending { body, reply })) {
+        let pending = Pending {
+            body: bytes,
+            state: hashed,
+            reply,
+        };
+        let state = match self.inner.tx.send(Msg::Append(pending)) {
             Ok(()) => State::Waiting(rx),
             Err(_) => State::Done(Some(Err(AuditError::Closed))),
         };
@@ -161,7 +180,7 @@ impl AuditLog {
 }
 
 /// Serialises a body with `fill` into this thread's scratch buffer and hands it to `then`.
-fn with_scratch<R>(fill: impl Fn(&mut Vec<u8>), then: impl FnOnce(&[u8]) -> R) -> R {
+pub(super) fn with_scratch<R>(fill: impl Fn(&mut Vec<u8>), then: impl FnOnce(&[u8]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();

@@ -3,7 +3,7 @@
 //! parallel across connections) and hand the body over. Two ways, chosen at open:
 //!
 //! - inline (`fsync = "none"`, every extra sink [`crate::Sink::inline_ok`]): the appending
-//!   task locks the writer, frames the record with `v, seq, ts, instance`, chains it and
+//!   task locks the writer, frames the record with `v, instance` and `seq, ts`, chains it and
 //!   write(2)s it itself. No thread hop, no wake-up, no channel: a hand-off to a thread
 //!   cost two futex wake-ups and a reschedule per record, more than the write itself
 //!   (docs/performance.md). Statement records ([`SessionLog::statement_done`]) are
@@ -50,4 +50,4 @@ pub use append::Append;
 pub use commit::Receipt;
 pub use log::AuditLog;
 pub use open::AuditLogBuilder;
-pub use session::{InFlight, SessionLog, StatementHead};
+pub use session::{DecidedHead, DecisionJson, InFlight, SessionLog, StatementHead};

@@ -18,7 +18,7 @@ use crate::config::{AuditConfig, FailureMode, Fsync};
 use crate::event::Redaction;
 use crate::sink::{LineSink, Sink};
 use crate::sinks::{azure_monitor, postgres, AccessTokens, ShippingSink, SinkMonitor};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, TsFormatter};
 use crate::AuditError;
 
 /// Builds an [`AuditLog`] (for the proxy, [`AuditLog::open`] from `[audit]` is enough).
@@ -124,6 +124,13 @@ impl AuditLogBuilder {
         let hasher = Hasher::new(self.key.as_deref());
         let instance_json = serde_json::to_string(&self.instance)
             .map_err(|e| AuditError::Config(format!("instance name: {e}")))?;
+        let prefix = format!(
+            "{{\"v\":{},\"instance\":{instance_json},",
+            crate::event::SCHEMA_VERSION
+        )
+        .into_bytes();
+        let mut prefix_state = hasher.start();
+        prefix_state.update(&prefix);
         let failing = Arc::new(Health::default());
         let lock = self.file.as_deref().map(lock_log).transpose()?;
         let mut w = Writer {
@@ -134,10 +141,12 @@ impl AuditLogBuilder {
             rotate_after: self.rotate_after,
             fsync: self.fsync,
             hasher,
-            instance_json,
+            prefix,
+            prefix_state,
+            ts_format: TsFormatter::default(),
             redaction: self.redaction,
             seq: 0,
-            last_hash: GENESIS.to_string(),
+            last_hash: GENESIS.as_bytes().to_vec(),
             last_ts: Timestamp(0),
             header: None,
             stopped: None,
@@ -203,7 +212,7 @@ impl AuditLogBuilder {
                 // The head is what was written: `seq`/`last_hash` advance only after a write.
                 let head: crate::witness::Head = Box::new(move || {
                     let w = lock_writer(&shared);
-                    (w.seq, w.last_hash.clone())
+                    (w.seq, w.last_hash_hex())
                 });
                 let (stop, thread) = crate::witness::spawn(ww, head, *every)?;
                 Some(crate::witness::Running::new(stop, thread))
@@ -221,6 +230,7 @@ impl AuditLogBuilder {
                 failing,
                 redaction: self.redaction,
                 failure_mode: self.failure_mode,
+                prefix_state,
                 thread: Mutex::new(Some(thread)),
                 witness,
             }),

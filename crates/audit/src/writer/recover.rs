@@ -62,29 +62,29 @@ impl Writer {
                     .map_err(|e| AuditError::io(&path, "rename torn file", &e))?;
                 if let Some(p) = &point {
                     self.seq = p.seq;
-                    self.last_hash = p.hash.clone();
+                    self.last_hash = p.hash.clone().into_bytes();
                 }
                 predecessor = Some(Predecessor {
                     file: file_name(&to),
                     last_seq: self.seq,
-                    last_hash: self.last_hash.clone(),
+                    last_hash: self.last_hash_hex(),
                 });
                 reason = "start after a crash: the previous file ends with a torn line".to_string();
             } else if let Some(p) = point {
                 self.seq = p.seq;
-                self.last_hash = p.hash;
+                self.last_hash = p.hash.into_bytes();
             }
         } else if let Some(newest) = archived.last() {
             // Crash between rotation's rename and the new file's first record, or the
             // active file was moved away: continue from the newest rotated file.
             if let Some(p) = newest_point(&archived)? {
                 self.seq = p.seq;
-                self.last_hash = p.hash;
+                self.last_hash = p.hash.into_bytes();
             }
             predecessor = Some(Predecessor {
                 file: file_name(newest),
                 last_seq: self.seq,
-                last_hash: self.last_hash.clone(),
+                last_hash: self.last_hash_hex(),
             });
         }
         self.header = Some(Header {

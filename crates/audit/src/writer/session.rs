@@ -2,36 +2,118 @@
 //! identity, database) is serialised once when it starts, and each record then serialises
 //! only its own members. [`StatementHead`] lets a statement's record be serialised while
 //! the statement runs, leaving only the outcome for after the server's reply.
+//!
+//! The hash chain is computed the same way: a record's hash covers its whole line, which
+//! starts (since schema version 2) with bytes every statement record of the session
+//! shares — `{"v":2,"instance":…,"event":"statement","session":…,"client":…,
+//! "identity":…,"database":…` — so the SHA-256 state after them is computed once per
+//! session, a head's members are hashed once per head (a prepared statement executed again
+//! reuses its head), and a record only hashes its outcome and the frame (`seq`, `ts`,
+//! `prev_hash`): a third of the line rather than all of it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::append::Append;
-use super::log::AuditLog;
-use crate::event::{self, EventKind, Outcome, SessionInfo};
+use super::commit::Body;
+use super::log::{with_scratch, AuditLog};
+use crate::chain::HashState;
+use crate::event::{
+    self, Decision, EventKind, ObjectAction, Outcome, Params, Protocol, SessionInfo,
+};
 
 impl AuditLog {
     /// Starts recording a client connection: serialises its context once so each later
     /// record of the session only serialises its own fields.
     pub fn session(&self, info: &SessionInfo) -> SessionLog {
+        let ctx = event::session_fragment(info);
+        let mut stmt_ctx = Vec::with_capacity(24 + ctx.len());
+        stmt_ctx.extend_from_slice(b"\"event\":\"");
+        stmt_ctx.extend_from_slice(EventKind::Statement.as_str().as_bytes());
+        stmt_ctx.extend_from_slice(b"\",");
+        stmt_ctx.extend_from_slice(ctx.as_bytes());
+        let mut stmt_state = self.inner.prefix_state;
+        stmt_state.update(&stmt_ctx);
         SessionLog {
             log: self.clone(),
-            ctx: Arc::from(event::session_fragment(info)),
+            ctx: Arc::from(ctx),
+            stmt_ctx: Arc::from(stmt_ctx),
+            stmt_state,
         }
     }
 }
 
-/// A statement's record up to its outcome, from [`SessionLog::statement_head`]. Cheap to
-/// clone; belongs to the session that made it.
+/// A statement's record up to its outcome, from [`SessionLog::statement_head`]: its bytes
+/// and the hash state after them. Cheap to clone; belongs to the session that made it.
 #[derive(Clone)]
-pub struct StatementHead(Arc<[u8]>);
+pub struct StatementHead {
+    /// The session's `"event":"statement",<context>`.
+    ctx: Arc<[u8]>,
+    /// `,"protocol":…,"rule":…`, when shared with other heads ([`DecidedHead`]).
+    decided: Arc<[u8]>,
+    /// The other members up to the outcome (a `Vec` so that a head nothing else holds
+    /// any more can be refilled in place: [`SessionLog::statement_head_reusing`]).
+    members: Arc<Vec<u8>>,
+    /// The log's prefix, `ctx`, `decided` and `members`, hashed.
+    state: HashState,
+}
 
 impl std::fmt::Debug for StatementHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The SQL may be sensitive: its length is enough for a Debug dump.
         f.debug_struct("StatementHead")
-            .field("bytes", &self.0.len())
+            .field(
+                "bytes",
+                &(self.ctx.len() + self.decided.len() + self.members.len()),
+            )
             .finish()
+    }
+}
+
+/// The members of statement records that come from the policy's decision — `objects`,
+/// `decision` and `rule` — serialised once and reused for every statement decided alike
+/// (the proxy keeps one per prepared statement and per cached policy decision).
+#[derive(Clone)]
+pub struct DecisionJson(Arc<[u8]>);
+
+impl DecisionJson {
+    /// Serialises the decision members.
+    pub fn new(objects: &[ObjectAction<'_>], decision: Decision, rule: Option<&str>) -> Self {
+        let mut v = Vec::with_capacity(96);
+        event::decision_members_into(&mut v, objects, decision, rule);
+        DecisionJson(Arc::from(v))
+    }
+}
+
+impl std::fmt::Debug for DecisionJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl PartialEq for DecisionJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for DecisionJson {}
+
+/// The start of a session's statement records for one protocol and decision — up to and
+/// including `rule` — with its hash state: a session's Queries that the policy decides
+/// alike share it, so only their text is hashed per statement. From
+/// [`SessionLog::decided`].
+#[derive(Clone)]
+pub struct DecidedHead {
+    /// `,"protocol":"…"` and the [`DecisionJson`].
+    bytes: Arc<[u8]>,
+    /// The log's prefix, the session's statement context and `bytes`, hashed.
+    state: HashState,
+}
+
+impl std::fmt::Debug for DecidedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.bytes))
     }
 }
 
@@ -40,6 +122,10 @@ impl std::fmt::Debug for StatementHead {
 pub struct SessionLog {
     log: AuditLog,
     ctx: Arc<str>,
+    /// `"event":"statement",<ctx>`: how every statement record's body starts.
+    stmt_ctx: Arc<[u8]>,
+    /// The log's prefix and `stmt_ctx`, hashed.
+    stmt_state: HashState,
 }
 
 impl SessionLog {
@@ -58,10 +144,18 @@ impl SessionLog {
     /// the client; on `Err`, answer SQLSTATE 58030 instead.
     pub fn statement(&self, s: &event::Statement<'_>) -> Append {
         // The same two writers as `statement_head` + `statement_done`, in one pass.
-        let head = event::StatementHead::of(s);
-        self.log.append_with(|v| {
-            event::body_into(v, EventKind::Statement, &self.ctx, &head);
+        let fill = |v: &mut Vec<u8>| {
+            event::statement_head_into(v, s);
             event::statement_tail_into(v, &s.outcome, s.duration_us);
+        };
+        with_scratch(fill, |members| {
+            let mut state = self.stmt_state;
+            state.update(members);
+            self.log.append_body(&Body {
+                hashed: &[&self.stmt_ctx, members],
+                state,
+                rest: None,
+            })
         })
     }
 
@@ -72,14 +166,73 @@ impl SessionLog {
     /// [`SessionLog::statement_done`] supplies them. The record is byte for byte what
     /// [`SessionLog::statement`] writes.
     pub fn statement_head(&self, s: &event::Statement<'_>) -> StatementHead {
-        let mut v = Vec::with_capacity(512 + self.ctx.len());
-        event::body_into(
-            &mut v,
-            EventKind::Statement,
-            &self.ctx,
-            &event::StatementHead::of(s),
-        );
-        StatementHead(Arc::from(v))
+        self.head_of(None, Arc::from(&[][..]), self.stmt_state, |v| {
+            event::statement_head_into(v, s)
+        })
+    }
+
+    /// The members of this session's statement records from `protocol` to `rule`, and
+    /// their hash state: serialise a decision once per session and protocol, then
+    /// [`SessionLog::statement_head_reusing`] for each statement it decides.
+    pub fn decided(&self, protocol: Protocol, decision: &DecisionJson) -> DecidedHead {
+        let mut bytes = Vec::with_capacity(24 + decision.0.len());
+        event::protocol_into(&mut bytes, protocol);
+        bytes.extend_from_slice(&decision.0);
+        let mut state = self.stmt_state;
+        state.update(&bytes);
+        DecidedHead {
+            bytes: Arc::from(bytes),
+            state,
+        }
+    }
+
+    /// [`SessionLog::statement_head`] of a statement decided as `decided` says (from this
+    /// session), into the memory of `spare` — a head no longer needed (its statement
+    /// recorded) — when nothing else holds it: only the text and parameters are
+    /// serialised and hashed, and a session recording one Query after another allocates
+    /// nothing for their heads.
+    pub fn statement_head_reusing(
+        &self,
+        spare: Option<StatementHead>,
+        decided: &DecidedHead,
+        sql: &str,
+        params: Option<&Params>,
+    ) -> StatementHead {
+        self.head_of(spare, decided.bytes.clone(), decided.state, |v| {
+            event::statement_text_into(v, sql, params)
+        })
+    }
+
+    fn head_of(
+        &self,
+        spare: Option<StatementHead>,
+        decided: Arc<[u8]>,
+        state: HashState,
+        fill: impl Fn(&mut Vec<u8>),
+    ) -> StatementHead {
+        /// A buffer larger than this (one huge statement) is not kept for the next one.
+        const KEEP: usize = 16 * 1024;
+        let mut members = spare
+            .map(|h| h.members)
+            .filter(|m| m.capacity() <= KEEP)
+            .unwrap_or_default();
+        let v = match Arc::get_mut(&mut members) {
+            Some(v) => v,
+            None => {
+                members = Arc::new(Vec::with_capacity(256));
+                Arc::make_mut(&mut members)
+            }
+        };
+        v.clear();
+        fill(v);
+        let mut state = state;
+        state.update(v);
+        StatementHead {
+            ctx: self.stmt_ctx.clone(),
+            decided,
+            members,
+            state,
+        }
     }
 
     /// Records a statement from its head and result. Await it before relaying the result.
@@ -89,17 +242,20 @@ impl SessionLog {
         outcome: Outcome<'_>,
         duration_us: u64,
     ) -> Append {
+        // The outcome is serialised straight into the record, and hashed with the frame.
+        let tail = |v: &mut Vec<u8>| event::statement_tail_into(v, &outcome, duration_us);
+        let body = Body {
+            hashed: &[&head.ctx, &head.decided, &head.members],
+            state: head.state,
+            rest: Some(&tail),
+        };
         // Group commit only pays when other statements may complete meanwhile: a lone
         // session writes at once (a yield would wake an idle runtime thread for nothing).
         // The caller's own statement is still counted here.
-        let fill = |v: &mut Vec<u8>| {
-            v.extend_from_slice(&head.0);
-            event::statement_tail_into(v, &outcome, duration_us);
-        };
         if self.log.inner.inline && self.log.inner.in_flight.load(Ordering::Relaxed) > 1 {
-            self.log.append_deferred(fill)
+            self.log.append_deferred(&body)
         } else {
-            self.log.append_with(fill)
+            self.log.append_body(&body)
         }
     }
 
@@ -183,13 +339,27 @@ mod tests {
         s.statement_done(&head, st.outcome, st.duration_us)
             .wait()
             .unwrap();
+        let decided = s.decided(
+            st.protocol,
+            &DecisionJson::new(st.objects, st.decision, st.rule),
+        );
+        let head = s.statement_head_reusing(None, &decided, st.sql, st.params);
+        s.statement_done(&head, st.outcome, st.duration_us)
+            .wait()
+            .unwrap();
+        // Every line hashes as the verifier computes it (the writer hashed most of it
+        // ahead, from per-session and per-head states).
+        let report = crate::verify(std::slice::from_ref(&path), None).unwrap();
+        assert!(report.is_ok(), "{:?}", report.findings);
+        assert_eq!(report.records, 4);
         let text = fs::read_to_string(&path).unwrap();
         let bodies: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("\"event\":\"statement\""))
-            .map(|l| &l[l.find("\"event\"").unwrap()..l.find(",\"prev_hash\"").unwrap()])
+            .map(|l| &l[l.find("\"event\"").unwrap()..l.find(",\"seq\"").unwrap()])
             .collect();
-        assert_eq!(bodies.len(), 2);
+        assert_eq!(bodies.len(), 3);
+        assert_eq!(bodies[1], bodies[2]);
         assert_eq!(bodies[0], bodies[1]);
         assert!(bodies[0].contains("[REDACTED JWT]"));
         assert!(bodies[0]

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use super::commit::{Health, Progress, Writer};
 use super::thread::Msg;
+use crate::chain::HashState;
 use crate::config::FailureMode;
 use crate::event::Redaction;
 
@@ -25,6 +26,9 @@ pub(super) struct Inner {
     pub(super) redaction: Redaction,
     pub(super) failure_mode: FailureMode,
     pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The hash state after the bytes every record starts with (`{"v":2,"instance":…,`),
+    /// which each append continues with its body before handing it to the writer.
+    pub(super) prefix_state: HashState,
     /// The witness checkpoint thread, if `[audit] witness_file` is set.
     pub(super) witness: Option<Arc<crate::witness::Running>>,
 }

@@ -7,12 +7,15 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Mutex;
 
 use super::commit::{lock_writer, Reply, Writer};
+use crate::chain::HashState;
 
 /// Most records in one batch; bounds latency and memory under a burst.
 const MAX_BATCH: usize = 4096;
 
 pub(super) struct Pending {
     pub(super) body: Vec<u8>,
+    /// The log's prefix and `body`, hashed (by the appending task).
+    pub(super) state: HashState,
     pub(super) reply: Reply,
 }
 
@@ -38,7 +41,7 @@ pub(super) fn run(shared: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
             Err(RecvTimeoutError::Timeout) => {
                 // Idle time rotation. A failure is retried later and reported to the
                 // next appends if it persists.
-                if let Err(e) = lock_writer(shared).rotate_if_due(0) {
+                if let Err(e) = lock_writer(shared).rotate_if_due(0, None) {
                     tracing::warn!(error = %e, "audit time rotation failed");
                 }
                 continue;
@@ -56,9 +59,12 @@ pub(super) fn run(shared: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
             }
         }
         let mut w = lock_writer(shared);
-        w.process(batch.drain(..).map(|p| (p.body, p.reply)), |reply, r| {
-            let _ = reply.send(r);
-        });
+        w.process(
+            batch.drain(..).map(|p| (p.body, p.state, p.reply)),
+            |reply, r| {
+                let _ = reply.send(r);
+            },
+        );
         if let Some((reason, reply)) = close {
             w.stop(&reason, Some(reply));
             return;
