@@ -567,6 +567,8 @@ where
     U: AsyncRead + AsyncWrite,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // The records a chunk completes; kept across chunks so steady state allocates nothing.
+    let mut records: Vec<Append> = Vec::new();
     loop {
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(READ_CHUNK);
@@ -581,7 +583,7 @@ where
         // Marked errors answering denied statements, rewritten into 42501:
         // (offset, length, replacement).
         let mut rewrites: Vec<(usize, usize, BytesMut)> = Vec::new();
-        let mut records: Vec<Append> = Vec::new();
+        records.clear();
         let chunk_starts_at_boundary = state.scanner.at_boundary();
         let scanned = {
             let mut conv = link.conversation.lock().unwrap_or_else(|p| p.into_inner());
@@ -636,7 +638,7 @@ where
         };
         // The records of the statements this chunk completes are written before any of
         // it reaches the client.
-        for r in records {
+        for r in records.drain(..) {
             if let Err(e) = r.await {
                 // Nothing of this chunk was written: the client stands where it began.
                 state.held = 0;
