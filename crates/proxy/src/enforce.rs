@@ -465,10 +465,7 @@ const CATALOG_CHANGING: &[&str] = &[
 /// most others without comparing strings (every listed kind starts with A, C, D, R or V;
 /// a test checks it).
 fn changes_catalog(kind: &str) -> bool {
-    matches!(
-        kind.as_bytes().first(),
-        Some(b'A' | b'C' | b'D' | b'R' | b'V')
-    ) && CATALOG_CHANGING.contains(&kind)
+    kind.starts_with(['A', 'C', 'D', 'R', 'V']) && CATALOG_CHANGING.contains(&kind)
 }
 
 /// One session's policy enforcement.

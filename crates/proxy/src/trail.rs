@@ -634,7 +634,8 @@ fn rows_of(tag: &str) -> Option<u64> {
                 return None;
             }
             digits.iter().try_fold(0u64, |n, &d| {
-                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                n.checked_mul(10)?
+                    .checked_add(u64::from(char::from(d).to_digit(10)?))
             })
         }
         _ => None,
