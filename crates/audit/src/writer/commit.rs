@@ -283,18 +283,24 @@ impl Writer {
         res
     }
 
+    /// Writes a due header and rotates a due file before `body` is sealed; a failure is
+    /// remembered (`failing`) and returned.
+    fn prepare_for(&mut self, body: &Body<'_>, now: Timestamp) -> Result<(), AuditError> {
+        let prepared = self
+            .ensure_header()
+            .and_then(|()| self.rotate_if_due(body.len_hint(), Some(now)));
+        if let Err(e) = &prepared {
+            self.failing.set(Some(e));
+        }
+        prepared
+    }
+
     /// Seals `body` after any records sealed and not yet written, to be written by
     /// [`Writer::flush_pending`]; returns (ticket, seq). A due header or rotation first
     /// writes what is pending, so records never cross a file boundary out of order.
     pub(super) fn seal_deferred(&mut self, body: &Body<'_>) -> Result<(u64, u64), AuditError> {
         let now = Timestamp::now();
-        let prepared = self
-            .ensure_header()
-            .and_then(|()| self.rotate_if_due(body.len_hint(), Some(now)));
-        if let Err(e) = prepared {
-            self.failing.set(Some(&e));
-            return Err(e);
-        }
+        self.prepare_for(body, now)?;
         let seq = self.marks.last().map_or(self.seq, |m| m.0) + 1;
         self.seal(body, seq, now);
         self.deferred.sealed += 1;
@@ -354,13 +360,7 @@ impl Writer {
     pub(super) fn write_now(&mut self, body: &Body<'_>) -> Result<Receipt, AuditError> {
         let now = Timestamp::now();
         self.flush_pending();
-        let prepared = self
-            .ensure_header()
-            .and_then(|()| self.rotate_if_due(body.len_hint(), Some(now)));
-        if let Err(e) = prepared {
-            self.failing.set(Some(&e));
-            return Err(e);
-        }
+        self.prepare_for(body, now)?;
         let seq = self.seq + 1;
         self.seal(body, seq, now);
         let res = self.commit(seq);
