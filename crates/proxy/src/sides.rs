@@ -185,6 +185,22 @@ mod tests {
         );
     }
 
+    /// tokio's cooperative budget makes a resource wake its own task from inside a poll:
+    /// the branch must be polled again, not forgotten because its mark was just cleared.
+    #[test]
+    fn a_wake_up_from_inside_a_poll_is_kept() {
+        let task = Arc::new(TaskWakes::default());
+        let waker = Waker::from(Arc::clone(&task));
+        let cx = Context::from_waker(&waker);
+        let sides = Sides::new(2);
+        let fired = sides.begin(&cx);
+        assert_eq!(fired, 0b11);
+        sides.context(1).waker().wake_by_ref(); // during branch 1's poll
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(sides.begin(&cx), 0b10, "branch 1 again, branch 0 not");
+        assert_eq!(sides.begin(&cx), 0);
+    }
+
     #[test]
     fn a_new_task_waker_replaces_the_old_one() {
         let first = Arc::new(TaskWakes::default());
