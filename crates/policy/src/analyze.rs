@@ -615,9 +615,10 @@ fn statement_text(sql: &str, raw: &pb::RawStmt) -> String {
 fn analyze_node(node: NodeRef<'_>, sql: String) -> StatementAnalysis {
     let mut w = Walker::default();
     w.out.kind = stmt_name(node).unwrap_or("Unknown");
+    // Set before the walk: a PREPARE keeps its own text for its statement.
+    w.out.sql = sql;
     w.visit(node);
     let mut out = w.out;
-    out.sql = sql;
     out.accesses.sort();
     out.accesses.dedup();
     out.functions.sort();
@@ -1082,7 +1083,8 @@ impl Walker {
             NodeRef::DeclareCursorStmt(s) => {
                 // Decided as its query now, and again at FETCH/MOVE after a policy reload.
                 if let Some(q) = opt_ref(&s.query) {
-                    let inner = analyze_node(q, String::new());
+                    // The PREPARE's own text: masks plan an EXECUTE from it.
+                    let inner = analyze_node(q, self.out.sql.clone());
                     self.merge(&inner);
                     self.out.effects.push(SessionEffect::DeclareCursor {
                         name: s.portalname.clone(),
@@ -1102,7 +1104,8 @@ impl Walker {
             NodeRef::PrepareStmt(s) => {
                 // PREPARE is decided as its statement now, and EXECUTE as it again later.
                 if let Some(q) = opt_ref(&s.query) {
-                    let inner = analyze_node(q, String::new());
+                    // The PREPARE's own text: masks plan an EXECUTE from it.
+                    let inner = analyze_node(q, self.out.sql.clone());
                     self.merge(&inner);
                     self.out
                         .effects

@@ -112,7 +112,7 @@ impl Decision {
         }
     }
 
-    fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Decision {
+    pub(crate) fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Decision {
         Decision {
             verdict: Verdict::Deny,
             rule: rule.into(),
@@ -356,7 +356,7 @@ impl SessionState {
     }
 
     /// The schemas an unqualified relation name may resolve to.
-    fn relation_candidates(&self, name: &str) -> Vec<(String, String)> {
+    pub(crate) fn relation_candidates(&self, name: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let in_catalog = match &self.catalog {
             Some(c) => c.is_catalog_relation(name),
@@ -381,7 +381,7 @@ impl SessionState {
     /// Whether a call certainly reaches a function initdb created. With the server's
     /// catalog: its version's built-ins, and an unqualified name only when no schema on the
     /// path has a function of that name (PostgreSQL would pick the best match among all).
-    fn is_builtin(&self, f: &FunctionRef) -> bool {
+    pub(crate) fn is_builtin(&self, f: &FunctionRef) -> bool {
         let Some(c) = &self.catalog else {
             return match f.schema.as_deref() {
                 Some("pg_catalog") => is_builtin_function(&f.name),
@@ -459,7 +459,7 @@ impl SessionState {
     }
 
     /// The (schema, name) pairs an unqualified function call may resolve to.
-    fn function_candidates(&self, f: &FunctionRef) -> Vec<(String, String)> {
+    pub(crate) fn function_candidates(&self, f: &FunctionRef) -> Vec<(String, String)> {
         match &f.schema {
             Some(s) => vec![(s.clone(), f.name.clone())],
             None => {
@@ -613,6 +613,8 @@ pub struct StatementDecision {
     pub analysis: StatementAnalysis,
     /// Whether it may.
     pub decision: Decision,
+    /// How its results are masked for this caller (`None`: they pass untouched).
+    pub masks: Option<Arc<crate::mask::MaskPlan>>,
 }
 
 impl Policy {
@@ -1083,6 +1085,65 @@ impl Policy {
         Ok(rule)
     }
 
+    /// Whether any of the caller's roles masks columns.
+    pub fn has_masks(&self, roles: &RoleSet) -> bool {
+        roles.idx.iter().any(|&i| {
+            self.roles
+                .get(usize::from(i))
+                .is_some_and(|r| !r.masks.is_empty())
+        })
+    }
+
+    /// The masks in force for a caller holding `roles`.
+    pub fn masks_for(&self, roles: &RoleSet) -> crate::mask::MaskSet {
+        let mut set = crate::mask::MaskSet::default();
+        for r in roles
+            .idx
+            .iter()
+            .filter_map(|&i| self.roles.get(usize::from(i)))
+        {
+            set.rules.extend(r.masks.iter().cloned());
+            set.unmask.extend(r.unmask.iter().cloned());
+        }
+        set
+    }
+
+    /// Masks for one allowed statement of a caller with masks: the plan for its results,
+    /// or the denial. A function that is not built in may read masked columns where pgward
+    /// cannot see, so it must be named in an allow rule's `functions` (trusted by name).
+    fn plan_masks(
+        &self,
+        roles: &RoleSet,
+        st: &StatementAnalysis,
+        session: &SessionState,
+    ) -> Result<Option<Arc<crate::mask::MaskPlan>>, crate::mask::MaskDenial> {
+        let mut calls: Vec<FunctionRef> = st.functions.clone();
+        calls.extend(session.implicit_functions(st));
+        for f in &calls {
+            if session.is_builtin(f) {
+                continue;
+            }
+            let cands = session.function_candidates(f);
+            let named = self
+                .allow_rules(roles)
+                .any(|r| r.functions.iter().any(|p| function_matches(p, &cands)));
+            if !named {
+                return Err(crate::mask::MaskDenial {
+                    rule: "builtin.mask".to_owned(),
+                    reason: format!(
+                        "masks apply to you, and function {f} is not built in: it could return masked values pgward cannot see (name it in an allow rule's functions to trust it)"
+                    ),
+                });
+            }
+        }
+        if !crate::mask::may_touch(st) {
+            return Ok(None);
+        }
+        let set = self.masks_for(roles);
+        crate::mask::plan_statement(&st.sql, session.catalog().map(|c| &**c), session, &set)
+            .map(|p| p.map(Arc::new))
+    }
+
     /// Analyses and decides a whole query string. Statements are decided in order, each with
     /// the session as the earlier statements of the string leave it (a `SET search_path` or
     /// `PREPARE` affects the statements after it); the session passed in is not changed. Any
@@ -1129,7 +1190,17 @@ impl Policy {
                 // Depends on the session's prepared statements, which the cache key omits.
                 cacheable = false;
             }
-            let decision = self.decide(roles, &st, current);
+            let mut decision = self.decide(roles, &st, current);
+            let mut masks = None;
+            if decision.verdict == Verdict::Allow && self.has_masks(roles) {
+                match self.plan_masks(roles, &st, current) {
+                    Ok(plan) => masks = plan,
+                    Err(d) => {
+                        decision = Decision::deny(&d.rule, d.reason);
+                        decision.enforced = self.mode == Mode::Enforce;
+                    }
+                }
+            }
             if !st.effects.is_empty() || !st.settings.is_empty() {
                 local.get_or_insert_with(|| session.clone()).apply(&st);
             }
@@ -1145,6 +1216,7 @@ impl Policy {
             statements.push(StatementDecision {
                 analysis: st,
                 decision,
+                masks,
             });
         }
         let decision = overall_decision(&statements, "query string", "empty query");

@@ -31,6 +31,7 @@ mod decide;
 pub mod encoding;
 mod explain;
 mod keyed;
+mod mask;
 mod parser;
 mod pg_grants;
 mod policy;
@@ -52,6 +53,7 @@ pub use decide::{
 };
 pub use explain::explain_decision;
 pub use keyed::{keyed_state, KeyedState};
+pub use mask::{redact_types, ColumnMask, MaskDenial, MaskKind, MaskPlan, MaskSet, OutputMask};
 pub use pg_grants::{GrantPlan, GrantsQuery};
 pub use policy::{Mode, Policy, PolicyError, PolicyProblem};
-pub use server_catalog::{CatalogError, ServerCatalog};
+pub use server_catalog::{CatalogError, RelColumn, Relation, ServerCatalog};

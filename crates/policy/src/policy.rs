@@ -106,7 +106,7 @@ pub(crate) struct Pattern {
 }
 
 /// Splits a pattern into parts, folding unquoted parts to lower case like PostgreSQL.
-fn split_pattern(text: &str) -> Result<Vec<Part>, String> {
+pub(crate) fn split_pattern(text: &str) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     let mut cur = String::new();
     let mut quoted_part = false;
@@ -226,6 +226,10 @@ pub(crate) struct Role {
     pub upstream_role: Option<String>,
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
+    /// Column masks (see mask.rs).
+    pub masks: Vec<crate::mask::MaskRule>,
+    /// Columns this role unmasks, by exact name.
+    pub unmask: Vec<crate::mask::ColumnPattern>,
 }
 
 /// The baseline as narrowed by `[baseline]`.
@@ -275,6 +279,10 @@ struct RawRole {
     allow: Vec<Spanned<RawRule>>,
     #[serde(default)]
     deny: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    mask: Vec<Spanned<crate::mask::RawMask>>,
+    #[serde(default)]
+    unmask: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -511,12 +519,16 @@ fn compile_role(r: &Spanned<RawRole>, p: &mut Problems<'_>) -> Role {
     for (i, rule) in raw.deny.iter().enumerate() {
         deny.push(compile_rule(rule, &format!("{name}.deny[{i}]"), false, p));
     }
+    let masks = crate::mask::compile_masks(&name, &raw.mask, &mut |span, m| p.at(span, m));
+    let unmask = crate::mask::compile_unmask(&name, &raw.unmask, &mut |span, m| p.at(span, m));
     Role {
         name,
         members,
         upstream_role: raw.upstream_role.clone(),
         allow,
         deny,
+        masks,
+        unmask,
     }
 }
 

@@ -59,6 +59,41 @@ pub struct ServerCatalog {
     /// Function OID → (schema, name): the FunctionCall protocol message names its function
     /// only by OID (drivers' large-object APIs), and is decided as a call of that name.
     function_oids: HashMap<u32, (Arc<str>, Arc<str>)>,
+    /// Relations outside the system schemas with their columns and (views) definitions,
+    /// read only when a policy has masks ([`ServerCatalog::COLUMNS_QUERY`]).
+    relations: HashMap<(String, String), Arc<Relation>>,
+    /// Temporary relations by name.
+    temp: HashMap<String, Vec<Arc<Relation>>>,
+    /// Whether `relations` was read.
+    has_columns: bool,
+}
+
+/// A relation outside the system schemas, as masks need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    /// `pg_class.oid`: RowDescription names result columns by it.
+    pub oid: u32,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its columns in order (`attnum`), dropped ones left out.
+    pub columns: Vec<RelColumn>,
+    /// A view's or materialized view's query (`pg_get_viewdef`, names qualified).
+    pub definition: Option<String>,
+}
+
+/// One column of a [`Relation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelColumn {
+    /// `pg_attribute.attnum`.
+    pub attnum: i16,
+    /// Its name.
+    pub name: String,
+    /// Its type (the base type of a domain).
+    pub type_oid: u32,
+    /// That type's `pg_type.typcategory` (`S` for strings).
+    pub category: char,
 }
 
 /// Why catalog rows could not be read.
@@ -136,6 +171,28 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 "#;
 
+    /// Relations outside the system schemas: every column (`a`) and every view's query
+    /// (`d`). Run after `SET search_path = pg_catalog`, so the definitions name every
+    /// relation and function with its schema. Read only when a policy has masks.
+    pub const COLUMNS_QUERY: &'static str = r#"
+SELECT 'a', c.oid::pg_catalog.text, n.nspname, c.relname, a.attnum::pg_catalog.text, a.attname,
+       (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::pg_catalog.text,
+       COALESCE(bt.typcategory, t.typcategory)::pg_catalog.text
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+ WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+UNION ALL
+SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid), NULL, NULL, NULL
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('v', 'm')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+"#;
+
     /// Builds the catalog from [`ServerCatalog::QUERY`]'s rows (text values, `None` for
     /// NULL).
     pub fn from_rows<R>(rows: R) -> Result<ServerCatalog, CatalogError>
@@ -143,6 +200,7 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
         R: IntoIterator<Item = Vec<Option<String>>>,
     {
         let mut c = ServerCatalog::empty();
+        let mut building: HashMap<u32, Relation> = HashMap::new();
         let mut saw_version = false;
         let mut schemas: HashMap<String, Arc<str>> = HashMap::new();
         for row in rows {
@@ -207,6 +265,25 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
                         schema: Some(col(2).to_owned()),
                         name: col(3).to_owned(),
                     }),
+                "a" => {
+                    c.has_columns = true;
+                    let oid = number(col(1), "relation OID")?;
+                    let rel = relation_entry(&mut building, oid, col(2), col(3));
+                    if let Some(attnum) = row.get(4).and_then(|v| v.as_deref()) {
+                        rel.columns.push(RelColumn {
+                            attnum: number(attnum, "column number")?,
+                            name: col(5).to_owned(),
+                            type_oid: number(col(6), "type OID")?,
+                            category: col(7).chars().next().unwrap_or('X'),
+                        });
+                    }
+                }
+                "d" => {
+                    c.has_columns = true;
+                    let oid = number(col(1), "relation OID")?;
+                    relation_entry(&mut building, oid, col(2), col(3)).definition =
+                        Some(col(4).to_owned());
+                }
                 "w" => {
                     if !(col(1) == "pg_catalog" && col(2) == "pg_settings") {
                         c.settings_views
@@ -218,6 +295,19 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
         }
         if !saw_version {
             return Err(CatalogError("no server version in the answer".into()));
+        }
+        for rel in building.into_values() {
+            let mut rel = rel;
+            rel.columns.sort_by_key(|c| c.attnum);
+            let rel = Arc::new(rel);
+            if rel.schema.starts_with("pg_temp_") {
+                c.temp
+                    .entry(rel.name.clone())
+                    .or_default()
+                    .push(Arc::clone(&rel));
+            }
+            c.relations
+                .insert((rel.schema.clone(), rel.name.clone()), rel);
         }
         if c.functions.get("pg_catalog").is_none_or(HashMap::is_empty) {
             return Err(CatalogError(
@@ -252,7 +342,28 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
             casts: HashMap::new(),
             sequences: HashMap::new(),
             function_oids: HashMap::new(),
+            relations: HashMap::new(),
+            temp: HashMap::new(),
+            has_columns: false,
         }
+    }
+
+    /// Whether relations' columns and views' definitions were read (masks need them).
+    pub fn has_columns(&self) -> bool {
+        self.has_columns
+    }
+
+    /// A relation outside the system schemas.
+    pub fn relation(&self, schema: &str, name: &str) -> Option<Arc<Relation>> {
+        self.relations
+            .get(&(schema.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Temporary relations of that name (any session's): an unqualified name may reach
+    /// one, since PostgreSQL searches the session's temporary schema first.
+    pub fn temp_relations(&self, name: &str) -> Vec<Arc<Relation>> {
+        self.temp.get(name).cloned().unwrap_or_default()
     }
 
     fn add_function(&mut self, schema: &str, name: &str, flags: FnFlags) {
@@ -379,6 +490,26 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
             .get(&oid)
             .map(|(s, n)| (s.as_str(), n.as_str()))
     }
+}
+
+fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, CatalogError> {
+    s.parse()
+        .map_err(|_| CatalogError(format!("{what} {s:?} is not a number")))
+}
+
+fn relation_entry<'m>(
+    building: &'m mut HashMap<u32, Relation>,
+    oid: u32,
+    schema: &str,
+    name: &str,
+) -> &'m mut Relation {
+    building.entry(oid).or_insert_with(|| Relation {
+        oid,
+        schema: schema.to_owned(),
+        name: name.to_owned(),
+        columns: Vec::new(),
+        definition: None,
+    })
 }
 
 #[cfg(test)]

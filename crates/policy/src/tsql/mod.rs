@@ -140,6 +140,27 @@ const MERGE_HINTS: &[&str] = &[
 ];
 
 impl Policy {
+    /// Masks are decided from PostgreSQL's parse tree and rewritten in PostgreSQL's
+    /// protocol; on Azure SQL a caller with masks may not touch a table a mask names.
+    fn tsql_mask_denial(&self, roles: &RoleSet, st: &crate::StatementAnalysis) -> Option<Decision> {
+        let set = self.masks_for(roles);
+        for a in &st.accesses {
+            let crate::ObjectRef::Relation { schema, name } = &a.object else {
+                continue;
+            };
+            let schema = schema.as_deref().unwrap_or("dbo");
+            if set.may_mask_table(schema, name) {
+                let mut d = Decision::deny(
+                    "builtin.mask",
+                    format!("masks name columns of {schema}.{name}, and pgward enforces masks on PostgreSQL upstreams only: Azure SQL statements may not touch it"),
+                );
+                d.enforced = self.mode == crate::Mode::Enforce;
+                return Some(d);
+            }
+        }
+        None
+    }
+
     /// Analyses a T-SQL batch and decides it, as [`Policy::decide_query`] does for
     /// PostgreSQL SQL. `database` is the upstream database (three-part names must name it).
     /// Not cached: T-SQL decisions never share the PostgreSQL decision cache.
@@ -156,10 +177,16 @@ impl Policy {
         };
         let mut statements = Vec::with_capacity(analysis.statements.len());
         for st in analysis.statements {
-            let decision = self.decide_tsql_statement(roles, &st, session);
+            let mut decision = self.decide_tsql_statement(roles, &st, session);
+            if decision.verdict == crate::Verdict::Allow && self.has_masks(roles) {
+                if let Some(d) = self.tsql_mask_denial(roles, &st) {
+                    decision = d;
+                }
+            }
             statements.push(StatementDecision {
                 analysis: st,
                 decision,
+                masks: None,
             });
         }
         let decision = crate::decide::overall_decision(&statements, "batch", "empty batch");
