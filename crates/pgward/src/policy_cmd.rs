@@ -97,7 +97,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "SCHEMAS")]
     search_path: Option<String>,
     /// Decide against a server's catalog, as the proxy does: the tab-separated answer of the
-    /// query `pgward policy catalog-query` prints (`psql -At -F $'\t' -f query.sql`).
+    /// queries `pgward policy catalog-query` prints (`psql -qAt -F $'\t' -f query.sql`).
     /// Without it, PostgreSQL 17's built-in lists stand in.
     #[arg(long, value_name = "FILE")]
     catalog: Option<PathBuf>,
@@ -109,7 +109,13 @@ pub fn run(args: PolicyArgs) -> ExitCode {
     match args.command {
         PolicyCommand::Explain(a) => explain(&a),
         PolicyCommand::CatalogQuery => {
-            println!("{}", pgward_policy::ServerCatalog::QUERY.trim());
+            // The columns and views part is what masks are planned against; run the whole
+            // output with `psql -qAt -F $'\t' -f query.sql` (-q keeps SET's tag out).
+            println!(
+                "{};\nSET search_path = pg_catalog;\n{};",
+                pgward_policy::ServerCatalog::QUERY.trim(),
+                pgward_policy::ServerCatalog::COLUMNS_QUERY.trim()
+            );
             ExitCode::SUCCESS
         }
         PolicyCommand::Grants(a) => grants(&a),

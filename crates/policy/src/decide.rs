@@ -615,6 +615,8 @@ pub struct StatementDecision {
     pub decision: Decision,
     /// How its results are masked for this caller (`None`: they pass untouched).
     pub masks: Option<Arc<crate::mask::MaskPlan>>,
+    /// Column masks denied it.
+    pub mask_denied: bool,
 }
 
 impl Policy {
@@ -1094,6 +1096,34 @@ impl Policy {
         })
     }
 
+    /// Whether any role of the policy masks columns (the proxy then reads the upstream's
+    /// columns and views).
+    pub fn has_any_masks(&self) -> bool {
+        self.roles.iter().any(|r| !r.masks.is_empty())
+    }
+
+    /// Whether any role uses a `hash` mask (which needs `[policy] mask_key_file`).
+    pub fn has_hash_masks(&self) -> bool {
+        self.roles
+            .iter()
+            .flat_map(|r| &r.masks)
+            .any(|m| m.kind == crate::mask::MaskKind::Hash)
+    }
+
+    /// The mask plan of one statement for a caller holding `roles` (`Ok(None)`: nothing
+    /// masked), as decisions make it: for a statement prepared under an earlier policy.
+    pub fn mask_plan(
+        &self,
+        roles: &RoleSet,
+        st: &StatementAnalysis,
+        session: &SessionState,
+    ) -> Result<Option<Arc<crate::mask::MaskPlan>>, crate::mask::MaskDenial> {
+        if !self.has_masks(roles) {
+            return Ok(None);
+        }
+        self.plan_masks(roles, st, session)
+    }
+
     /// The masks in force for a caller holding `roles`.
     pub fn masks_for(&self, roles: &RoleSet) -> crate::mask::MaskSet {
         let mut set = crate::mask::MaskSet::default();
@@ -1192,10 +1222,12 @@ impl Policy {
             }
             let mut decision = self.decide(roles, &st, current);
             let mut masks = None;
+            let mut mask_denied = false;
             if decision.verdict == Verdict::Allow && self.has_masks(roles) {
                 match self.plan_masks(roles, &st, current) {
                     Ok(plan) => masks = plan,
                     Err(d) => {
+                        mask_denied = true;
                         decision = Decision::deny(&d.rule, d.reason);
                         decision.enforced = self.mode == Mode::Enforce;
                     }
@@ -1217,6 +1249,7 @@ impl Policy {
                 analysis: st,
                 decision,
                 masks,
+                mask_denied,
             });
         }
         let decision = overall_decision(&statements, "query string", "empty query");

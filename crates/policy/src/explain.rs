@@ -85,6 +85,42 @@ pub fn explain_decision(
         for n in &a.not_understood {
             let _ = writeln!(s, "  not understood: {n}");
         }
+        if let Some(plan) = &st.masks {
+            for (i, o) in plan.outputs.iter().enumerate() {
+                match o {
+                    crate::mask::OutputMask::Clear => {}
+                    crate::mask::OutputMask::Column(m) => {
+                        let _ = writeln!(
+                            s,
+                            "  masks     output column {}: {} as {} (mask {})",
+                            i + 1,
+                            m.column,
+                            m.kind,
+                            m.rule
+                        );
+                    }
+                    crate::mask::OutputMask::Derived(cols) => {
+                        let _ = writeln!(
+                            s,
+                            "  masks     output column {}: NULL, computed from {}",
+                            i + 1,
+                            cols.join(", ")
+                        );
+                    }
+                }
+            }
+            if !plan.columns.is_empty() {
+                let _ = writeln!(s, "  reads masked columns: {}", plan.columns.join(", "));
+            }
+            if !plan.outputs.iter().any(crate::mask::OutputMask::is_masked) {
+                let _ = writeln!(
+                    s,
+                    "  masks     no output column; the server's error texts are withheld"
+                );
+            }
+        } else if policy.has_masks(roles) {
+            let _ = writeln!(s, "  masks     none reachable (results pass untouched)");
+        }
         let _ = writeln!(
             s,
             "  -> {} by {}: {}",

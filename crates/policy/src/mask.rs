@@ -165,6 +165,8 @@ pub mod redact_types {
 /// A column pattern `schema.table.column`, each part a literal or a glob.
 #[derive(Debug, Clone)]
 pub(crate) struct ColumnPattern {
+    /// As written in the policy (kept for debugging output).
+    #[allow(dead_code)]
     pub text: String,
     schema: Part,
     table: Part,

@@ -173,7 +173,8 @@ SELECT 'w', n.nspname, c.relname, NULL, NULL
 
     /// Relations outside the system schemas: every column (`a`) and every view's query
     /// (`d`). Run after `SET search_path = pg_catalog`, so the definitions name every
-    /// relation and function with its schema. Read only when a policy has masks.
+    /// relation and function with its schema; line breaks and tabs in a definition become
+    /// spaces (one row a line in the tab-separated form). Read only when a policy has masks.
     pub const COLUMNS_QUERY: &'static str = r#"
 SELECT 'a', c.oid::pg_catalog.text, n.nspname, c.relname, a.attnum::pg_catalog.text, a.attname,
        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::pg_catalog.text,
@@ -186,7 +187,10 @@ SELECT 'a', c.oid::pg_catalog.text, n.nspname, c.relname, a.attnum::pg_catalog.t
  WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
 UNION ALL
-SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid), NULL, NULL, NULL
+SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname,
+       pg_catalog.translate(pg_catalog.pg_get_viewdef(c.oid),
+                            pg_catalog.chr(10) || pg_catalog.chr(13) || pg_catalog.chr(9), '   '),
+       NULL, NULL, NULL
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('v', 'm')

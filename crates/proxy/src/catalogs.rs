@@ -45,6 +45,9 @@ pub struct ServerCatalogs {
     refresh_every: Duration,
     /// The policy version last seen: a reload refreshes every catalog.
     policy_version: Mutex<u64>,
+    /// The policy has column masks: relations' columns and views' definitions are read
+    /// too (masks are planned against them).
+    columns: std::sync::atomic::AtomicBool,
 }
 
 /// A session's handle on its database's catalog.
@@ -62,7 +65,18 @@ impl ServerCatalogs {
             first: Mutex::new(HashMap::new()),
             refresh_every,
             policy_version: Mutex::new(0),
+            columns: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether catalogs also read relations' columns and views (when the policy has
+    /// masks); set before the first fetch and at each reload.
+    pub fn want_columns(&self, on: bool) {
+        self.columns.store(on, Ordering::Release);
+    }
+
+    fn columns_wanted(&self) -> bool {
+        self.columns.load(Ordering::Acquire)
     }
 
     /// The catalog of `database` on `upstream`, fetched now if there is none yet.
@@ -83,7 +97,7 @@ impl ServerCatalogs {
         if let Some(h) = self.existing(&key) {
             return Ok(h);
         }
-        let catalog = fetch(upstream, database).await?;
+        let catalog = fetch(upstream, database, self.columns_wanted()).await?;
         info!(
             upstream = upstream.name(),
             database,
@@ -169,7 +183,7 @@ impl ServerCatalogs {
                 if let Some(wait) = since.and_then(|s| MIN_REFRESH_INTERVAL.checked_sub(s)) {
                     tokio::time::sleep(wait).await;
                 }
-                let result = fetch(&upstream, &database).await;
+                let result = fetch(&upstream, &database, store.columns_wanted()).await;
                 let mut entries = store.write();
                 let Some(e) = entries.get_mut(&key) else { return };
                 match result {
@@ -236,6 +250,11 @@ impl CatalogHandle {
         (have != Some(e.catalog.generation())).then(|| Arc::clone(&e.catalog))
     }
 
+    /// Whether catalogs read columns and views (the policy has masks).
+    pub fn want_columns(&self, on: bool) {
+        self.store.want_columns(on);
+    }
+
     /// A policy reload was seen: every catalog is read again (once per reload).
     pub fn policy_changed(&self, policy_version: u64) {
         self.store.note_policy_version(policy_version);
@@ -263,15 +282,36 @@ impl CatalogHandle {
     }
 }
 
-async fn fetch(upstream: &Upstream, database: &str) -> Result<ServerCatalog, String> {
-    let rows = upstream
-        .query_rows(database, ServerCatalog::QUERY)
+async fn fetch(
+    upstream: &Upstream,
+    database: &str,
+    columns: bool,
+) -> Result<ServerCatalog, String> {
+    let failed = |e: pgward_upstream::ConnectError| {
+        format!(
+            "cannot read the catalog of upstream {:?}: {e}",
+            upstream.name()
+        )
+    };
+    if !columns {
+        let rows = upstream
+            .query_rows(database, ServerCatalog::QUERY)
+            .await
+            .map_err(failed)?;
+        return ServerCatalog::from_rows(rows).map_err(|e| e.to_string());
+    }
+    // Views' definitions are read with only pg_catalog on the path, so every other name
+    // in them is schema-qualified.
+    let mut session = upstream
+        .own_session(database, "pgward (catalog)")
         .await
-        .map_err(|e| {
-            format!(
-                "cannot read the catalog of upstream {:?}: {e}",
-                upstream.name()
-            )
-        })?;
-    ServerCatalog::from_rows(rows).map_err(|e| e.to_string())
+        .map_err(failed)?;
+    let sql = format!(
+        "{}; SET search_path = pg_catalog; {}",
+        ServerCatalog::QUERY.trim(),
+        ServerCatalog::COLUMNS_QUERY.trim()
+    );
+    let rows = upstream.query_on(&mut session, &sql).await;
+    upstream.close_session(&mut session).await;
+    ServerCatalog::from_rows(rows.map_err(failed)?).map_err(|e| e.to_string())
 }

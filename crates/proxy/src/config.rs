@@ -116,6 +116,10 @@ pub struct PolicyConfig {
     /// upstream_role may do is revoked from PUBLIC, which every role holds).
     #[serde(default)]
     pub keep_public: bool,
+    /// The key of `hash` column masks (HMAC-SHA-256): a file of at least 32 bytes,
+    /// required when the policy has hash masks (docs/masking.md).
+    #[serde(default)]
+    pub mask_key_file: Option<PathBuf>,
 }
 
 fn default_catalog_refresh_secs() -> u64 {

@@ -50,6 +50,8 @@ pub struct PolicyStore {
     max_statement_bytes: usize,
     /// The current policy's version, readable without the lock.
     version: AtomicU64,
+    /// The key of `hash` masks (`[policy] mask_key_file`).
+    mask_key: Option<crate::masking::MaskKey>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -59,7 +61,17 @@ fn modified(path: &Path) -> Option<SystemTime> {
 impl PolicyStore {
     pub fn open(path: &Path, config: &PolicyConfig) -> Result<Self, String> {
         let policy = load_policy(path)?;
+        let mask_key = match &config.mask_key_file {
+            Some(f) => Some(crate::masking::MaskKey::load(f)?),
+            None => None,
+        };
+        if mask_key.is_none() && policy.has_hash_masks() {
+            return Err(
+                "the policy has hash masks: set [policy] mask_key_file to a file holding their key (at least 32 bytes)".to_owned(),
+            );
+        }
         Ok(Self {
+            mask_key,
             path: path.to_path_buf(),
             version: AtomicU64::new(policy.version()),
             current: RwLock::new(Arc::new(policy)),
@@ -87,7 +99,14 @@ impl PolicyStore {
 
     /// Re-reads the file. An invalid file keeps the old policy (logged).
     pub fn reload(&self) {
-        match load_policy(&self.path) {
+        let loaded = load_policy(&self.path).and_then(|p| {
+            if p.has_hash_masks() && self.mask_key.is_none() {
+                Err("the policy has hash masks and [policy] mask_key_file is not set".to_owned())
+            } else {
+                Ok(p)
+            }
+        });
+        match loaded {
             Ok(policy) => {
                 let mode = policy.mode();
                 let version = policy.version();
@@ -329,6 +348,14 @@ impl Denials {
         })
     }
 
+    /// Whether an ErrorResponse answers one of pgward's own replaced statements.
+    pub fn is_marked(&self, error_body: &[u8]) -> bool {
+        !self.pending.is_empty()
+            && pgward_wire::backend::error_fields(error_body)
+                .message
+                .contains(&self.marker_prefix)
+    }
+
     /// Forgets denials whose statement the server skipped (an earlier error in the same
     /// batch, or an aborted transaction answered 25P02). Called at ReadyForQuery when
     /// nothing else is outstanding.
@@ -458,6 +485,8 @@ const CATALOG_CHANGING: &[&str] = &[
     "AlterExtensionContentsStmt",
     "CreateStmt",
     "CreateTableAsStmt",
+    // Columns added, dropped or retyped: masks are planned against them.
+    "AlterTableStmt",
 ];
 
 /// Whether a statement of this kind is in [`CATALOG_CHANGING`]. Runs after every allowed
@@ -496,6 +525,8 @@ pub struct Gate {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The upstream database's own catalog, which names resolve against.
     catalog: Option<CatalogHandle>,
+    /// The caller's roles mask columns (see masking.rs).
+    has_masks: bool,
 }
 
 impl Gate {
@@ -518,7 +549,49 @@ impl Gate {
             straggler: None,
             metrics: None,
             catalog: None,
+            has_masks: false,
         }
+        .masks_known()
+    }
+
+    fn masks_known(mut self) -> Self {
+        self.has_masks = self.policy.has_masks(&self.roles);
+        self
+    }
+
+    /// Whether the caller's roles mask columns.
+    pub fn has_masks(&self) -> bool {
+        self.has_masks
+    }
+
+    /// The key of `hash` masks.
+    pub fn mask_key(&self) -> Option<crate::masking::MaskKey> {
+        self.store.mask_key.clone()
+    }
+
+    /// The masks of what a prepared statement returns, for a Bind of it: the plan made
+    /// when it was parsed, or, after a reload, one made under the policy in force.
+    pub fn bind_plan(
+        &mut self,
+        statement: &str,
+    ) -> Result<Option<Arc<pgward_policy::MaskPlan>>, Denial> {
+        self.refresh();
+        if !self.has_masks {
+            return Ok(None);
+        }
+        let Some(a) = self.statements.get(statement) else {
+            return Ok(None);
+        };
+        if let (Runs::Parsed(qd), false) = (&a.analysis, self.reloaded) {
+            return Ok(qd.statements.first().and_then(|s| s.masks.clone()));
+        }
+        let Some(analysis) = a.analysis.analysis() else {
+            return Ok(None);
+        };
+        let analysis = analysis.clone();
+        self.policy
+            .mask_plan(&self.roles, &analysis, &self.session)
+            .map_err(|d| Denial::policy(d.rule, d.reason))
     }
 
     /// Resolves names against the upstream database's own catalog (see catalogs.rs).
@@ -575,8 +648,10 @@ impl Gate {
             self.reloaded = true;
             self.roles = current.roles_for(&self.principal);
             self.policy = current;
+            self.has_masks = self.policy.has_masks(&self.roles);
             // A reload also has the catalog read again (objects may have changed with it).
             if let Some(h) = &self.catalog {
+                h.want_columns(self.policy.has_any_masks());
                 h.policy_changed(self.policy.version());
             }
         }
@@ -734,6 +809,9 @@ impl Gate {
                 !allowed && !qd.decision.blocks(),
                 &qd.decision.rule,
             );
+            for s in qd.statements.iter().filter(|s| s.mask_denied) {
+                m.mask_denial(&s.decision.rule);
+            }
         }
         if qd.decision.blocks() {
             return;
@@ -971,6 +1049,12 @@ impl Gate {
             }
             if let Some(s) = self.statements.get_mut(statement) {
                 s.version = version;
+            }
+        }
+        if self.reloaded && self.has_masks {
+            if let Err(d) = self.bind_plan(statement) {
+                self.portals.remove(portal);
+                return Some(d);
             }
         }
         let allowed = Allowed {

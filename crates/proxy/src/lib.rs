@@ -20,6 +20,7 @@ pub mod enforce;
 pub mod grants;
 pub mod handshake;
 pub mod limits;
+pub mod masking;
 pub mod metrics;
 pub mod relay;
 pub mod server;

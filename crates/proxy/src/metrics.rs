@@ -33,6 +33,10 @@ pub struct Metrics {
     decisions_allowed: Counter,
     /// Denials by the rule that decided.
     denials: Family<Labels, Counter>,
+    /// Values replaced by column masks on the stream.
+    pub masked_values: Counter,
+    /// Statements denied by column masks, by rule.
+    mask_denials: Family<Labels, Counter>,
     /// Upstream credentials whose counters are copied in at each scrape.
     credentials: Mutex<Vec<(String, pgward_upstream::TokenSource)>>,
     /// Audit shipping sinks (PostgreSQL table, Azure Monitor), copied in at each scrape.
@@ -146,6 +150,18 @@ impl Metrics {
             "Statements denied (or, in observe mode, that would be), by the deciding rule",
             denials.clone(),
         );
+        let masked_values = Counter::default();
+        registry.register(
+            "masked_values",
+            "Values replaced by column masks in results sent to clients",
+            masked_values.clone(),
+        );
+        let mask_denials = Family::<Labels, Counter>::default();
+        registry.register(
+            "mask_denials",
+            "Statements denied because a masked value would decide or leave in their result, by rule",
+            mask_denials.clone(),
+        );
         let policy_cache_bytes = Gauge::default();
         registry.register(
             "policy_cache_bytes",
@@ -191,6 +207,8 @@ impl Metrics {
             decisions_allowed,
             decisions,
             denials,
+            masked_values,
+            mask_denials,
             credentials: Mutex::new(Vec::new()),
             audit_sink_records,
             audit_sink_backlog,
@@ -305,6 +323,11 @@ impl Metrics {
             .get_or_create(&label("verdict", verdict))
             .inc();
         self.denials.get_or_create(&label("rule", rule)).inc();
+    }
+
+    /// Counts a statement denied by column masks.
+    pub fn mask_denial(&self, rule: &str) {
+        self.mask_denials.get_or_create(&label("rule", rule)).inc();
     }
 
     pub fn cancel(&self, result: &str) {

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client_encoding::{EncodingTrack, Unreadable};
 use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict, INLINE_ANALYSIS_BYTES};
 use crate::limits::Permit;
+use crate::masking::{withheld_error, Formats, MaskStream};
 use crate::metrics::Metrics;
 use crate::sides::Sides;
 use crate::trail::{Audited, Trail};
@@ -67,6 +68,8 @@ pub struct Conversation {
     rate: Option<Permit>,
     /// The client_encodings the server may read the next statement in.
     encoding: EncodingTrack,
+    /// Column masks on the stream, for a caller with masks.
+    masks: Option<MaskStream>,
 }
 
 impl Conversation {
@@ -83,6 +86,7 @@ impl Conversation {
             trail,
             rate: None,
             encoding,
+            masks: None,
         }
     }
 
@@ -289,9 +293,19 @@ where
     let mut conversation = Conversation::new(tx, Denials::new(&nonce), trail, encoding);
     // Held for the whole relay: dropping it gives the connection slot back.
     conversation.rate = permit;
+    conversation.masks = gate
+        .as_ref()
+        .filter(|g| g.has_masks())
+        .map(|g| MaskStream::new(g.mask_key()));
+    // Column masks rewrite rows: the scanner hands them over whole.
+    let scanner = if conversation.masks.is_some() {
+        Scanner::inspecting_rows(max_message_bytes)
+    } else {
+        Scanner::new(max_message_bytes)
+    };
     let conversation = Mutex::new(conversation);
     let mut to_client = ToClient {
-        scanner: Scanner::new(max_message_bytes),
+        scanner,
         writing: false,
         held: 0,
     };
@@ -590,9 +604,27 @@ where
             let conv = &mut *conv;
             let r = state.scanner.scan::<WireError>(&buf, |at, tag, body| {
                 messages += 1;
-                // Rows are most of a result and nothing here reads them.
+                // Rows are most of a result and nothing here reads them, unless the
+                // caller has masks and this result has masked columns.
                 if tag == be::DATA_ROW {
+                    if let Some(new) = conv.masks.as_mut().and_then(|m| m.rewrite_row(body)) {
+                        rewrites.push((at, 5 + body.len(), new));
+                    }
                     return Ok(());
+                }
+                if let Some(m) = conv.masks.as_mut() {
+                    // Errors and notices of a statement that read masked columns may quote
+                    // their values: sent without their text (a denial's is pgward's own).
+                    if tag == be::NOTICE_RESPONSE && m.withholds_errors() {
+                        rewrites.push((at, 5 + body.len(), withheld_error(tag, body)));
+                    }
+                    if tag == be::ERROR_RESPONSE
+                        && m.withholds_errors()
+                        && !conv.denials.is_marked(body)
+                    {
+                        rewrites.push((at, 5 + body.len(), withheld_error(tag, body)));
+                    }
+                    m.on_server(tag, body);
                 }
                 if tag == be::ERROR_RESPONSE {
                     let encoding = &conv.encoding;
@@ -630,6 +662,12 @@ where
                 conv.on_server_message(tag, body)
             });
             idle_again = matches!(conv.phase(), Phase::Idle(_));
+            if let Some(m) = conv.masks.as_mut() {
+                let n = m.take_masked();
+                if n > 0 {
+                    link.metrics.masked_values.inc_by(n);
+                }
+            }
             r
         };
         let ready = match scanned {
@@ -772,6 +810,77 @@ fn judge(gate: &mut Gate, sql: &str) -> Judgement {
 /// Parse), the audit log's readiness (fail-closed), and the statement units the audit
 /// trail needs.
 fn decide(
+    mut gate: Option<&mut Gate>,
+    tag: u8,
+    body: &[u8],
+    text: Option<Result<Cow<'_, str>, Unreadable>>,
+    judged: Option<Judged>,
+    conv: &mut Conversation,
+) -> Result<Verdict, WireError> {
+    let Some(masks) = conv.masks.as_mut() else {
+        // A reload gave this caller masks the session was not started with: nothing
+        // would rewrite its rows, so nothing runs until it reconnects.
+        if let Some(g) = gate.as_deref() {
+            if g.has_masks() && matches!(tag, fe::QUERY | fe::BIND | fe::FUNCTION_CALL) {
+                let d = Denial::policy(
+                    "builtin.mask".to_owned(),
+                    "masks now apply to you (the policy was reloaded): reconnect to have them applied".to_owned(),
+                );
+                return Ok(match tag {
+                    fe::BIND => conv.denials.replace_bind(frontend::bind_names(body)?.0, d),
+                    _ => conv.denials.replace_query(d),
+                });
+            }
+        }
+        return decide_message(gate, tag, body, text, judged, conv);
+    };
+    // Results are matched to statements in the server's order: every message that will
+    // be answered with rows (or ends a batch) is noted before it is forwarded.
+    match tag {
+        fe::QUERY => {
+            // In order: a FETCH reads a cursor declared earlier in the same string.
+            let mut plans = Vec::new();
+            if let Some(j) = judged.as_ref() {
+                let allowed = !j.qd.decision.blocks();
+                for s in &j.qd.statements {
+                    plans.push(match &s.analysis.fetches {
+                        Some(cursor) => masks.cursor(cursor),
+                        None => s.masks.clone(),
+                    });
+                    for e in s.analysis.effects.iter().filter(|_| allowed) {
+                        if let pgward_policy::SessionEffect::DeclareCursor { name, .. } = e {
+                            masks.on_declare(name, s.masks.clone());
+                        }
+                    }
+                }
+            }
+            masks.on_query(plans);
+        }
+        fe::BIND => {
+            let (portal, statement) = frontend::bind_names(body)?;
+            let formats = Formats::of_bind(body).unwrap_or_default();
+            // A plan that cannot be made any more (after a reload) denies the Bind in
+            // `Gate::on_bind`; the portal then runs nothing.
+            let plan = gate
+                .as_deref_mut()
+                .and_then(|g| g.bind_plan(statement).ok().flatten());
+            masks.on_bind(portal, plan, formats);
+        }
+        fe::EXECUTE => masks.on_execute(frontend::execute_portal(body)?),
+        fe::CLOSE => {
+            let (kind, name) = frontend::target(body, "Close")?;
+            if kind == target::PORTAL {
+                masks.on_close_portal(name);
+            }
+        }
+        fe::SYNC | fe::FUNCTION_CALL => masks.on_sync(),
+        _ => {}
+    }
+    decide_message(gate, tag, body, text, judged, conv)
+}
+
+/// [`decide`] for one message, masks aside.
+fn decide_message(
     mut gate: Option<&mut Gate>,
     tag: u8,
     body: &[u8],

@@ -171,6 +171,9 @@ impl Server {
                 .as_ref()
                 .map_or(60, |p| p.catalog_refresh_secs.max(1)),
         ));
+        if let Some(p) = &policy {
+            catalogs.want_columns(p.current().has_any_masks());
+        }
         let audit_for_metrics = audit.clone();
         let audit_for_readiness = audit.clone();
         let shared = Arc::new(Shared {

@@ -47,7 +47,11 @@ pub struct Audited {
 }
 
 impl Audited {
-    fn from_policy(d: &pgward_policy::Decision, accesses: &[pgward_policy::Access]) -> Self {
+    fn from_policy(
+        d: &pgward_policy::Decision,
+        accesses: &[pgward_policy::Access],
+        masked: &[String],
+    ) -> Self {
         let decision = match (d.verdict, d.enforced) {
             (Verdict::Allow, _) => Decision::Allow,
             (Verdict::Deny, true) => Decision::Deny,
@@ -56,16 +60,18 @@ impl Audited {
         Self {
             decision,
             rule: Some(d.rule.clone()),
+            // Masked columns the statement reads: action `mask`, the mask in parentheses.
             objects: accesses
                 .iter()
                 .map(|a| (a.object.to_string(), a.action.as_str().to_owned()))
+                .chain(masked.iter().map(|m| (m.clone(), "mask".to_owned())))
                 .collect(),
         }
     }
 
     /// Denied by pgward itself but not enforced (observe mode).
     pub fn observed(d: &pgward_policy::Decision) -> Self {
-        Self::from_policy(d, &[])
+        Self::from_policy(d, &[], &[])
     }
 
     /// Refused by pgward itself (not the policy), e.g. the audit log cannot write.
@@ -89,6 +95,25 @@ impl Audited {
             .collect();
         DecisionJson::new(&objects, self.decision, self.rule.as_deref())
     }
+}
+
+/// The masked columns a decision's statements read (one statement's, or all of them).
+fn masked_of(d: &QueryDecision, one: Option<&pgward_policy::StatementDecision>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut add = |s: &pgward_policy::StatementDecision| {
+        if let Some(p) = &s.masks {
+            for c in &p.columns {
+                if !out.contains(c) {
+                    out.push(c.clone());
+                }
+            }
+        }
+    };
+    match one {
+        Some(s) => add(s),
+        None => d.statements.iter().for_each(add),
+    }
+    out
 }
 
 /// One statement waiting for its outcome: its record up to the outcome.
@@ -182,6 +207,7 @@ struct LastDecision {
     enforced: bool,
     rule: String,
     accesses: Vec<Access>,
+    masked: Vec<String>,
     json: DecisionJson,
     /// `json` for the simple protocol (a Query's), serialised and hashed.
     simple: DecidedHead,
@@ -282,14 +308,18 @@ impl Trail {
             }
             (None, Some(d)) if d.statements.len() > 1 && !d.decision.blocks() => {
                 for s in &d.statements {
-                    let (_, decided) = self.decided(&s.decision, s.analysis.accesses.iter());
+                    let (_, decided) = self.decided(
+                        &s.decision,
+                        s.analysis.accesses.iter(),
+                        masked_of(d, Some(s)),
+                    );
                     let u = self.unit(&s.analysis.sql, &decided, None, now);
                     self.push(u);
                 }
             }
             (None, Some(d)) => {
                 let accesses = d.statements.iter().flat_map(|s| s.analysis.accesses.iter());
-                let (_, decided) = self.decided(&d.decision, accesses);
+                let (_, decided) = self.decided(&d.decision, accesses, masked_of(d, None));
                 let u = self.unit(sql, &decided, None, now);
                 self.push(u);
             }
@@ -580,24 +610,27 @@ impl Trail {
         &mut self,
         d: &pgward_policy::Decision,
         accesses: impl Iterator<Item = &'a Access> + Clone,
+        masked: Vec<String>,
     ) -> (DecisionJson, DecidedHead) {
         if let Some(last) = &self.last_decision {
             if last.verdict == d.verdict
                 && last.enforced == d.enforced
                 && last.rule == d.rule
+                && last.masked == masked
                 && accesses.clone().eq(last.accesses.iter())
             {
                 return (last.json.clone(), last.simple.clone());
             }
         }
         let accesses: Vec<Access> = accesses.cloned().collect();
-        let json = Audited::from_policy(d, &accesses).json();
+        let json = Audited::from_policy(d, &accesses, &masked).json();
         let simple = self.log.decided(Protocol::Simple, &json);
         self.last_decision = Some(LastDecision {
             verdict: d.verdict,
             enforced: d.enforced,
             rule: d.rule.clone(),
             accesses,
+            masked,
             json: json.clone(),
             simple: simple.clone(),
         });
@@ -615,7 +648,7 @@ impl Trail {
             (Some(a), _) => a.json(),
             (None, Some(d)) => {
                 let accesses = d.statements.iter().flat_map(|s| s.analysis.accesses.iter());
-                self.decided(&d.decision, accesses).0
+                self.decided(&d.decision, accesses, masked_of(d, None)).0
             }
             (None, None) => self.undecided.clone(),
         }

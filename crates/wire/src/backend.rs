@@ -32,6 +32,9 @@ pub struct Scanner {
     /// Bytes still to come of a pass-through message whose header was already seen.
     pass_through: usize,
     max_len: usize,
+    /// Also hand over whole DataRow, RowDescription and NoticeResponse messages (column
+    /// masks rewrite them); otherwise they stream through.
+    rows: bool,
 }
 
 impl Scanner {
@@ -39,6 +42,15 @@ impl Scanner {
         Self {
             pass_through: 0,
             max_len,
+            rows: false,
+        }
+    }
+
+    /// A scanner that also hands over whole rows, row descriptions and notices.
+    pub fn inspecting_rows(max_len: usize) -> Self {
+        Self {
+            rows: true,
+            ..Self::new(max_len)
         }
     }
 
@@ -88,7 +100,7 @@ impl Scanner {
             }
             let total = len + 1;
             let available = buf.len() - pos;
-            if is_inspected(tag) {
+            if is_inspected(tag) || (self.rows && matches!(tag, b'D' | b'T' | b'N')) {
                 if available < total {
                     break;
                 }

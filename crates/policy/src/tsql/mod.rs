@@ -178,15 +178,18 @@ impl Policy {
         let mut statements = Vec::with_capacity(analysis.statements.len());
         for st in analysis.statements {
             let mut decision = self.decide_tsql_statement(roles, &st, session);
+            let mut mask_denied = false;
             if decision.verdict == crate::Verdict::Allow && self.has_masks(roles) {
                 if let Some(d) = self.tsql_mask_denial(roles, &st) {
                     decision = d;
+                    mask_denied = true;
                 }
             }
             statements.push(StatementDecision {
                 analysis: st,
                 decision,
                 masks: None,
+                mask_denied,
             });
         }
         let decision = crate::decide::overall_decision(&statements, "batch", "empty batch");
