@@ -3,7 +3,7 @@
 //! read a masked value is masked or denied; nothing masked arrives unmasked and nothing
 //! denied reaches the server (its statement log is read back).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pgward_proto_tests::*;
 
@@ -369,4 +369,50 @@ fn masks_hold_for_every_client_and_every_way_around_them() {
             .replace("alice.secret@contoso.com", "")
             .replace("bob.secret@fabrikam.com", ""),
     );
+}
+
+/// pgjdbc: plain and server-side prepared statements (binary transfer) under masks.
+#[test]
+fn jdbc_sees_masked_values() {
+    const JAR: &str = "/usr/share/java/postgresql.jar";
+    let find = |name: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    let (Some(javac), Some(java)) = (find("javac"), find("java")) else {
+        panic!("the JDBC test needs a JDK (apt-get install -y default-jdk-headless libpostgresql-jdbc-java; scripts/test installs it)");
+    };
+    assert!(Path::new(JAR).is_file(), "{JAR} missing (libpostgresql-jdbc-java)");
+    let s = stand();
+    let classes = s._dir.path().join("classes");
+    std::fs::create_dir_all(&classes).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("java/MaskCheck.java");
+    let out = std::process::Command::new(javac)
+        .args(["-Xlint:all", "-Werror", "-d"])
+        .arg(&classes)
+        .args(["-cp", JAR])
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("javac: {e}"));
+    assert!(out.status.success(), "javac: {}", String::from_utf8_lossy(&out.stderr));
+    let url = format!(
+        "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable&connectTimeout=10&socketTimeout=60",
+        s.pgward.port
+    );
+    let out = std::process::Command::new(java)
+        .arg("-cp")
+        .arg(format!("{}:{JAR}", classes.display()))
+        .args(["MaskCheck", &url, ANALYST])
+        .output()
+        .unwrap_or_else(|e| panic!("java: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all jdbc mask checks passed"),
+        "MaskCheck:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean("jdbc", &stdout);
 }
