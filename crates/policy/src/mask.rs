@@ -1544,8 +1544,30 @@ impl Planner<'_> {
             if !row.is_clear() {
                 return Ok(row);
             }
+            let is_item = self.scopes.iter().flatten().any(|i| i.name == *first);
+            let system_column = matches!(*first, "ctid" | "xmin" | "xmax" | "cmin" | "cmax" | "tableoid");
+            // A name no relation in scope has, next to a relation with masked columns: the
+            // catalog may be older than the table (a column renamed since), so it is not
+            // taken to be clear. PostgreSQL would refuse an unknown column anyway.
+            if parts.len() == 1 && !is_item && !system_column {
+                if let Some(m) = self.masked_in_scope() {
+                    return Err(unsupported(format!(
+                        "masks apply to you, and pgward does not know a column {first:?} next to {m} (renamed since it read the catalog?)"
+                    )));
+                }
+            }
         }
         Ok(Lin::Clear)
+    }
+
+    /// A masked column of a relation in scope, if any.
+    fn masked_in_scope(&self) -> Option<String> {
+        self.scopes
+            .iter()
+            .flatten()
+            .flat_map(|i| i.cols.iter().flatten())
+            .find(|c| !c.lin.is_clear())
+            .map(|c| c.lin.first_name())
     }
 
     /// Like `column_ref`, for subtrees the planner does not follow: a name that matches a

@@ -202,9 +202,13 @@ impl MaskStream {
         self.cursors.insert(name.to_owned(), plan);
     }
 
-    /// The plan of a cursor a FETCH reads.
+    /// The plan of a cursor a FETCH reads: a SQL cursor, or a protocol portal (one
+    /// namespace in PostgreSQL).
     pub fn cursor(&self, name: &str) -> Option<Arc<MaskPlan>> {
-        self.cursors.get(name).cloned().flatten()
+        match self.cursors.get(name) {
+            Some(p) => p.clone(),
+            None => self.portals.get(name).and_then(|(p, _)| p.clone()),
+        }
     }
 
     pub fn on_bind(&mut self, portal: &str, plan: Option<Arc<MaskPlan>>, formats: Formats) {

@@ -866,6 +866,18 @@ fn decide(
                 .and_then(|g| g.bind_plan(statement).ok().flatten());
             masks.on_bind(portal, plan, formats);
         }
+        fe::PARSE => {
+            // A DECLARE sent with Parse: FETCH reads the cursor with its plan.
+            if let Some(j) = judged.as_ref().filter(|j| !j.qd.decision.blocks()) {
+                for s in &j.qd.statements {
+                    for e in &s.analysis.effects {
+                        if let pgward_policy::SessionEffect::DeclareCursor { name, .. } = e {
+                            masks.on_declare(name, s.masks.clone());
+                        }
+                    }
+                }
+            }
+        }
         fe::EXECUTE => masks.on_execute(frontend::execute_portal(body)?),
         fe::CLOSE => {
             let (kind, name) = frontend::target(body, "Close")?;
