@@ -42,6 +42,10 @@ fn the_demo_reaches_a_denied_statement_in_the_audit_log() {
     assert!(text.contains("pgward demo is running"), "{text}");
 
     let alice = command_after(&text, "as alice (role analyst");
+    assert!(
+        text.contains("SELECT name, email FROM customers;"),
+        "{text}"
+    );
     let run = |cmd: &str, sql: &str| {
         Command::new("bash")
             .arg("-c")
@@ -56,6 +60,18 @@ fn the_demo_reaches_a_denied_statement_in_the_audit_log() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "30");
+    // The masked column the instructions show.
+    let masked = run(&alice, "SELECT name, email FROM customers ORDER BY id");
+    let rows = String::from_utf8_lossy(&masked.stdout);
+    assert!(
+        masked.status.success()
+            && rows.contains("Contoso|****@contoso.com")
+            && !rows.contains("purchasing"),
+        "{rows}{}",
+        String::from_utf8_lossy(&masked.stderr)
+    );
+    let denied = run(&alice, "SELECT name FROM customers WHERE email LIKE 'p%'");
+    assert!(!denied.status.success(), "a filter on a masked column ran");
     let denied = run(&alice, "SELECT * FROM salaries");
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(

@@ -385,7 +385,10 @@ fn jdbc_sees_masked_values() {
     let (Some(javac), Some(java)) = (find("javac"), find("java")) else {
         panic!("the JDBC test needs a JDK (apt-get install -y default-jdk-headless libpostgresql-jdbc-java; scripts/test installs it)");
     };
-    assert!(Path::new(JAR).is_file(), "{JAR} missing (libpostgresql-jdbc-java)");
+    assert!(
+        Path::new(JAR).is_file(),
+        "{JAR} missing (libpostgresql-jdbc-java)"
+    );
     let s = stand();
     let classes = s._dir.path().join("classes");
     std::fs::create_dir_all(&classes).unwrap_or_else(|e| panic!("mkdir: {e}"));
@@ -397,7 +400,11 @@ fn jdbc_sees_masked_values() {
         .arg(&source)
         .output()
         .unwrap_or_else(|e| panic!("javac: {e}"));
-    assert!(out.status.success(), "javac: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "javac: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let url = format!(
         "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable&connectTimeout=10&socketTimeout=60",
         s.pgward.port

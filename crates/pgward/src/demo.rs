@@ -10,18 +10,20 @@ use pgward_proxy::config::{LogConfig, LogFormat};
 use pgward_proxy::{Config, Server};
 
 const SAMPLE_SCHEMA: &str = r#"
-CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, country text NOT NULL);
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, country text NOT NULL,
+                        email text NOT NULL);
 CREATE TABLE orders (id serial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers(id),
                      amount numeric(10,2) NOT NULL, placed_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE salaries (employee text PRIMARY KEY, amount numeric(10,2) NOT NULL);
-INSERT INTO customers (name, country) VALUES ('Contoso', 'US'), ('Fabrikam', 'DE'), ('Northwind', 'FR');
+INSERT INTO customers (name, country, email) VALUES ('Contoso', 'US', 'purchasing@contoso.com'),
+  ('Fabrikam', 'DE', 'einkauf@fabrikam.de'), ('Northwind', 'FR', 'achats@northwind.fr');
 INSERT INTO orders (customer_id, amount)
   SELECT 1 + (g % 3), round((random() * 500)::numeric, 2) FROM generate_series(1, 30) g;
 INSERT INTO salaries VALUES ('alice', 98000), ('bob', 87000), ('carol', 123000);
 "#;
 
-/// Three roles: an analyst who reads two tables, an application that writes them, and an
-/// admin who may do anything but touch server files.
+/// Three roles: an analyst who reads two tables (customers' e-mail addresses masked), an
+/// application that writes them, and an admin who may do anything but touch server files.
 const DEMO_POLICY: &str = r#"# Written by `pgward demo`. Edit it while the demo runs: pgward reloads it.
 mode = "enforce"
 
@@ -29,6 +31,8 @@ mode = "enforce"
 name = "analyst"
 members = { users = ["alice@contoso.com"] }
 allow = [ { name = "analyst_reads", actions = ["select"], objects = ["public.orders", "public.customers"] } ]
+# The analyst sees customers' e-mail domains only, and may not filter or sort by them.
+mask = [ { name = "analyst_no_emails", columns = ["public.customers.email"], with = "email" } ]
 
 [[roles]]
 name = "app"
@@ -160,7 +164,7 @@ pgward demo is running.
 
 Connect through pgward with a fresh access token as the password:
 
-  as alice (role analyst: reads orders and customers)
+  as alice (role analyst: reads orders and customers, e-mail addresses masked)
   PGPASSWORD="$({exe} token --issuer {authority} --user alice@contoso.com)" \
     psql "host=127.0.0.1 port={port} dbname=app user=alice@contoso.com sslmode=verify-full sslrootcert={ca}"
 
@@ -175,6 +179,8 @@ Connect through pgward with a fresh access token as the password:
 As alice, try:
   SELECT c.name, count(*), sum(o.amount) FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY 1;
   SELECT * FROM salaries;        -- denied: ERROR 42501, naming the rule
+  SELECT name, email FROM customers;                  -- masked: ****@contoso.com
+  SELECT name FROM customers WHERE email LIKE 'p%';   -- denied: a filter on a masked column
 
 A token for someone else is refused (28000; the exact reason is in pgward's log):
   PGPASSWORD="$({exe} token --issuer {authority} --user mallory@contoso.com)" \

@@ -1545,7 +1545,10 @@ impl Planner<'_> {
                 return Ok(row);
             }
             let is_item = self.scopes.iter().flatten().any(|i| i.name == *first);
-            let system_column = matches!(*first, "ctid" | "xmin" | "xmax" | "cmin" | "cmax" | "tableoid");
+            let system_column = matches!(
+                *first,
+                "ctid" | "xmin" | "xmax" | "cmin" | "cmax" | "tableoid"
+            );
             // A name no relation in scope has, next to a relation with masked columns: the
             // catalog may be older than the table (a column renamed since), so it is not
             // taken to be clear. PostgreSQL would refuse an unknown column anyway.

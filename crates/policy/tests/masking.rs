@@ -503,20 +503,35 @@ fn masked_values_may_not_decide_what_comes_back() {
     denied(&f, "SELECT id FROM customers c WHERE (SELECT c.salary) > 1");
     denied(&f, "SELECT CASE salary WHEN 1 THEN 'a' END FROM customers");
     denied(&f, "SELECT id FROM customers WHERE (email, id) = ('x', 1)");
-    denied(&f, "SELECT id FROM customers WHERE email IS DISTINCT FROM 'x'");
-    denied(&f, "SELECT id FROM customers WHERE email = ANY (ARRAY['a', 'b'])");
+    denied(
+        &f,
+        "SELECT id FROM customers WHERE email IS DISTINCT FROM 'x'",
+    );
+    denied(
+        &f,
+        "SELECT id FROM customers WHERE email = ANY (ARRAY['a', 'b'])",
+    );
     denied(&f, "SELECT id FROM customers WHERE email ~ '^a'");
     denied(&f, "SELECT id FROM customers c WHERE c IS NOT NULL");
     denied(&f, "SELECT id FROM customers ORDER BY email COLLATE \"C\"");
-    denied(&f, "SELECT * FROM customers NATURAL JOIN (SELECT 'x' AS email) s");
+    denied(
+        &f,
+        "SELECT * FROM customers NATURAL JOIN (SELECT 'x' AS email) s",
+    );
     denied(&f, "SELECT id FROM customers WHERE id = 1 AND pg_sleep(CASE WHEN salary > 5 THEN 1 ELSE 0 END) IS NOT NULL");
     denied(&f, "EXPLAIN SELECT id FROM customers WHERE email = 'x'");
-    denied(&f, "SELECT * FROM unnest(ARRAY(SELECT email FROM customers))");
+    denied(
+        &f,
+        "SELECT * FROM unnest(ARRAY(SELECT email FROM customers))",
+    );
     denied(&f, "SELECT unnest(ARRAY[email]) FROM customers");
     denied(&f, "SELECT format('%s', email) FROM customers");
     denied(&f, "SELECT email::bytea FROM customers");
     denied(&f, "SELECT json_build_object('e', email) FROM customers");
-    denied(&f, "SELECT email FROM customers UNION SELECT email FROM customers");
+    denied(
+        &f,
+        "SELECT email FROM customers UNION SELECT email FROM customers",
+    );
     denied(&f, "SELECT count(*) FROM customers WHERE email IS NOT NULL");
     denied(&f, "SELECT id FROM customers c1 WHERE EXISTS (SELECT FROM customers c2 WHERE c2.id = c1.id AND c2.salary > 5)");
 }
@@ -648,7 +663,10 @@ fn what_pgward_cannot_see_into_is_denied() {
     // A column the catalog does not know next to masked ones (renamed since it was read).
     denied(&f, "SELECT renamed_email FROM customers");
     // System columns are known.
-    assert_eq!(run(&f, &analyst(&f), "SELECT ctid, id FROM customers"), Outcome::Untouched);
+    assert_eq!(
+        run(&f, &analyst(&f), "SELECT ctid, id FROM customers"),
+        Outcome::Untouched
+    );
     // A mask that does not fit the column's type denies the statement.
     denied(&f, "SELECT total FROM orders");
     denied(&f, "SELECT * FROM orders");
