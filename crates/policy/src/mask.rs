@@ -186,7 +186,7 @@ impl ColumnPattern {
 
     fn may_match_table(&self, schema: &str, table: &str) -> bool {
         let system = matches!(schema, "pg_catalog" | "information_schema");
-        !(system && !matches!(self.schema, Part::Literal(_)))
+        (!system || matches!(self.schema, Part::Literal(_)))
             && self.schema.matches(schema)
             && self.table.matches(table)
     }
@@ -832,21 +832,15 @@ impl Planner<'_> {
         let mut kids = Vec::new();
         while let Some(n) = stack.pop() {
             match n {
-                NodeRef::RangeVar(rv) => {
-                    if self.relation_may_mask(rv) {
-                        return Ok(true);
-                    }
-                }
-                NodeRef::ColumnRef(cr) => {
-                    if !self.column_ref_lenient(cr).is_clear() {
-                        return Ok(true);
-                    }
+                NodeRef::RangeVar(rv) if self.relation_may_mask(rv) => return Ok(true),
+                NodeRef::ColumnRef(cr) if !self.column_ref_lenient(cr).is_clear() => {
+                    return Ok(true)
                 }
                 _ => {}
             }
             kids.clear();
             crate::walk_gen::children(n, &mut kids);
-            stack.extend(kids.drain(..));
+            stack.append(&mut kids);
         }
         Ok(false)
     }
@@ -1177,7 +1171,7 @@ impl Planner<'_> {
 
     fn simple_select(&mut self, s: &pb::SelectStmt) -> Result<Vec<Col>, Deny> {
         for f in &s.from_clause {
-            let item = self.from_item(f)?;
+            let item = self.scope_item(f)?;
             if let Some(level) = self.scopes.last_mut() {
                 level.extend(item);
             }
@@ -1318,7 +1312,7 @@ impl Planner<'_> {
     }
 
     /// A FROM item: the names it makes visible.
-    fn from_item(&mut self, f: &pb::Node) -> Result<Vec<Item>, Deny> {
+    fn scope_item(&mut self, f: &pb::Node) -> Result<Vec<Item>, Deny> {
         match &f.node {
             Some(N::RangeVar(rv)) => Ok(vec![self.relation_item(rv)?]),
             Some(N::RangeSubselect(rs)) => {
@@ -1341,7 +1335,7 @@ impl Planner<'_> {
                 let base = self.scopes.last().map_or(0, Vec::len);
                 let mut items = Vec::new();
                 for side in [&j.larg, &j.rarg].into_iter().flatten() {
-                    let these = self.from_item(side)?;
+                    let these = self.scope_item(side)?;
                     // The right side (LATERAL) and the join condition see the left side.
                     if let Some(level) = self.scopes.last_mut() {
                         level.extend(these.iter().cloned());
@@ -2061,7 +2055,7 @@ impl Planner<'_> {
                 }
             }
             for f in &s.from_clause {
-                let items = self.from_item(f)?;
+                let items = self.scope_item(f)?;
                 if let Some(level) = self.scopes.last_mut() {
                     level.extend(items);
                 }
@@ -2103,7 +2097,7 @@ impl Planner<'_> {
                 }
             }
             for f in &s.using_clause {
-                let items = self.from_item(f)?;
+                let items = self.scope_item(f)?;
                 if let Some(level) = self.scopes.last_mut() {
                     level.extend(items);
                 }

@@ -1242,6 +1242,7 @@ allow = [ { actions = ["select"], objects = ["public.orders", "public.salaries"]
             catalog_refresh_secs: 60,
             apply_grants: false,
             keep_public: false,
+            mask_key_file: None,
         };
         let store = PolicyStore::open(&path, &config).expect("store");
         (Arc::new(store), path)

@@ -363,9 +363,8 @@ impl MaskStream {
 
     /// The DataRow rewritten (a whole message), or `None` to forward it as it is.
     pub fn rewrite_row(&mut self, body: &[u8]) -> Option<BytesMut> {
-        if self.front_plan().is_none() {
-            return None;
-        }
+        // Nothing planned for this result: forwarded as it is.
+        self.front_plan()?;
         let columns = usize::try_from(Reader(body).i16()?).ok()?;
         if !self.described {
             if let Some(Expect::Execute(..)) = self.expect.front() {
