@@ -480,6 +480,24 @@ fn is_on(v: &str) -> bool {
     )
 }
 
+impl crate::lineage::SessionView for SessionState {
+    fn server_catalog(&self) -> Option<&ServerCatalog> {
+        self.catalog.as_deref()
+    }
+
+    fn relation_candidates(&self, name: &str) -> Vec<(String, String)> {
+        SessionState::relation_candidates(self, name)
+    }
+
+    fn calls_builtin(&self, f: &FunctionRef) -> bool {
+        self.is_builtin(f)
+    }
+
+    fn prepared_sql(&self, name: &str) -> Option<String> {
+        self.prepared.get(name).map(|a| a.sql.clone())
+    }
+}
+
 /// An object after name resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resolved {
@@ -1125,8 +1143,8 @@ impl Policy {
     }
 
     /// The masks in force for a caller holding `roles`.
-    pub fn masks_for(&self, roles: &RoleSet) -> crate::mask::MaskSet {
-        let mut set = crate::mask::MaskSet::default();
+    pub fn masks_for(&self, roles: &RoleSet) -> crate::mask_rules::MaskSet {
+        let mut set = crate::mask_rules::MaskSet::default();
         for r in roles
             .idx
             .iter()
@@ -1166,12 +1184,11 @@ impl Policy {
                 });
             }
         }
-        if !crate::mask::may_touch(st) {
+        if !crate::lineage::may_touch(st) {
             return Ok(None);
         }
         let set = self.masks_for(roles);
-        crate::mask::plan_statement(&st.sql, session.catalog().map(|c| &**c), session, &set)
-            .map(|p| p.map(Arc::new))
+        crate::lineage::plan_statement(&st.sql, session, &set).map(|p| p.map(Arc::new))
     }
 
     /// Analyses and decides a whole query string. Statements are decided in order, each with

@@ -10,6 +10,8 @@ use toml::Spanned;
 
 use crate::analyze::{split_list, Action};
 use crate::catalog::{DANGEROUS_FUNCTIONS, HARMLESS_SETTINGS};
+use crate::pattern::split_pattern;
+pub(crate) use crate::pattern::Part;
 
 /// Whether denials block (`enforce`) or are only reported (`observe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,51 +52,6 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-/// One part of a name pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Part {
-    /// Exactly this (folded) name.
-    Literal(String),
-    /// An unquoted part containing `*`, matching any run of characters.
-    Glob(String),
-}
-
-impl Part {
-    pub(crate) fn matches(&self, s: &str) -> bool {
-        match self {
-            Part::Literal(l) => l == s,
-            Part::Glob(g) => glob(g, s),
-        }
-    }
-
-    /// `*` alone.
-    pub(crate) fn is_star(&self) -> bool {
-        matches!(self, Part::Glob(g) if g == "*")
-    }
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, s: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let Some(first) = pieces.next() else {
-        return s.is_empty();
-    };
-    let Some(mut rest) = s.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        return rest.is_empty();
-    };
-    for m in middle {
-        match rest.find(m) {
-            Some(i) => rest = &rest[i + m.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 /// A parsed object or function pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pattern {
@@ -103,54 +60,6 @@ pub(crate) struct Pattern {
     /// `None`: the pattern is `"*"` (every object). Otherwise (schema, name); schema is `None`
     /// for bare function patterns.
     pub parts: Option<(Option<Part>, Part)>,
-}
-
-/// Splits a pattern into parts, folding unquoted parts to lower case like PostgreSQL.
-pub(crate) fn split_pattern(text: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut quoted_part = false;
-    let mut chars = text.chars().peekable();
-    let mut in_quotes = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if in_quotes && chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
-            }
-            '"' => {
-                in_quotes = !in_quotes;
-                quoted_part = true;
-            }
-            '.' if !in_quotes => {
-                parts.push(make_part(&cur, quoted_part)?);
-                cur.clear();
-                quoted_part = false;
-            }
-            c if !in_quotes && c.is_whitespace() => {
-                return Err(format!("unexpected space in name pattern {text:?}"))
-            }
-            c => cur.push(c),
-        }
-    }
-    if in_quotes {
-        return Err(format!("unterminated quote in name pattern {text:?}"));
-    }
-    parts.push(make_part(&cur, quoted_part)?);
-    Ok(parts)
-}
-
-fn make_part(s: &str, quoted: bool) -> Result<Part, String> {
-    if s.is_empty() {
-        return Err("empty name part".to_owned());
-    }
-    if quoted {
-        Ok(Part::Literal(s.to_owned()))
-    } else if s.contains('*') {
-        Ok(Part::Glob(s.to_lowercase()))
-    } else {
-        Ok(Part::Literal(s.to_lowercase()))
-    }
 }
 
 /// Parses an object pattern: `"*"`, `schema.name` (either part may glob).
@@ -227,9 +136,9 @@ pub(crate) struct Role {
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
     /// Column masks (see mask.rs).
-    pub masks: Vec<crate::mask::MaskRule>,
+    pub masks: Vec<crate::mask_rules::MaskRule>,
     /// Columns this role unmasks, by exact name.
-    pub unmask: Vec<crate::mask::ColumnPattern>,
+    pub unmask: Vec<crate::mask_rules::ColumnPattern>,
 }
 
 /// The baseline as narrowed by `[baseline]`.
@@ -280,7 +189,7 @@ struct RawRole {
     #[serde(default)]
     deny: Vec<Spanned<RawRule>>,
     #[serde(default)]
-    mask: Vec<Spanned<crate::mask::RawMask>>,
+    mask: Vec<Spanned<crate::mask_rules::RawMask>>,
     #[serde(default)]
     unmask: Vec<Spanned<String>>,
 }
@@ -519,8 +428,9 @@ fn compile_role(r: &Spanned<RawRole>, p: &mut Problems<'_>) -> Role {
     for (i, rule) in raw.deny.iter().enumerate() {
         deny.push(compile_rule(rule, &format!("{name}.deny[{i}]"), false, p));
     }
-    let masks = crate::mask::compile_masks(&name, &raw.mask, &mut |span, m| p.at(span, m));
-    let unmask = crate::mask::compile_unmask(&name, &raw.unmask, &mut |span, m| p.at(span, m));
+    let masks = crate::mask_rules::compile_masks(&name, &raw.mask, &mut |span, m| p.at(span, m));
+    let unmask =
+        crate::mask_rules::compile_unmask(&name, &raw.unmask, &mut |span, m| p.at(span, m));
     Role {
         name,
         members,
