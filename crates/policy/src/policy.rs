@@ -545,28 +545,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs() {
-        assert!(glob("*", ""));
-        assert!(glob("*", "abc"));
-        assert!(glob("lo_*", "lo_import"));
-        assert!(!glob("lo_*", "xlo_import"));
-        assert!(glob(
-            "pg_create_*_replication_slot",
-            "pg_create_logical_replication_slot"
-        ));
-        assert!(!glob(
-            "pg_create_*_replication_slot",
-            "pg_create_restore_point"
-        ));
-        assert!(glob("a*b*c", "abc"));
-        assert!(glob("a*b*c", "axxbyyc"));
-        assert!(!glob("a*b*c", "axxbyy"));
-        assert!(!glob("ab*ba", "aba"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exactly"));
-    }
-
-    #[test]
     fn patterns_fold_like_postgres() {
         let p = parse_object_pattern("Public.Orders").unwrap();
         assert_eq!(
