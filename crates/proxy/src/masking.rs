@@ -509,24 +509,7 @@ pub fn withheld_error(tag: u8, body: &[u8]) -> BytesMut {
         generic_message(&e.code)
     );
     let mut out = BytesMut::new();
-    out.put_u8(tag);
-    out.put_u32(0);
-    for (code, value) in [
-        (b'S', e.severity.as_str()),
-        (b'V', e.severity.as_str()),
-        (b'C', e.code.as_str()),
-        (b'M', message.as_str()),
-    ] {
-        if value.is_empty() {
-            continue;
-        }
-        out.put_u8(code);
-        out.put_slice(value.as_bytes());
-        out.put_u8(0);
-    }
-    out.put_u8(0);
-    let len = u32::try_from(out.len() - 1).unwrap_or(u32::MAX);
-    out[1..5].copy_from_slice(&len.to_be_bytes());
+    pgward_wire::build::error_or_notice(&mut out, tag, &e.severity, &e.code, &message);
     out
 }
 
@@ -725,21 +708,15 @@ mod tests {
 
     #[test]
     fn withheld_errors_keep_only_severity_and_code() {
-        let mut body = Vec::new();
-        for (c, v) in [
-            (b'S', "ERROR"),
-            (b'C', "22P02"),
-            (
-                b'M',
-                "invalid input syntax for type integer: \"123-45-6789\"",
-            ),
-            (b'D', "Failing row contains (123-45-6789)"),
-        ] {
-            body.push(c);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
+        let mut msg = BytesMut::new();
+        pgward_wire::build::error_response_with(
+            &mut msg,
+            pgward_wire::build::Severity::Error,
+            "22P02",
+            "invalid input syntax for type integer: \"123-45-6789\"",
+            Some("Failing row contains (123-45-6789)"),
+        );
+        let body = msg[5..].to_vec();
         let out = withheld_error(be::ERROR_RESPONSE, &body);
         let text = String::from_utf8_lossy(&out);
         assert!(!text.contains("6789"));

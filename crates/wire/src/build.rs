@@ -156,6 +156,26 @@ pub fn error_response_at(
     });
 }
 
+/// An ErrorResponse or NoticeResponse (`tag`) with the severity the server gave
+/// (`ERROR`, `FATAL`, `WARNING`, `NOTICE`, ...), a SQLSTATE and a message, and nothing
+/// else (a server's message stripped of its fields).
+pub fn error_or_notice(buf: &mut BytesMut, tag: u8, severity: &str, code: &str, message: &str) {
+    framed(buf, tag, |b| {
+        for (field, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', message),
+        ] {
+            if !value.is_empty() {
+                b.put_u8(field);
+                put_cstr(b, value);
+            }
+        }
+        b.put_u8(0);
+    });
+}
+
 pub fn notice(buf: &mut BytesMut, code: &str, message: &str) {
     framed(buf, b'N', |b| {
         b.put_u8(b'S');
