@@ -370,6 +370,8 @@ impl Planner<'_> {
                     e.name
                 ))),
             },
+            // Statements that read no values: their ordinary rules decide them.
+            N::TruncateStmt(_) | N::LockStmt(_) | N::VacuumStmt(_) => Ok(Vec::new()),
             N::FetchStmt(_) => {
                 // Decided as the cursor's query (the proxy keeps its plan).
                 Ok(Vec::new())
@@ -417,6 +419,9 @@ impl Planner<'_> {
                         self.masks
                             .column_mask(&r.schema, &r.name, &c.name)
                             .is_some()
+                            || r.ancestors
+                                .iter()
+                                .any(|(s, t)| self.masks.column_mask(s, t, &c.name).is_some())
                     })
             }),
             Ok(None) => false,
@@ -585,7 +590,16 @@ impl Planner<'_> {
         }
         let mut cols = Vec::with_capacity(r.columns.len());
         for c in &r.columns {
-            let lin = match self.masks.column_mask(&r.schema, &r.name, &c.name) {
+            // A partition or inheritance child carries its parents' masks.
+            let mask = self
+                .masks
+                .column_mask(&r.schema, &r.name, &c.name)
+                .or_else(|| {
+                    r.ancestors
+                        .iter()
+                        .find_map(|(s, t)| self.masks.column_mask(s, t, &c.name))
+                });
+            let lin = match mask {
                 Some(mut m) => {
                     m.type_oid = c.type_oid;
                     m.category = c.category;

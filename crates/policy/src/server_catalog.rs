@@ -81,6 +81,9 @@ pub struct Relation {
     pub columns: Vec<RelColumn>,
     /// A view's or materialized view's query (`pg_get_viewdef`, names qualified).
     pub definition: Option<String>,
+    /// Every table it inherits from or is a partition of, at any depth, as (schema,
+    /// name): masks of a parent's columns apply to its children's.
+    pub ancestors: Vec<(String, String)>,
 }
 
 /// One column of a [`Relation`].
@@ -195,6 +198,16 @@ SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname,
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('v', 'm')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+UNION ALL
+SELECT 'h', h.child::pg_catalog.text, pn.nspname, p.relname, NULL, NULL, NULL, NULL
+  FROM (WITH RECURSIVE anc(child, parent) AS (
+          SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i
+          UNION
+          SELECT a.child, i.inhparent
+            FROM anc a JOIN pg_catalog.pg_inherits i ON i.inhrelid = a.parent)
+        SELECT child, parent FROM anc) h
+  JOIN pg_catalog.pg_class p ON p.oid = h.parent
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
 "#;
 
     /// Builds the catalog from [`ServerCatalog::QUERY`]'s rows (text values, `None` for
@@ -205,6 +218,7 @@ SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname,
     {
         let mut c = ServerCatalog::empty();
         let mut building: HashMap<u32, Relation> = HashMap::new();
+        let mut parents: HashMap<u32, Vec<(String, String)>> = HashMap::new();
         let mut saw_version = false;
         let mut schemas: HashMap<String, Arc<str>> = HashMap::new();
         for row in rows {
@@ -282,6 +296,13 @@ SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname,
                         });
                     }
                 }
+                "h" => {
+                    let oid: u32 = number(col(1), "relation OID")?;
+                    parents
+                        .entry(oid)
+                        .or_default()
+                        .push((col(2).to_owned(), col(3).to_owned()));
+                }
                 "d" => {
                     c.has_columns = true;
                     let oid = number(col(1), "relation OID")?;
@@ -303,6 +324,7 @@ SELECT 'd', c.oid::pg_catalog.text, n.nspname, c.relname,
         for rel in building.into_values() {
             let mut rel = rel;
             rel.columns.sort_by_key(|c| c.attnum);
+            rel.ancestors = parents.remove(&rel.oid).unwrap_or_default();
             let rel = Arc::new(rel);
             if rel.schema.starts_with("pg_temp_") {
                 c.temp
@@ -513,6 +535,7 @@ fn relation_entry<'m>(
         name: name.to_owned(),
         columns: Vec::new(),
         definition: None,
+        ancestors: Vec::new(),
     })
 }
 

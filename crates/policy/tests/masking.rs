@@ -13,7 +13,7 @@ const POLICY: &str = r#"
 name = "analyst"
 members = { users = ["alice@contoso.com"] }
 allow = [
-  { actions = ["select", "insert", "update", "delete"], objects = ["public.*", "hr.*"] },
+  { actions = ["select", "insert", "update", "delete", "truncate", "utility"], objects = ["public.*", "hr.*"] },
   { name = "trusted", functions = ["public.trusted_report"] },
 ]
 mask = [
@@ -146,6 +146,12 @@ fn catalog() -> ServerCatalog {
         "shouting",
         " SELECT upper(customers.email) AS loud\n   FROM public.customers;",
     ]);
+    // A partition of customers (its own name, the parent's masks).
+    for (i, (n, t, c)) in customers.iter().enumerate() {
+        let attnum = (i + 1).to_string();
+        row(&["a", "16440", "public", "customers_2024", &attnum, n, t, c]);
+    }
+    row(&["h", "16440", "public", "customers"]);
     row(&["a", "16423", "public", "nested", "1", "e", "25", "S"]);
     row(&[
         "d",
@@ -255,6 +261,13 @@ fn masked_columns_returned_as_themselves_keep_their_mask() {
     );
     planned(&f, "SELECT email FROM customers FOR UPDATE", &["email"]);
     planned(&f, "SELECT email FROM ONLY customers", &["email"]);
+    // A partition (or inheritance child) read by its own name keeps its parent's masks.
+    planned(
+        &f,
+        "SELECT email, ssn FROM customers_2024",
+        &["email", "hash"],
+    );
+    denied(&f, "SELECT id FROM customers_2024 WHERE salary > 1");
     // The same column through both sides of a self-join, unqualified.
     planned(
         &f,
@@ -627,6 +640,15 @@ fn masked_values_may_not_be_copied_out() {
         "WITH x AS (SELECT email FROM customers) INSERT INTO orders (note) SELECT * FROM x",
     );
     denied(&f, "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN UPDATE SET note = c.email");
+    // Statements that read no values.
+    assert_eq!(
+        run(&f, &analyst(&f), "TRUNCATE customers"),
+        Outcome::Untouched
+    );
+    assert_eq!(
+        run(&f, &analyst(&f), "LOCK TABLE customers"),
+        Outcome::Untouched
+    );
     // Copying columns that are not masked is fine.
     assert_eq!(
         run(&f, &analyst(&f), "COPY customers (id) TO STDOUT"),
