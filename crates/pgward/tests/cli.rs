@@ -609,3 +609,51 @@ fn dev_tools_only_in_the_feature_build() {
         }
     }
 }
+
+/// With masks, `explain` shows which output columns are masked and why, against a catalog
+/// that has the server's columns (`pgward policy catalog-query` reads them).
+#[test]
+fn explain_shows_masked_columns() {
+    let dir = std::env::temp_dir().join(format!("pgward-cli-masks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[roles]]
+name = "analyst"
+members = { users = ["alice@contoso.com"] }
+allow = [ { actions = ["select"], objects = ["public.*"] } ]
+mask = [ { name = "emails", columns = ["public.customers.email"], with = "email" } ]
+"#,
+    )
+    .expect("write policy");
+    let catalog = dir.join("catalog.tsv");
+    std::fs::write(
+        &catalog,
+        "v\t150018\nf\tpg_catalog\tlower\tb\na\t16400\tpublic\tcustomers\t1\tid\t23\tN\na\t16400\tpublic\tcustomers\t2\temail\t25\tS\n",
+    )
+    .expect("write catalog");
+    let args = ["--user", "alice@contoso.com", "--catalog", p(&catalog)];
+    let mut with_sql = args.to_vec();
+    with_sql.push("SELECT id, email, lower(email) FROM customers");
+    let out = stdout_of(&explain(&policy, &with_sql), 0);
+    assert!(
+        out.contains("masks     output column 2: public.customers.email as email (mask emails)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("output column 3: NULL, computed from public.customers.email"),
+        "{out}"
+    );
+    let mut filter = args.to_vec();
+    filter.push("SELECT id FROM customers WHERE email LIKE 'a%'");
+    let out = stdout_of(&explain(&policy, &filter), 1);
+    assert!(out.contains("-> deny by emails"), "{out}");
+    let q = stdout_of(&pgward(&["policy", "catalog-query"]), 0);
+    assert!(
+        q.contains("pg_get_viewdef") && q.contains("pg_attribute"),
+        "{q}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -118,7 +118,7 @@ pub fn explain_decision(
                     "  masks     no output column; the server's error texts are withheld"
                 );
             }
-        } else if policy.has_masks(roles) {
+        } else if policy.has_masks(roles) && !st.decision.blocks() {
             let _ = writeln!(s, "  masks     none reachable (results pass untouched)");
         }
         let _ = writeln!(

@@ -1526,7 +1526,7 @@ impl Planner<'_> {
             Some(N::CaseExpr(c)) => {
                 let mut lin = Lin::Clear;
                 if let Some(a) = c.arg.as_deref() {
-                    lin = lin.derive(self.value(a)?);
+                    lin = either(lin, self.value(a)?);
                 }
                 for w in &c.args {
                     if let Some(N::CaseWhen(cw)) = &w.node {
@@ -1544,10 +1544,10 @@ impl Planner<'_> {
                     match &x.node {
                         Some(N::List(list)) => {
                             for i in &list.items {
-                                lin = lin.derive(self.value(i)?);
+                                lin = either(lin, self.value(i)?);
                             }
                         }
-                        _ => lin = lin.derive(self.value(x)?),
+                        _ => lin = either(lin, self.value(x)?),
                     }
                 }
                 lin
@@ -1720,6 +1720,16 @@ impl Planner<'_> {
             }
         }
         Ok(Vec::new())
+    }
+}
+
+/// The lineage a denial names: a plain masked column (its rule) before a derived value.
+fn either(a: Lin, b: Lin) -> Lin {
+    match (&a, &b) {
+        (Lin::Plain(_), _) => a,
+        (_, Lin::Plain(_)) => b,
+        (Lin::Clear, _) => b,
+        _ => a,
     }
 }
 
