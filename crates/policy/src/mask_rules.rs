@@ -54,9 +54,14 @@ pub(crate) struct RawMask {
     columns: Vec<Spanned<String>>,
     with: Spanned<String>,
     filter: Option<Spanned<String>>,
+    // Other names people reach for are accepted too (documented in docs/masking.md).
+    #[serde(alias = "replacement")]
     value: Option<String>,
+    #[serde(alias = "keep_first", alias = "show_first", alias = "prefix")]
     first: Option<u32>,
+    #[serde(alias = "keep_last", alias = "show_last", alias = "suffix")]
     last: Option<u32>,
+    #[serde(alias = "mask_with")]
     padding: Option<String>,
 }
 

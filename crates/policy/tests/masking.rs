@@ -746,6 +746,17 @@ fn unmask_by_exact_name_and_multi_statement_strings() {
 }
 
 #[test]
+fn partial_masks_take_the_usual_names() {
+    let text = r##"
+[[roles]]
+name = "r"
+members = { users = ["a@b.c"] }
+mask = [ { columns = ["public.t.c"], with = "partial", keep_first = 2, keep_last = 1, mask_with = "#" } ]
+"##;
+    assert!(Policy::from_toml(text).is_ok());
+}
+
+#[test]
 fn policies_with_bad_masks_do_not_load() {
     for bad in [
         r#"mask = [ { columns = ["customers.email"], with = "redact" } ]"#,
