@@ -156,8 +156,11 @@ pub struct MaskStream {
     active: Option<Vec<Field>>,
     /// Whether `active` was set for the current expectation.
     described: bool,
-    /// Protocol portals by name: their plan and result formats.
-    portals: HashMap<String, (Option<Arc<MaskPlan>>, Formats)>,
+    /// Protocol portals by name: their plan and result formats. Only portals with a plan
+    /// are kept (a portal without one is forwarded as it is); the unnamed portal, which
+    /// most drivers use for every statement, is a field: the hot path allocates nothing.
+    portals: HashMap<String, (Arc<MaskPlan>, Formats)>,
+    unnamed: Option<(Arc<MaskPlan>, Formats)>,
     /// SQL cursors (DECLARE) by name.
     cursors: HashMap<String, Option<Arc<MaskPlan>>>,
     /// Values masked since the last `take_masked`.
@@ -183,6 +186,7 @@ impl MaskStream {
             active: None,
             described: false,
             portals: HashMap::new(),
+            unnamed: None,
             cursors: HashMap::new(),
             masked: 0,
         }
@@ -207,26 +211,50 @@ impl MaskStream {
     pub fn cursor(&self, name: &str) -> Option<Arc<MaskPlan>> {
         match self.cursors.get(name) {
             Some(p) => p.clone(),
-            None => self.portals.get(name).and_then(|(p, _)| p.clone()),
+            None => self.portal(name).map(|(p, _)| Arc::clone(p)),
         }
     }
 
-    pub fn on_bind(&mut self, portal: &str, plan: Option<Arc<MaskPlan>>, formats: Formats) {
-        self.portals.insert(portal.to_owned(), (plan, formats));
+    fn portal(&self, name: &str) -> Option<&(Arc<MaskPlan>, Formats)> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.portals.get(name)
+        }
+    }
+
+    /// A Bind of a statement with this plan; the result formats are read from the Bind
+    /// only when there is one.
+    pub fn on_bind(&mut self, portal: &str, plan: Option<Arc<MaskPlan>>, bind: &[u8]) {
+        let entry = plan.map(|p| (p, Formats::of_bind(bind).unwrap_or_default()));
+        match (portal.is_empty(), entry) {
+            (true, e) => self.unnamed = e,
+            (false, Some(e)) => {
+                self.portals.insert(portal.to_owned(), e);
+            }
+            (false, None) => {
+                if !self.portals.is_empty() {
+                    self.portals.remove(portal);
+                }
+            }
+        }
     }
 
     pub fn on_execute(&mut self, portal: &str) {
-        let (plan, formats) = match self.portals.get(portal) {
-            Some((p, f)) => (p.clone(), f.clone()),
+        let (plan, formats) = match self.portal(portal) {
+            Some((p, f)) => (Some(Arc::clone(p)), f.clone()),
             // A portal opened by DECLARE and run by Execute: text unless DECLARE BINARY,
             // which the plan's RowDescription check cannot see here: binary is assumed
             // only where the client asked for it.
-            None => (self.cursor(portal), Formats::default()),
+            None => (self.cursors.get(portal).cloned().flatten(), Formats::default()),
         };
         self.expect.push_back(Expect::Execute(plan, formats));
     }
 
     pub fn on_close_portal(&mut self, name: &str) {
+        if name.is_empty() {
+            self.unnamed = None;
+        }
         self.portals.remove(name);
         self.cursors.remove(name);
     }
@@ -653,10 +681,16 @@ mod tests {
     fn execute_results_follow_their_plan_and_formats_until_the_batch_ends() {
         let mut s = MaskStream::new(Some(key()));
         let email = mask(MaskKind::Email, 25, 'S');
+        let mut bind = Vec::new();
+        bind.extend_from_slice(b"\0\0");
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
         s.on_bind(
             "",
             Some(plan(vec![OutputMask::Clear, OutputMask::Column(email)])),
-            Formats(vec![1]),
+            &bind,
         );
         s.on_execute("");
         s.on_sync();

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client_encoding::{EncodingTrack, Unreadable};
 use crate::enforce::{denial_of, Denial, Denials, Gate, Verdict, INLINE_ANALYSIS_BYTES};
 use crate::limits::Permit;
-use crate::masking::{withheld_error, Formats, MaskStream};
+use crate::masking::{withheld_error, MaskStream};
 use crate::metrics::Metrics;
 use crate::sides::Sides;
 use crate::trail::{Audited, Trail};
@@ -858,13 +858,12 @@ fn decide(
         }
         fe::BIND => {
             let (portal, statement) = frontend::bind_names(body)?;
-            let formats = Formats::of_bind(body).unwrap_or_default();
             // A plan that cannot be made any more (after a reload) denies the Bind in
             // `Gate::on_bind`; the portal then runs nothing.
             let plan = gate
                 .as_deref_mut()
                 .and_then(|g| g.bind_plan(statement).ok().flatten());
-            masks.on_bind(portal, plan, formats);
+            masks.on_bind(portal, plan, body);
         }
         fe::PARSE => {
             // A DECLARE sent with Parse: FETCH reads the cursor with its plan.
