@@ -12,6 +12,12 @@
 #    row with and without the mask, from /proc, so the cost per masked value is the
 #    difference (the machine's noise cancels in the pairs).
 #
+# 3. Instructions (valgrind callgrind, which the machine's load cannot disturb): pgward
+#    under callgrind for N1 and N2 transactions of pgbench -c 1, per target and mode, so
+#    (Ir(N2) - Ir(N1)) / (N2 - N1) is one transaction; and the same for the 100-row
+#    statement, whose difference between the targets is the cost of 100 masked values.
+#    Skipped with INSTRUCTIONS=0 (or without valgrind); PROFILE_DIR keeps the profiles.
+#
 # Environment: PGWARD_BIN (default: release build with cargo), BENCH_SECONDS (5),
 # BENCH_ROUNDS (3), BENCH_CLIENTS (16), BENCH_SCALE (10), BENCH_MODES ("simple extended
 # prepared"), BENCH_OUT (markdown output, default bench/results/masking-<date>.md).
@@ -23,6 +29,9 @@ SECONDS_PER_RUN="${BENCH_SECONDS:-5}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 CLIENTS="${BENCH_CLIENTS:-16}"
 SCALE="${BENCH_SCALE:-10}"
+INSTRUCTIONS="${INSTRUCTIONS:-1}"
+N1="${N1:-300}"
+N2="${N2:-900}"
 MODES="${BENCH_MODES:-simple extended prepared}"
 OUT="${BENCH_OUT:-bench/results/masking-$(date -u +%Y%m%d-%H%M%S).md}"
 
@@ -214,4 +223,62 @@ echo "| policy (filler clear) | $(printf '%s\n' "${pt[@]}" | median) | $P | $(aw
 echo "| masked (filler redacted) | $(printf '%s\n' "${mt[@]}" | median) | $M | $(awk -v c="$M" 'BEGIN{printf "%.3f", c/100}') |" >>"$OUT"
 echo >>"$OUT"
 echo "Cost of masking one value: $(awk -v a="$M" -v b="$P" 'BEGIN{printf "%.3f", (a-b)/100}') µs of pgward CPU (median CPU per transaction, masked minus clear, over 100 rows)." >>"$OUT"
+
+if [[ "$INSTRUCTIONS" == 1 ]] && command -v valgrind >/dev/null; then
+    # count TARGET MODE N [SCRIPT]: pgward's instructions (all threads) serving N transactions.
+    count() {
+        local t="$1" mode="$2" n="$3" script="${4:-}" out port admin cfg pid total
+        out="$WORK/cg-$t-$mode-$n${script:+-rows}.out"
+        port="$(free_port)"; admin="$(free_port)"
+        cfg="$WORK/pgward-$t-cg.toml"
+        sed -e "s/^addr = \"127.0.0.1:${PORT[$t]}\"/addr = \"127.0.0.1:$port\"/" \
+            -e "s/^addr = \"127.0.0.1:${ADMIN[$t]}\"/addr = \"127.0.0.1:$admin\"/" \
+            "$WORK/pgward-$t.toml" >"$cfg"
+        # Nothing on a timer: a catalog refresh or file poll during the longer run would be
+        # counted as part of the transactions.
+        sed -i 's/^\[policy\]$/[policy]\ncatalog_refresh_secs = 3600\nwatch_secs = 0/' "$cfg"
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$PGWARD_BIN" serve --config "$cfg" \
+            >"$WORK/cg-$t.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 600); do
+            curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
+            sleep 0.2
+        done
+        if [[ -n "$script" ]]; then
+            PGSSLMODE=disable pgbench -n -M "$mode" -c 1 -t "$n" -f "$script" -D scale="$SCALE" \
+                -h 127.0.0.1 -p "$port" -U bench bench >/dev/null 2>&1 || die "pgbench under callgrind failed"
+        else
+            PGSSLMODE=disable pgbench -n -S -M "$mode" -c 1 -t "$n" \
+                -h 127.0.0.1 -p "$port" -U bench bench >/dev/null 2>&1 || die "pgbench under callgrind failed"
+        fi
+        kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+        total="$(sed -n 's/^summary: \([0-9]*\).*/\1/p' "$out")"
+        if [[ -n "${PROFILE_DIR:-}" ]]; then mkdir -p "$PROFILE_DIR" && cp "$out" "$PROFILE_DIR/"; fi
+        [[ -n "$total" ]] || die "no callgrind summary for $t"
+        echo "$total"
+    }
+    per_txn() { # per_txn TARGET MODE [SCRIPT]
+        local a b
+        a="$(count "$1" "$2" "$N1" "${3:-}")"
+        b="$(count "$1" "$2" "$N2" "${3:-}")"
+        awk -v a="$a" -v b="$b" -v n="$((N2 - N1))" 'BEGIN{printf "%.0f", (b - a) / n}'
+    }
+    {
+        echo
+        echo "## Instructions per transaction (callgrind, pgbench -c 1, N = $N1 and $N2)"
+        echo
+        echo "| statement | mode | policy | masked | masked / policy |"
+        echo "|---|---|---:|---:|---:|"
+    } >>"$OUT"
+    for mode in $MODES; do
+        p="$(per_txn policy "$mode")"; m="$(per_txn masked "$mode")"
+        log "instructions pgbench -S $mode: policy $p, masked $m"
+        echo "| pgbench -S | $mode | $p | $m | $(awk -v a="$m" -v b="$p" 'BEGIN{printf "%.3f", a/b}') |" >>"$OUT"
+    done
+    p="$(per_txn policy extended "$WORK/rows.sql")"; m="$(per_txn masked extended "$WORK/rows.sql")"
+    log "instructions 100 rows: policy $p, masked $m"
+    echo "| 100 rows, filler | extended | $p | $m | $(awk -v a="$m" -v b="$p" 'BEGIN{printf "%.3f", a/b}') |" >>"$OUT"
+    echo >>"$OUT"
+    echo "Instructions per masked value: $(awk -v a="$m" -v b="$p" 'BEGIN{printf "%.0f", (a-b)/100}') (the 100-row statement, masked minus clear, over 100 values)." >>"$OUT"
+fi
 cat "$OUT"

@@ -47,14 +47,14 @@ impl MaskKey {
         Ok(MaskKey(hmac::Key::new(hmac::HMAC_SHA256, trimmed)))
     }
 
-    fn hash_hex(&self, value: &[u8]) -> Vec<u8> {
+    fn hash_hex(&self, value: &[u8]) -> [u8; 32] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let tag = hmac::sign(&self.0, value);
         // 128 bits: collisions are out of reach, and the value fits common varchar widths.
-        let mut out = Vec::with_capacity(32);
-        for b in tag.as_ref().iter().take(16) {
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
+        let mut out = [0u8; 32];
+        for (i, b) in tag.as_ref().iter().take(16).enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
         }
         out
     }
@@ -138,13 +138,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A result the server will send, in order.
 enum Expect {
-    /// A statement of a simple Query.
-    Statement(Option<Arc<MaskPlan>>),
-    /// An Execute of a portal.
-    Execute(Option<Arc<MaskPlan>>, Formats),
+    /// A statement or Execute without a plan: forwarded as it is (no payload, so the
+    /// common case moves nothing but a tag through the queue).
+    Plain,
+    /// A statement of a simple Query with a plan: its RowDescription says which fields
+    /// are which, and in which format.
+    Statement(Arc<MaskPlan>),
+    /// An Execute of a portal with a plan, in the formats its Bind asked for.
+    Execute(Box<(Arc<MaskPlan>, Formats)>),
     /// A Sync, the end of a Query, or a FunctionCall: ReadyForQuery answers it.
     Boundary,
+}
+
+impl Expect {
+    /// Answered by CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
+    fn is_result(&self) -> bool {
+        !matches!(self, Expect::Boundary)
+    }
 }
 
 /// One session's masking state (only for callers with masks).
@@ -196,7 +208,8 @@ impl MaskStream {
     /// replaced by a denial).
     pub fn on_query(&mut self, plans: Vec<Option<Arc<MaskPlan>>>) {
         for p in plans {
-            self.expect.push_back(Expect::Statement(p));
+            self.expect
+                .push_back(p.map_or(Expect::Plain, Expect::Statement));
         }
         self.expect.push_back(Expect::Boundary);
     }
@@ -241,14 +254,20 @@ impl MaskStream {
     }
 
     pub fn on_execute(&mut self, portal: &str) {
-        let (plan, formats) = match self.portal(portal) {
-            Some((p, f)) => (Some(Arc::clone(p)), f.clone()),
-            // A portal opened by DECLARE and run by Execute: text unless DECLARE BINARY,
-            // which the plan's RowDescription check cannot see here: binary is assumed
-            // only where the client asked for it.
-            None => (self.cursors.get(portal).cloned().flatten(), Formats::default()),
+        let planned = match self.portal(portal) {
+            Some((p, f)) => Some((Arc::clone(p), f.clone())),
+            // A portal opened by DECLARE and run by Execute: in text (binary only where a
+            // Bind asked for it).
+            None if !self.cursors.is_empty() => self
+                .cursors
+                .get(portal)
+                .cloned()
+                .flatten()
+                .map(|p| (p, Formats::default())),
+            None => None,
         };
-        self.expect.push_back(Expect::Execute(plan, formats));
+        self.expect
+            .push_back(planned.map_or(Expect::Plain, |p| Expect::Execute(Box::new(p))));
     }
 
     pub fn on_close_portal(&mut self, name: &str) {
@@ -270,8 +289,9 @@ impl MaskStream {
 
     fn front_plan(&self) -> Option<&Arc<MaskPlan>> {
         match self.expect.front()? {
-            Expect::Statement(p) | Expect::Execute(p, _) => p.as_ref(),
-            Expect::Boundary => None,
+            Expect::Statement(p) => Some(p),
+            Expect::Execute(e) => Some(&e.0),
+            Expect::Plain | Expect::Boundary => None,
         }
     }
 
@@ -290,10 +310,7 @@ impl MaskStream {
                 }
             }
             be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
-                if matches!(
-                    self.expect.front(),
-                    Some(Expect::Statement(_) | Expect::Execute(..))
-                ) {
+                if self.expect.front().is_some_and(Expect::is_result) {
                     self.expect.pop_front();
                 }
                 self.active = None;
@@ -301,10 +318,7 @@ impl MaskStream {
             }
             be::ERROR_RESPONSE => {
                 // The server skips the rest of the Query or everything up to Sync.
-                while matches!(
-                    self.expect.front(),
-                    Some(Expect::Statement(_) | Expect::Execute(..))
-                ) {
+                while self.expect.front().is_some_and(Expect::is_result) {
                     self.expect.pop_front();
                 }
                 self.active = None;
@@ -368,9 +382,10 @@ impl MaskStream {
 
     /// The fields of an Execute's result, from its plan and the Bind's formats.
     fn planned_fields(&self, columns: usize) -> Option<Vec<Field>> {
-        let Some(Expect::Execute(Some(plan), formats)) = self.expect.front() else {
+        let Some(Expect::Execute(e)) = self.expect.front() else {
             return None;
         };
+        let (plan, formats) = &**e;
         if !plan.outputs.iter().any(OutputMask::is_masked) {
             return None;
         }
@@ -389,8 +404,20 @@ impl MaskStream {
         )
     }
 
-    /// The DataRow rewritten (a whole message), or `None` to forward it as it is.
-    pub fn rewrite_row(&mut self, body: &[u8]) -> Option<BytesMut> {
+    /// Writes the DataRow rewritten (a whole message) to `out` and returns true, or
+    /// returns false (nothing written) to forward it as it is.
+    pub fn rewrite_row(&mut self, body: &[u8], out: &mut BytesMut) -> bool {
+        let start = out.len();
+        match self.rewrite_into(body, out) {
+            Some(()) => true,
+            None => {
+                out.truncate(start);
+                false
+            }
+        }
+    }
+
+    fn rewrite_into(&mut self, body: &[u8], out: &mut BytesMut) -> Option<()> {
         // Nothing planned for this result: forwarded as it is.
         self.front_plan()?;
         let columns = usize::try_from(Reader(body).i16()?).ok()?;
@@ -403,7 +430,8 @@ impl MaskStream {
         let fields = self.active.as_ref()?;
         let mut r = Reader(body);
         r.i16()?;
-        let mut out = BytesMut::with_capacity(body.len() + 16);
+        let start = out.len();
+        out.reserve(body.len() + 64);
         out.put_u8(be::DATA_ROW);
         out.put_u32(0);
         out.put_i16(i16::try_from(columns).ok()?);
@@ -416,53 +444,77 @@ impl MaskStream {
                 Some(r.take(usize::try_from(len).ok()?)?)
             };
             let field = fields.get(i).unwrap_or(&Field::Null);
-            let new: Option<std::borrow::Cow<'_, [u8]>> = match (field, value) {
-                (Field::Clear, v) => v.map(std::borrow::Cow::Borrowed),
-                (_, None) => None,
+            match (field, value) {
+                (_, None) => out.put_i32(-1),
+                (Field::Clear, Some(v)) => {
+                    out.put_i32(i32::try_from(v.len()).ok()?);
+                    out.put_slice(v);
+                }
                 (Field::Null, Some(_)) => {
                     masked += 1;
-                    None
+                    out.put_i32(-1);
                 }
                 (Field::Mask { mask, binary }, Some(v)) => {
                     masked += 1;
-                    mask_value(mask, *binary, v, self.key.as_ref()).map(std::borrow::Cow::Owned)
-                }
-            };
-            match new {
-                None => out.put_i32(-1),
-                Some(v) => {
-                    out.put_i32(i32::try_from(v.len()).ok()?);
-                    out.put_slice(&v);
+                    match mask_value(mask, *binary, v, self.key.as_ref()) {
+                        Masked::Null => out.put_i32(-1),
+                        Masked::Fixed(b) => {
+                            out.put_i32(i32::try_from(b.len()).ok()?);
+                            out.put_slice(b);
+                        }
+                        Masked::Hash(h) => {
+                            out.put_i32(32);
+                            out.put_slice(&h);
+                        }
+                        Masked::Built(b) => {
+                            out.put_i32(i32::try_from(b.len()).ok()?);
+                            out.put_slice(&b);
+                        }
+                    }
                 }
             }
         }
         self.masked += masked;
-        let len = u32::try_from(out.len() - 1).ok()?;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
-        Some(out)
+        let len = u32::try_from(out.len() - start - 1).ok()?;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        Some(())
     }
 }
 
-/// One value under its mask (`None`: NULL). A mask that does not fit the column (only
-/// reachable through the RowDescription check) gives NULL.
-fn mask_value(
-    mask: &ColumnMask,
+/// A masked value, without allocating where the value is fixed.
+enum Masked<'a> {
+    Null,
+    Fixed(&'a [u8]),
+    Hash([u8; 32]),
+    Built(Vec<u8>),
+}
+
+/// One value under its mask. A mask that does not fit the column (only reachable
+/// through the RowDescription check) gives NULL.
+fn mask_value<'a>(
+    mask: &'a ColumnMask,
     binary: bool,
     value: &[u8],
     key: Option<&MaskKey>,
-) -> Option<Vec<u8>> {
+) -> Masked<'a> {
     if !mask.kind.fits(mask.type_oid, mask.category) {
-        return None;
+        return Masked::Null;
     }
     let string = mask.category == 'S';
     match &mask.kind {
-        MaskKind::Null => None,
+        MaskKind::Null => Masked::Null,
         MaskKind::Redact { value: text } if string => {
-            Some(text.as_deref().unwrap_or("****").as_bytes().to_vec())
+            Masked::Fixed(text.as_deref().unwrap_or("****").as_bytes())
         }
-        MaskKind::Redact { .. } => redacted(mask.type_oid, binary),
+        MaskKind::Redact { .. } => match redacted(mask.type_oid, binary) {
+            Some(b) => Masked::Fixed(b),
+            None => Masked::Null,
+        },
         // Without a key nothing can be hashed: NULL, never the value.
-        MaskKind::Hash => key.map(|k| k.hash_hex(value)),
+        MaskKind::Hash => match key {
+            Some(k) => Masked::Hash(k.hash_hex(value)),
+            None => Masked::Null,
+        },
         MaskKind::Partial {
             first,
             last,
@@ -479,11 +531,11 @@ fn mask_value(
             } else {
                 out.push_str(padding);
             }
-            Some(out.into_bytes())
+            Masked::Built(out.into_bytes())
         }
         MaskKind::Email => {
             let s = String::from_utf8_lossy(value);
-            Some(match s.rfind('@') {
+            Masked::Built(match s.rfind('@') {
                 Some(at) => format!("****{}", &s[at..]).into_bytes(),
                 None => b"****".to_vec(),
             })
@@ -492,27 +544,29 @@ fn mask_value(
 }
 
 /// The fixed value `redact` returns for a non-string type, in the result's format.
-fn redacted(oid: u32, binary: bool) -> Option<Vec<u8>> {
-    const EPOCH_DAYS: i32 = -10_957; // 1970-01-01 in days from 2000-01-01
-    const EPOCH_MICROS: i64 = -946_684_800_000_000;
+fn redacted(oid: u32, binary: bool) -> Option<&'static [u8]> {
+    // 1970-01-01 in days and microseconds from 2000-01-01, big-endian.
+    const EPOCH_DAYS: [u8; 4] = (-10_957i32).to_be_bytes();
+    const EPOCH_MICROS: [u8; 8] = (-946_684_800_000_000i64).to_be_bytes();
+    const ZEROS: [u8; 16] = [0; 16];
     Some(if binary {
         match oid {
-            ty::BOOL => vec![0],
-            ty::BYTEA => Vec::new(),
-            ty::INT2 => vec![0; 2],
-            ty::INT4 | ty::OID | ty::FLOAT4 => vec![0; 4],
-            ty::INT8 | ty::FLOAT8 | ty::TIME => vec![0; 8],
+            ty::BOOL => &ZEROS[..1],
+            ty::BYTEA => &[],
+            ty::INT2 => &ZEROS[..2],
+            ty::INT4 | ty::OID | ty::FLOAT4 => &ZEROS[..4],
+            ty::INT8 | ty::FLOAT8 | ty::TIME => &ZEROS[..8],
             // ndigits 0, weight 0, sign positive, dscale 0.
-            ty::NUMERIC => vec![0; 8],
-            ty::DATE => EPOCH_DAYS.to_be_bytes().to_vec(),
-            ty::TIMESTAMP | ty::TIMESTAMPTZ => EPOCH_MICROS.to_be_bytes().to_vec(),
-            ty::UUID => vec![0; 16],
-            ty::JSON => b"null".to_vec(),
-            ty::JSONB => b"\x01null".to_vec(),
+            ty::NUMERIC => &ZEROS[..8],
+            ty::DATE => &EPOCH_DAYS,
+            ty::TIMESTAMP | ty::TIMESTAMPTZ => &EPOCH_MICROS,
+            ty::UUID => &ZEROS,
+            ty::JSON => b"null",
+            ty::JSONB => b"\x01null",
             _ => return None,
         }
     } else {
-        let text: &str = match oid {
+        let text: &'static str = match oid {
             ty::BOOL => "f",
             ty::BYTEA => "\\x",
             ty::INT2 | ty::INT4 | ty::INT8 | ty::OID | ty::FLOAT4 | ty::FLOAT8 | ty::NUMERIC => "0",
@@ -524,7 +578,7 @@ fn redacted(oid: u32, binary: bool) -> Option<Vec<u8>> {
             ty::JSON | ty::JSONB => "null",
             _ => return None,
         };
-        text.as_bytes().to_vec()
+        text.as_bytes()
     })
 }
 
@@ -569,13 +623,27 @@ mod tests {
         })
     }
 
+    fn val(m: Masked<'_>) -> Option<Vec<u8>> {
+        match m {
+            Masked::Null => None,
+            Masked::Fixed(b) => Some(b.to_vec()),
+            Masked::Hash(h) => Some(h.to_vec()),
+            Masked::Built(b) => Some(b),
+        }
+    }
+
     fn key() -> MaskKey {
         MaskKey(hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]))
     }
 
     fn text(kind: MaskKind, value: &str) -> Option<String> {
-        mask_value(&mask(kind, 25, 'S'), false, value.as_bytes(), Some(&key()))
-            .map(|v| String::from_utf8(v).unwrap_or_default())
+        val(mask_value(
+            &mask(kind, 25, 'S'),
+            false,
+            value.as_bytes(),
+            Some(&key()),
+        ))
+        .map(|v| String::from_utf8(v).unwrap_or_default())
     }
 
     #[test]
@@ -617,7 +685,12 @@ mod tests {
         assert!(!a.contains("alice"));
         // No key: NULL, never the value.
         assert_eq!(
-            mask_value(&mask(MaskKind::Hash, 25, 'S'), false, b"x", None),
+            val(mask_value(
+                &mask(MaskKind::Hash, 25, 'S'),
+                false,
+                b"x",
+                None
+            )),
             None
         );
     }
@@ -626,30 +699,35 @@ mod tests {
     fn redact_has_a_value_per_type_and_format() {
         let m = |oid| mask(MaskKind::Redact { value: None }, oid, 'N');
         assert_eq!(
-            mask_value(&m(ty::INT4), false, b"42", None),
+            val(mask_value(&m(ty::INT4), false, b"42", None)),
             Some(b"0".to_vec())
         );
         assert_eq!(
-            mask_value(&m(ty::INT4), true, &[0, 0, 0, 42], None),
+            val(mask_value(&m(ty::INT4), true, &[0, 0, 0, 42], None)),
             Some(vec![0; 4])
         );
         assert_eq!(
-            mask_value(&m(ty::NUMERIC), true, &[0; 10], None),
+            val(mask_value(&m(ty::NUMERIC), true, &[0; 10], None)),
             Some(vec![0; 8])
         );
         assert_eq!(
-            mask_value(&m(ty::DATE), true, &[0; 4], None),
+            val(mask_value(&m(ty::DATE), true, &[0; 4], None)),
             Some((-10_957i32).to_be_bytes().to_vec())
         );
         assert_eq!(
-            mask_value(&m(ty::UUID), false, b"x", None).map(|v| v.len()),
+            val(mask_value(&m(ty::UUID), false, b"x", None)).map(|v| v.len()),
             Some(36)
         );
         // A type redact has no value for: NULL.
-        assert_eq!(mask_value(&m(600), false, b"(1,2)", None), None);
+        assert_eq!(val(mask_value(&m(600), false, b"(1,2)", None)), None);
         // A string mask on a non-string column (the RowDescription check): NULL.
         assert_eq!(
-            mask_value(&mask(MaskKind::Email, ty::INT4, 'N'), false, b"1", None),
+            val(mask_value(
+                &mask(MaskKind::Email, ty::INT4, 'N'),
+                false,
+                b"1",
+                None
+            )),
             None
         );
     }
@@ -695,7 +773,8 @@ mod tests {
         s.on_execute("");
         s.on_sync();
         let row = data_row(&[Some(b"\0\0\0\x01"), Some(b"alice@contoso.com")]);
-        let out = s.rewrite_row(&row).expect("rewritten");
+        let mut out = BytesMut::new();
+        assert!(s.rewrite_row(&row, &mut out), "rewritten");
         let expected = data_row(&[Some(b"\0\0\0\x01"), Some(b"****@contoso.com")]);
         assert_eq!(&out[5..], &expected[..]);
         assert_eq!(s.take_masked(), 1);
@@ -703,12 +782,18 @@ mod tests {
         // expected and three came: all NULL rather than guess.
         s.on_server(be::COMMAND_COMPLETE, b"SELECT 1\0");
         s.on_server(be::READY_FOR_QUERY, b"I");
-        assert!(s.rewrite_row(&row).is_none(), "nothing expected: forwarded");
+        assert!(
+            !s.rewrite_row(&row, &mut BytesMut::new()),
+            "nothing expected: forwarded"
+        );
         s.on_query(vec![
             None,
             Some(plan(vec![OutputMask::Derived(vec!["x".into()])])),
         ]);
-        assert!(s.rewrite_row(&row).is_none(), "first statement has no plan");
+        assert!(
+            !s.rewrite_row(&row, &mut BytesMut::new()),
+            "first statement has no plan"
+        );
         s.on_server(be::COMMAND_COMPLETE, b"SELECT 1\0");
         let mut rd = Vec::new();
         rd.extend_from_slice(&1i16.to_be_bytes());
@@ -716,7 +801,8 @@ mod tests {
         rd.extend_from_slice(&[0; 4 + 2 + 4 + 2 + 4 + 2]);
         s.on_server(be::ROW_DESCRIPTION, &rd);
         let one = data_row(&[Some(b"alice")]);
-        let out = s.rewrite_row(&one).expect("rewritten");
+        let mut out = BytesMut::new();
+        assert!(s.rewrite_row(&one, &mut out), "rewritten");
         assert_eq!(&out[5..], &data_row(&[None])[..]);
         assert!(s.withholds_errors());
         s.on_server(be::ERROR_RESPONSE, b"");

@@ -596,7 +596,10 @@ where
         let idle_again;
         // Marked errors answering denied statements, rewritten into 42501:
         // (offset, length, replacement).
-        let mut rewrites: Vec<(usize, usize, BytesMut)> = Vec::new();
+        // (offset, length, range in `replacements`): the replacements of one chunk share
+        // one buffer, so a result with masked rows allocates once, not once a row.
+        let mut rewrites: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+        let mut replacements = BytesMut::new();
         records.clear();
         let chunk_starts_at_boundary = state.scanner.at_boundary();
         let scanned = {
@@ -607,8 +610,11 @@ where
                 // Rows are most of a result and nothing here reads them, unless the
                 // caller has masks and this result has masked columns.
                 if tag == be::DATA_ROW {
-                    if let Some(new) = conv.masks.as_mut().and_then(|m| m.rewrite_row(body)) {
-                        rewrites.push((at, 5 + body.len(), new));
+                    if let Some(m) = conv.masks.as_mut() {
+                        let start = replacements.len();
+                        if m.rewrite_row(body, &mut replacements) {
+                            rewrites.push((at, 5 + body.len(), start..replacements.len()));
+                        }
                     }
                     return Ok(());
                 }
@@ -616,15 +622,29 @@ where
                     // Errors and notices of a statement that read masked columns may quote
                     // their values: sent without their text (a denial's is pgward's own).
                     if tag == be::NOTICE_RESPONSE && m.withholds_errors() {
-                        rewrites.push((at, 5 + body.len(), withheld_error(tag, body)));
+                        let start = replacements.len();
+                        replacements.extend_from_slice(&withheld_error(tag, body));
+                        rewrites.push((at, 5 + body.len(), start..replacements.len()));
                     }
                     if tag == be::ERROR_RESPONSE
                         && m.withholds_errors()
                         && !conv.denials.is_marked(body)
                     {
-                        rewrites.push((at, 5 + body.len(), withheld_error(tag, body)));
+                        let start = replacements.len();
+                        replacements.extend_from_slice(&withheld_error(tag, body));
+                        rewrites.push((at, 5 + body.len(), start..replacements.len()));
                     }
-                    m.on_server(tag, body);
+                    if matches!(
+                        tag,
+                        be::ROW_DESCRIPTION
+                            | be::COMMAND_COMPLETE
+                            | be::EMPTY_QUERY_RESPONSE
+                            | be::PORTAL_SUSPENDED
+                            | be::ERROR_RESPONSE
+                            | be::READY_FOR_QUERY
+                    ) {
+                        m.on_server(tag, body);
+                    }
                 }
                 if tag == be::ERROR_RESPONSE {
                     let encoding = &conv.encoding;
@@ -641,7 +661,9 @@ where
                         }
                     }
                     if let Some(new) = rewritten {
-                        rewrites.push((at, 5 + body.len(), new.bytes));
+                        let start = replacements.len();
+                        replacements.extend_from_slice(&new.bytes);
+                        rewrites.push((at, 5 + body.len(), start..replacements.len()));
                     }
                 } else if let Some(trail) = conv.trail.as_mut() {
                     match tag {
@@ -698,7 +720,7 @@ where
                 let mut copied = 0;
                 for (at, len, new) in &rewrites {
                     out.extend_from_slice(&chunk[copied..*at]);
-                    out.extend_from_slice(new);
+                    out.extend_from_slice(&replacements[new.clone()]);
                     copied = at + len;
                 }
                 out.extend_from_slice(&chunk[copied..]);
