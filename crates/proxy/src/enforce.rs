@@ -527,6 +527,9 @@ pub struct Gate {
     catalog: Option<CatalogHandle>,
     /// The caller's roles mask columns (see masking.rs).
     has_masks: bool,
+    /// A statement with a mask plan was prepared in this session (never reset: a Bind
+    /// need not look its statement up until one was).
+    any_planned: bool,
 }
 
 impl Gate {
@@ -550,6 +553,7 @@ impl Gate {
             metrics: None,
             catalog: None,
             has_masks: false,
+            any_planned: false,
         }
         .masks_known()
     }
@@ -562,6 +566,12 @@ impl Gate {
     /// Whether the caller's roles mask columns.
     pub fn has_masks(&self) -> bool {
         self.has_masks
+    }
+
+    /// Whether a Bind may need a plan: a statement with one was prepared here, or the
+    /// policy changed (statements are planned again under it).
+    pub fn binds_may_plan(&self) -> bool {
+        self.has_masks && (self.any_planned || self.reloaded)
     }
 
     /// The key of `hash` masks.
@@ -1013,6 +1023,7 @@ impl Gate {
                     // (The unnamed statement cannot be EXECUTEd by name.)
                     self.session.remember_prepared(name, one.analysis.clone());
                 }
+                self.any_planned |= qd.statements.iter().any(|s| s.masks.is_some());
                 let allowed = Allowed {
                     analysis: Runs::Parsed(Arc::clone(qd)),
                     version: self.policy.version(),

@@ -308,21 +308,18 @@ impl MaskStream {
                     self.active = self.describe(body);
                     self.described = true;
                 }
+                return;
             }
             be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
                 if self.expect.front().is_some_and(Expect::is_result) {
                     self.expect.pop_front();
                 }
-                self.active = None;
-                self.described = false;
             }
             be::ERROR_RESPONSE => {
                 // The server skips the rest of the Query or everything up to Sync.
                 while self.expect.front().is_some_and(Expect::is_result) {
                     self.expect.pop_front();
                 }
-                self.active = None;
-                self.described = false;
             }
             be::READY_FOR_QUERY => {
                 while let Some(e) = self.expect.pop_front() {
@@ -330,11 +327,23 @@ impl MaskStream {
                         break;
                     }
                 }
-                self.active = None;
-                self.described = false;
             }
-            _ => {}
+            _ => return,
         }
+        if self.described {
+            self.active = None;
+            self.described = false;
+        }
+    }
+
+    /// Whether any portal or cursor has a plan (else an Execute needs no name read).
+    pub fn has_planned_portals(&self) -> bool {
+        self.unnamed.is_some() || !self.portals.is_empty() || !self.cursors.is_empty()
+    }
+
+    /// An Execute of a portal known to have no plan.
+    pub fn on_plain_execute(&mut self) {
+        self.expect.push_back(Expect::Plain);
     }
 
     /// The fields of a simple-protocol result, from its plan and its RowDescription.

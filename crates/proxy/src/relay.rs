@@ -879,13 +879,19 @@ fn decide(
             masks.on_query(plans);
         }
         fe::BIND => {
-            let (portal, statement) = frontend::bind_names(body)?;
-            // A plan that cannot be made any more (after a reload) denies the Bind in
-            // `Gate::on_bind`; the portal then runs nothing.
-            let plan = gate
-                .as_deref_mut()
-                .and_then(|g| g.bind_plan(statement).ok().flatten());
-            masks.on_bind(portal, plan, body);
+            // Nothing to note while no statement of the session has a plan and no portal
+            // holds one (pgbench -S under a mask on columns it does not read).
+            let may_plan = gate.as_deref().is_some_and(Gate::binds_may_plan);
+            if may_plan || masks.has_planned_portals() {
+                let (portal, statement) = frontend::bind_names(body)?;
+                // A plan that cannot be made any more (after a reload) denies the Bind in
+                // `Gate::on_bind`; the portal then runs nothing.
+                let plan = gate
+                    .as_deref_mut()
+                    .filter(|_| may_plan)
+                    .and_then(|g| g.bind_plan(statement).ok().flatten());
+                masks.on_bind(portal, plan, body);
+            }
         }
         fe::PARSE => {
             // A DECLARE sent with Parse: FETCH reads the cursor with its plan.
@@ -899,6 +905,7 @@ fn decide(
                 }
             }
         }
+        fe::EXECUTE if !masks.has_planned_portals() => masks.on_plain_execute(),
         fe::EXECUTE => masks.on_execute(frontend::execute_portal(body)?),
         fe::CLOSE => {
             let (kind, name) = frontend::target(body, "Close")?;
