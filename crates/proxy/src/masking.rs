@@ -205,13 +205,18 @@ impl MaskStream {
     }
 
     /// A simple Query was forwarded with these statements' plans (empty when it was
-    /// replaced by a denial).
+    /// replaced by a denial). (The relay notes them one by one: `on_statement`.)
     pub fn on_query(&mut self, plans: Vec<Option<Arc<MaskPlan>>>) {
         for p in plans {
-            self.expect
-                .push_back(p.map_or(Expect::Plain, Expect::Statement));
+            self.on_statement(p);
         }
-        self.expect.push_back(Expect::Boundary);
+        self.on_sync();
+    }
+
+    /// One statement of a simple Query, in order (the Query's end is `on_sync`).
+    pub fn on_statement(&mut self, plan: Option<Arc<MaskPlan>>) {
+        self.expect
+            .push_back(plan.map_or(Expect::Plain, Expect::Statement));
     }
 
     /// A DECLARE forwarded: FETCH reads the cursor with its plan.

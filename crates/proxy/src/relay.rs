@@ -861,14 +861,14 @@ fn decide(
     match tag {
         fe::QUERY => {
             // In order: a FETCH reads a cursor declared earlier in the same string.
-            let mut plans = Vec::new();
             if let Some(j) = judged.as_ref() {
                 let allowed = !j.qd.decision.blocks();
                 for s in &j.qd.statements {
-                    plans.push(match &s.analysis.fetches {
+                    let plan = match &s.analysis.fetches {
                         Some(cursor) => masks.cursor(cursor),
                         None => s.masks.clone(),
-                    });
+                    };
+                    masks.on_statement(plan);
                     for e in s.analysis.effects.iter().filter(|_| allowed) {
                         if let pgward_policy::SessionEffect::DeclareCursor { name, .. } = e {
                             masks.on_declare(name, s.masks.clone());
@@ -876,7 +876,8 @@ fn decide(
                     }
                 }
             }
-            masks.on_query(plans);
+            // The Query's ReadyForQuery.
+            masks.on_sync();
         }
         fe::BIND => {
             // Nothing to note while no statement of the session has a plan and no portal
