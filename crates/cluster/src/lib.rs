@@ -18,6 +18,7 @@
 
 mod metrics;
 mod pg;
+mod redis;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -120,6 +121,7 @@ pub struct RedisStore {
     /// PEM bundle of CAs trusted; without it, the Mozilla roots.
     pub ca_file: Option<PathBuf>,
     /// Prefix of every key pgward writes (several pgward deployments can share a Redis).
+    /// Keep a `{hash tag}` in it on a clustered Redis: pgward's scripts use several keys.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
     #[serde(default = "default_connect_timeout")]
@@ -137,7 +139,8 @@ fn default_true() -> bool {
     true
 }
 fn default_prefix() -> String {
-    "pgward:".to_owned()
+    // A hash tag: every key in one slot of a clustered Redis, as multi-key scripts need.
+    "{pgward}:".to_owned()
 }
 
 impl ClusterConfig {
@@ -374,9 +377,10 @@ impl Cluster {
             Backend::Postgres => Box::new(
                 pg::PgStore::connect(&config, instance, &boot, on_cancel, metrics.clone()).await?,
             ),
-            Backend::Redis => {
-                return Err("backend = \"redis\" is not supported by this build".into())
-            }
+            Backend::Redis => Box::new(
+                redis::RedisStore::connect(&config, instance, &boot, on_cancel, metrics.clone())
+                    .await?,
+            ),
         };
         let cluster = Arc::new(Self {
             store,
