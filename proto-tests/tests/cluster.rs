@@ -461,7 +461,7 @@ fn cancels(kind: Kind) {
             session_on,
             "the cancel must land on another replica"
         );
-        let e = sleeper.await.unwrap().err().expect("cancelled");
+        let e = sleeper.await.unwrap().expect_err("cancelled");
         assert_eq!(sqlstate(&e), "57014", "{e}");
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
@@ -622,8 +622,7 @@ fn caps(kind: Kind) {
         let e = env
             .connect("erin@contoso.com")
             .await
-            .err()
-            .expect("still capped at 5");
+            .expect_err("still capped at 5");
         assert_eq!(sqlstate(&e), "53300");
     });
 }
@@ -772,14 +771,13 @@ fn outage(kind: Kind) {
             token.cancel_query(pgtls::trusting(&env.ca)).await.unwrap();
         };
         let (r, ()) = tokio::join!(query, cancel);
-        assert_eq!(sqlstate(&r.err().expect("cancelled locally")), "57014");
+        assert_eq!(sqlstate(&r.expect_err("cancelled locally")), "57014");
 
         // "refuse": 53300 naming the store.
         let e = env
             .connect_at(ports[2], "judy@contoso.com")
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(sqlstate(&e), "53300", "{e}");
         assert!(message(&e).contains("store"), "{}", message(&e));
         assert!(env.replicas[2].metric("pgward_cluster_fallbacks_total") >= 1.0);

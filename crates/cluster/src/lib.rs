@@ -574,12 +574,9 @@ async fn heartbeats(cluster: std::sync::Weak<Cluster>) {
     loop {
         tokio::time::sleep(every).await;
         let Some(c) = cluster.upgrade() else { return };
-        match c.call("heartbeat", c.store.heartbeat()).await {
-            Ok(n) => {
-                c.replicas.store(n.max(1), Ordering::Relaxed);
-                c.metrics.replicas.set(i64::from(n));
-            }
-            Err(_) => {}
+        if let Ok(n) = c.call("heartbeat", c.store.heartbeat()).await {
+            c.replicas.store(n.max(1), Ordering::Relaxed);
+            c.metrics.replicas.set(i64::from(n));
         }
         c.metrics.store_up.set(i64::from(c.store.is_up()));
     }

@@ -704,6 +704,38 @@ connections_per_identity = 5
     }
 
     #[test]
+    fn a_replicas_share_divides_every_cap_rounding_up() {
+        // What `on_store_error = "local"` enforces while the store is unreachable.
+        let l = Limiter::new(cfg(r#"
+connections_per_identity = 5
+[[roles]]
+role = "etl"
+connections = 4
+"#));
+        let etl = vec!["etl".to_owned()];
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(l.admit_with("a", &[], 3, None).unwrap().0);
+        }
+        assert_eq!(
+            l.admit_with("a", &[], 3, None).err(),
+            Some(Refusal::Identity { limit: 2 }),
+            "ceil(5 / 3)"
+        );
+        held.push(l.admit_with("b", &etl, 3, None).unwrap().0);
+        held.push(l.admit_with("c", &etl, 3, None).unwrap().0);
+        assert_eq!(
+            l.admit_with("d", &etl, 3, None).err(),
+            Some(Refusal::Role {
+                role: "etl".into(),
+                limit: 2
+            })
+        );
+        // Undivided, the same counts are under the caps.
+        assert!(l.admit_with("a", &[], 1, None).is_ok());
+    }
+
+    #[test]
     fn reload_applies_to_new_sessions() {
         let l = Limiter::new(cfg("connections_per_identity = 1"));
         let _a = l.admit("a", &[]).unwrap();
