@@ -75,8 +75,9 @@ impl Store {
                 pg.port
             ),
             Store::Redis(r) => format!(
-                "{common}backend = \"redis\"\n[cluster.redis]\nhost = \"127.0.0.1\"\nport = {}\ntls = false\n[cluster.redis.credential]\ntype = \"password\"\nuser = \"default\"\npassword_env = \"PGWARD_TEST_STORE_PASSWORD\"\n",
-                r.port
+                "{common}backend = \"redis\"\n[cluster.redis]\nhost = \"127.0.0.1\"\nport = {}\ntls = true\nca_file = \"{}\"\n[cluster.redis.credential]\ntype = \"password\"\nuser = \"default\"\npassword_env = \"PGWARD_TEST_STORE_PASSWORD\"\n",
+                r.port,
+                r.certs.ca.display()
             ),
         }
     }
@@ -97,18 +98,24 @@ impl Store {
 }
 
 /// redis-server from Debian, unprivileged, on a free loopback port with a temporary
-/// directory, requiring a password.
+/// directory, over TLS only (as Azure Managed Redis), requiring a password.
 struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
+    certs: pgward_devkit::certs::CertFiles,
     child: Option<Child>,
 }
 
 impl RedisServer {
     fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs =
+            pgward_devkit::certs::generate(dir.path(), "redis", &["127.0.0.1", "localhost"])
+                .unwrap();
         let mut r = RedisServer {
             port: pgward_devkit::free_port().unwrap(),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            certs,
             child: None,
         };
         r.spawn();
@@ -123,7 +130,11 @@ impl RedisServer {
         let child = Command::new(bin)
             .args([
                 "--port",
+                "0",
+                "--tls-port",
                 &self.port.to_string(),
+                "--tls-auth-clients",
+                "no",
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -135,6 +146,10 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(self.dir.path())
+            .arg("--tls-cert-file")
+            .arg(&self.certs.cert)
+            .arg("--tls-key-file")
+            .arg(&self.certs.key)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
