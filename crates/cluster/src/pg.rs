@@ -451,11 +451,13 @@ impl Store for PgStore {
                         .map(u64::to_string)
                         .collect();
                     // The lowest free slot: locks are tried in order and the first taken
-                    // ends the scan (LIMIT 1).
+                    // ends the scan (LIMIT 1). CASE, not AND: the planner may reorder AND's
+                    // operands, and a re-entrant lock taken on a slot of our own would
+                    // stack and never be released.
                     format!(
                         "(SELECT n FROM generate_series(0, {last}) n \
-                         WHERE n <> ALL('{{{held}}}'::int8[]) \
-                         AND pg_catalog.pg_try_advisory_lock({lock}) LIMIT 1)",
+                         WHERE CASE WHEN n = ANY('{{{held}}}'::int8[]) THEN false \
+                         ELSE pg_catalog.pg_try_advisory_lock({lock}) END LIMIT 1)",
                         last = i64::from(s.limit) - 1,
                         held = held.join(","),
                         lock = lock_expr(&format!(

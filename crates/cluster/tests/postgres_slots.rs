@@ -1,0 +1,103 @@
+//! The PostgreSQL store's connection slots against a real PostgreSQL: a replica holding many
+//! slots of one scope (more than its own lock re-entrance could hide) gives back every one,
+//! another replica then gets exactly the cap, and a replica's end frees all its slots.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgward_cluster::{Acquired, Cluster, ClusterConfig, Scope};
+use pgward_devkit::postgres::{EphemeralPostgres, PgOptions};
+
+const PASSWORD: &str = "slots-secret-Vb40";
+
+fn config(port: u16) -> ClusterConfig {
+    toml::from_str(&format!(
+        r#"
+backend = "postgres"
+lease_secs = 3
+[postgres]
+host = "127.0.0.1"
+port = {port}
+database = "pgward_control"
+tls = "disable"
+[postgres.credential]
+type = "password"
+user = "pgward_cluster"
+password = "{PASSWORD}"
+"#
+    ))
+    .unwrap()
+}
+
+async fn take(cluster: &Arc<Cluster>, scope: &Scope, n: usize) -> Vec<pgward_cluster::Slots> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        match cluster.acquire(std::slice::from_ref(scope)).await.unwrap() {
+            Acquired::Held(s) => held.push(s),
+            Acquired::Full(_) => break,
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_are_exact_and_all_come_back() {
+    let pg = EphemeralPostgres::start(PgOptions::default()).unwrap();
+    pg.create_login("pgward_cluster", PASSWORD, "scram-sha-256")
+        .unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE pgward_control OWNER pgward_cluster",
+    )
+    .unwrap();
+    let sink: pgward_cluster::CancelSink = Arc::new(|_, _| false);
+    let a = Cluster::start(config(pg.port), "a", sink.clone())
+        .await
+        .unwrap();
+    let b = Cluster::start(config(pg.port), "b", sink.clone())
+        .await
+        .unwrap();
+    let scope = Scope {
+        key: "identity alice".into(),
+        limit: 30,
+    };
+
+    // One replica takes 20 (its earlier slots are its own re-entrant locks: skipped).
+    let held = take(&a, &scope, 20).await;
+    assert_eq!(held.len(), 20);
+    // The other gets the remaining 10, and no more.
+    let other = take(&b, &scope, 40).await;
+    assert_eq!(other.len(), 10);
+    // Releasing 20 (in the background) lets exactly 20 in again.
+    drop(held);
+    let mut again = Vec::new();
+    for _ in 0..50 {
+        again.extend(take(&b, &scope, 20 - again.len()).await);
+        if again.len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again.len(), 20, "slots given back by a");
+    assert!(take(&b, &scope, 1).await.is_empty(), "the cap is exact");
+
+    // A second scope in the same call: all or nothing.
+    let role = Scope {
+        key: "role etl".into(),
+        limit: 1,
+    };
+    drop(again);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let both = [scope.clone(), role.clone()];
+    let first = a.acquire(&both).await.unwrap();
+    assert!(matches!(first, Acquired::Held(_)));
+    assert!(matches!(a.acquire(&both).await.unwrap(), Acquired::Full(1)));
+    // The refused call gave its identity slot back: 30 - 10 (b) - 1 (first) remain.
+    let rest = take(&a, &scope, 40).await;
+    assert_eq!(rest.len(), 19);
+
+    // The instance name is claimed once.
+    let dup = Cluster::start(config(pg.port), "a", sink).await;
+    assert!(dup.unwrap_err().contains("already claimed"));
+    drop(other);
+}
