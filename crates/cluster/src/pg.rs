@@ -27,9 +27,10 @@ use pgward_wire::tag::backend as be;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 use tracing::{error, info, warn};
 
-use crate::{
-    backoff, parse_cancel, BoxFuture, CancelSink, ClusterConfig, ClusterMetrics, Lease, Scope,
-    SlotId, Store, StoreError,
+use crate::config::ClusterConfig;
+use crate::metrics::ClusterMetrics;
+use crate::store::{
+    backoff, parse_cancel, BoxFuture, CancelSink, Lease, Scope, SlotId, Store, StoreError,
 };
 
 const CHANNEL: &str = "pgward_cancel";

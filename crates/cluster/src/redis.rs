@@ -28,9 +28,10 @@ use redis::{
 use tokio::sync::{mpsc, Notify, RwLock};
 use tracing::{error, info, warn};
 
-use crate::{
-    backoff, parse_cancel, BoxFuture, CancelSink, ClusterConfig, ClusterMetrics, Lease,
-    RedisStore as RedisConfig, Scope, SlotId, Store, StoreError,
+use crate::config::{ClusterConfig, RedisStore as RedisConfig};
+use crate::metrics::ClusterMetrics;
+use crate::store::{
+    backoff, parse_cancel, BoxFuture, CancelSink, Lease, Scope, SlotId, Store, StoreError,
 };
 
 /// The Entra scope of Azure Managed Redis tokens.
