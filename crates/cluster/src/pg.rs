@@ -452,11 +452,12 @@ impl Store for PgStore {
                         .map(u64::to_string)
                         .collect();
                     // The lowest free slot: locks are tried in order and the first taken
-                    // ends the scan (LIMIT 1). CASE, not AND: the planner may reorder AND's
+                    // ends the scan (LIMIT 1; the series in the select list is produced
+                    // one row at a time, where in FROM it would be built whole first). CASE, not AND: the planner may reorder AND's
                     // operands, and a re-entrant lock taken on a slot of our own would
                     // stack and never be released.
                     format!(
-                        "(SELECT n FROM generate_series(0, {last}) n \
+                        "(SELECT n FROM (SELECT generate_series(0, {last}) AS n) s \
                          WHERE CASE WHEN n = ANY('{{{held}}}'::int8[]) THEN false \
                          ELSE pg_catalog.pg_try_advisory_lock({lock}) END LIMIT 1)",
                         last = i64::from(s.limit) - 1,
