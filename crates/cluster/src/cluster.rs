@@ -155,22 +155,31 @@ impl Cluster {
             .max(1)
     }
 
-    /// A store call, bounded, timed and counted.
+    /// A store call, bounded by `timeout_ms`, timed and counted.
     async fn call<T>(
         &self,
         op: &'static str,
         f: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.call_within(op, self.config.timeout(), f).await
+    }
+
+    async fn call_within<T>(
+        &self,
+        op: &'static str,
+        bound: Duration,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let r = if self.store.is_up() {
             let t = Instant::now();
-            match tokio::time::timeout(self.config.timeout(), f).await {
+            match tokio::time::timeout(bound, f).await {
                 Ok(r) => {
                     self.metrics.latency(op, t.elapsed());
                     r
                 }
                 Err(_) => {
                     self.store.reset();
-                    Err(StoreError::Timeout(self.config.timeout_ms))
+                    Err(StoreError::Timeout(bound.as_millis() as u64))
                 }
             }
         } else {
@@ -291,7 +300,10 @@ async fn heartbeats(cluster: std::sync::Weak<Cluster>) {
     loop {
         tokio::time::sleep(every).await;
         let Some(c) = cluster.upgrade() else { return };
-        if let Ok(n) = c.call("heartbeat", c.store.heartbeat()).await {
+        // No client waits for a heartbeat: it may take up to its period (a saturated machine
+        // can delay it past `timeout_ms` without the store being slow for anyone).
+        let bound = every.max(c.config.timeout());
+        if let Ok(n) = c.call_within("heartbeat", bound, c.store.heartbeat()).await {
             c.replicas.store(n.max(1), Ordering::Relaxed);
             c.metrics.replicas.set(i64::from(n));
         }

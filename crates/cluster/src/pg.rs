@@ -93,6 +93,9 @@ struct Conn {
     /// The slots this replica holds, by scope: the search skips them (a session's advisory
     /// locks are re-entrant, so its own would look free), and a reconnect takes them again.
     held: HashMap<String, BTreeSet<u64>>,
+    /// The holder session's backend (pid, start), last opened. An abandoned session's backend
+    /// keeps its locks until it notices the connection is gone; a reconnect ends it first.
+    backend: Option<(i32, String)>,
 }
 
 fn slot_key(scope: &str, n: u64) -> String {
@@ -149,7 +152,14 @@ impl PgStore {
             .query_on(&mut session, SCHEMA)
             .await
             .map_err(|e| format!("[cluster] cannot create the pgward_cluster schema: {e}"))?;
-        inner.conn.lock().await.session = Some(session);
+        {
+            let mut c = inner.conn.lock().await;
+            c.session = Some(session);
+            c.backend = inner
+                .backend_of(&mut c)
+                .await
+                .map_err(|e| format!("[cluster] control database: {e}"))?;
+        }
         inner.up.store(true, Ordering::Release);
         tokio::spawn(reconnects(Arc::downgrade(&inner)));
         tokio::spawn(listen(Arc::downgrade(&inner), on_cancel));
@@ -242,6 +252,54 @@ impl Inner {
         Ok(true)
     }
 
+    /// The holder session's backend: (pid, start).
+    async fn backend_of(&self, c: &mut Conn) -> Result<Option<(i32, String)>, StoreError> {
+        let rows = self
+            .run(
+                c,
+                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity \
+                 WHERE pid = pg_catalog.pg_backend_pid()",
+            )
+            .await?;
+        Ok(rows.into_iter().next().and_then(|r| {
+            let pid = r.first()?.as_deref()?.parse().ok()?;
+            Some((pid, r.get(1)?.clone()?))
+        }))
+    }
+
+    /// Ends an abandoned holder backend (same pid *and* start, so never a later backend that
+    /// reused the pid) and waits up to 5 s for it to be gone, with the locks it held.
+    async fn end_backend(
+        &self,
+        c: &mut Conn,
+        (pid, start): &(i32, String),
+    ) -> Result<(), StoreError> {
+        let which = format!(
+            "pid = {pid} AND backend_start = {}::timestamptz",
+            quote_literal(start)
+        );
+        self.run(
+            c,
+            &format!("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE {which}"),
+        )
+        .await?;
+        for _ in 0..50 {
+            let rows = self
+                .run(
+                    c,
+                    &format!("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE {which}"),
+                )
+                .await?;
+            if first(&rows) == Some("0") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(StoreError::Failed(format!(
+            "the previous store session (backend {pid}) does not end"
+        )))
+    }
+
     /// After a reconnect: the instance name and every slot still in use, taken again.
     async fn reclaim(&self, c: &mut Conn) -> Result<(), StoreError> {
         if !self.claim(c).await? {
@@ -302,7 +360,17 @@ async fn reconnects(inner: std::sync::Weak<Inner>) {
             let mut c = i.conn.lock().await;
             c.dirty = false;
             c.session = Some(session);
-            match i.reclaim(&mut c).await {
+            let restored = async {
+                let new = i.backend_of(&mut c).await?;
+                // The old session's backend may still hold this replica's locks (it was
+                // abandoned mid-call, and has not noticed yet): end it before reclaiming.
+                if let Some(old) = c.backend.clone() {
+                    i.end_backend(&mut c, &old).await?;
+                }
+                c.backend = new;
+                i.reclaim(&mut c).await
+            };
+            match restored.await {
                 Ok(()) => {
                     i.up.store(true, Ordering::Release);
                     i.metrics.store_up.set(1);

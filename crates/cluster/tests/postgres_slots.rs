@@ -104,3 +104,72 @@ async fn slots_are_exact_and_all_come_back() {
     assert!(dup.unwrap_err().contains("already claimed"));
     drop(other);
 }
+
+/// A call abandoned at its timeout (the store blocked, not down) drops the connection; the
+/// reconnect ends the abandoned backend, which still holds the replica's locks, and takes
+/// the name and every slot in use again — none of them is left for another replica to take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_loses_no_slot() {
+    let pg = Arc::new(EphemeralPostgres::start(PgOptions::default()).unwrap());
+    pg.create_login("pgward_cluster", PASSWORD, "scram-sha-256")
+        .unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE pgward_control OWNER pgward_cluster",
+    )
+    .unwrap();
+    let sink: pgward_cluster::CancelSink = Arc::new(|_, _| false);
+    let a = Cluster::start(config(pg.port), "a", sink.clone())
+        .await
+        .unwrap();
+    let b = Cluster::start(config(pg.port), "b", sink.clone())
+        .await
+        .unwrap();
+    let scope = Scope {
+        key: "identity carol".into(),
+        limit: 5,
+    };
+    let held = take(&a, &scope, 5).await;
+    assert_eq!(held.len(), 5);
+
+    // Someone holds the buckets table for 2 s: a's lease call blocks, times out (500 ms),
+    // and a reconnects while its old backend still waits for the lock.
+    let blocker = {
+        let pg = pg.clone();
+        std::thread::spawn(move || {
+            pg.psql(
+                "pgward_control",
+                "BEGIN; LOCK TABLE pgward_cluster.buckets; SELECT pg_sleep(2); COMMIT;",
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = a.lease("rate carol", 10.0, 10.0, 1.0).await.unwrap_err();
+    assert!(matches!(e, pgward_cluster::StoreError::Timeout(_)), "{e}");
+    // The blocker ends (its transaction was not the abandoned backend's). Both replicas
+    // are up again (b's heartbeat was blocked too); b still finds every slot taken, now and
+    // after the abandoned backend would have gone.
+    let _ = blocker.join();
+    for c in [&a, &b] {
+        for _ in 0..100 {
+            if c.is_up() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(c.is_up(), "{c:?} reconnected");
+    }
+    assert!(
+        take(&b, &scope, 1).await.is_empty(),
+        "a slot was lost in the reconnect"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        take(&b, &scope, 1).await.is_empty(),
+        "a slot was lost in the reconnect"
+    );
+    // And a's name is still a's.
+    let dup = Cluster::start(config(pg.port), "a", sink).await;
+    assert!(dup.unwrap_err().contains("already claimed"));
+    drop(held);
+}
