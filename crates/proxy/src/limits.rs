@@ -185,6 +185,11 @@ pub enum RateRefusal {
 /// Statements leased from the shared bucket at a time, in seconds of the rate (at least 1).
 const LEASE_SECONDS: f64 = 0.1;
 
+/// Shared buckets outlive their identity's last session on this replica (a reconnect needs no
+/// lease first); past this many buckets, those idle for `KEPT_BUCKET_IDLE` are dropped.
+const KEPT_BUCKETS: usize = 1024;
+const KEPT_BUCKET_IDLE: Duration = Duration::from_secs(60);
+
 /// The limits in force and the live counts. One per server.
 pub struct Limiter {
     config: RwLock<Arc<LimitsConfig>>,
@@ -291,8 +296,11 @@ impl Limiter {
         }
         let (mut permit, fresh) = self.admit_with(identity, roles, divisor, Some(&cluster))?;
         permit.slots = slots;
-        if fresh {
-            if let Some(b) = &permit.bucket {
+        // A new session's first statement must not wait for a lease: one is fetched now if
+        // the identity's bucket here is new or empty.
+        if let Some(b) = &permit.bucket {
+            let empty = fresh || b.lock().map(|g| g.tokens < 1.0).unwrap_or(true);
+            if empty {
                 refill(b.clone()).await;
             }
         }
@@ -336,6 +344,20 @@ impl Limiter {
         let roles_counted: Vec<String> = roles.to_vec();
         for r in &roles_counted {
             *counts.per_role.entry(r.clone()).or_default() += 1;
+        }
+        if counts.buckets.len() > KEPT_BUCKETS {
+            // Shared buckets of identities without sessions, idle for a while, go.
+            let Counts {
+                buckets,
+                per_identity,
+                ..
+            } = &mut *counts;
+            buckets.retain(|id, b| {
+                per_identity.contains_key(id)
+                    || b.lock()
+                        .map(|g| g.at.elapsed() < KEPT_BUCKET_IDLE)
+                        .unwrap_or(false)
+            });
         }
         let mut fresh = false;
         let bucket = limits.rate.map(|(rate, burst)| {
@@ -440,8 +462,16 @@ impl Drop for Permit {
         if last {
             counts.per_identity.remove(&self.identity);
             // The bucket goes with the identity's last session: a reconnect starts full,
-            // which is at most one burst more — the same as waiting a moment.
-            counts.buckets.remove(&self.identity);
+            // which is at most one burst more — the same as waiting a moment. A shared bucket
+            // (`[cluster]`) stays a while: it holds statements leased from the store, and a
+            // reconnect then needs no lease before its first statement (pruned in `admit`).
+            let shared = counts
+                .buckets
+                .get(&self.identity)
+                .is_some_and(|b| b.lock().map(|g| g.shared.is_some()).unwrap_or(false));
+            if !shared {
+                counts.buckets.remove(&self.identity);
+            }
         }
         for r in &self.roles {
             if let Some(n) = counts.per_role.get_mut(r) {
