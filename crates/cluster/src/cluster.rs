@@ -37,14 +37,14 @@ impl Drop for Slots {
         if ids.is_empty() {
             return;
         }
-        let cluster = self.cluster.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { cluster.release(ids).await });
-            }
-            // No runtime (process exit): the store connection closing frees them.
-            Err(_) => cluster.store.forget(&ids),
-        }
+        let mut pending = self
+            .cluster
+            .releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.extend(ids);
+        drop(pending);
+        self.cluster.release_due.notify_one();
     }
 }
 
@@ -63,6 +63,10 @@ pub struct Cluster {
     /// Whether the last call failed (for the logged transitions).
     failing: AtomicBool,
     remote_cancels: PerSecond,
+    /// Slots of ended sessions, given back together by `releases` (so a new session's
+    /// acquire rarely waits behind a release on the store connection).
+    releases: Mutex<Vec<SlotId>>,
+    release_due: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -107,6 +111,8 @@ impl Cluster {
             metrics,
             failing: AtomicBool::new(false),
             remote_cancels: PerSecond::new(REMOTE_CANCELS_PER_SECOND),
+            releases: Mutex::new(Vec::new()),
+            release_due: tokio::sync::Notify::new(),
         });
         let deadline = Instant::now() + cluster.config.lease() + Duration::from_secs(1);
         loop {
@@ -129,6 +135,7 @@ impl Cluster {
             cluster.metrics.replicas.set(i64::from(n));
         }
         tokio::spawn(heartbeats(Arc::downgrade(&cluster)));
+        tokio::spawn(releases(cluster.clone()));
         info!(backend = ?cluster.config.backend, instance, "cluster store connected; instance name claimed");
         Ok(cluster)
     }
@@ -213,6 +220,9 @@ impl Cluster {
     }
 
     async fn release(&self, ids: Vec<SlotId>) {
+        if ids.is_empty() {
+            return;
+        }
         // A failed release is not retried: the store connection is reset, which frees
         // everything it held, and the slots still in use are taken again on reconnect.
         let _ = self.call("release", self.store.release(ids)).await;
@@ -263,6 +273,20 @@ impl Cluster {
         self.metrics
             .remote_cancel(if r.is_ok() { "sent" } else { "send_failed" });
         r
+    }
+}
+
+/// How long ended sessions' slots wait to be given back together: a new connection arriving
+/// meanwhile takes its slot first. Caps stay exact: a slot counts until it is given back.
+const RELEASE_DELAY: Duration = Duration::from_millis(10);
+
+/// Gives back ended sessions' slots, a batch at a time, for as long as the process runs.
+async fn releases(cluster: Arc<Cluster>) {
+    loop {
+        cluster.release_due.notified().await;
+        tokio::time::sleep(RELEASE_DELAY).await;
+        let ids = std::mem::take(&mut *cluster.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        cluster.release(ids).await;
     }
 }
 

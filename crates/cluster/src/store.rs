@@ -70,7 +70,7 @@ pub(crate) trait Store: Send + Sync {
         scopes: &'a [Scope],
     ) -> BoxFuture<'a, Result<Result<Vec<SlotId>, usize>, StoreError>>;
     fn release(&self, ids: Vec<SlotId>) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Forgets slots without a store call (no runtime left).
+    /// Forgets slots locally, without a store call.
     fn forget(&self, ids: &[SlotId]);
     fn lease<'a>(
         &'a self,
