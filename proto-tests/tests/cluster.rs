@@ -745,10 +745,11 @@ fn outage(kind: Kind) {
         ["local", "local", "refuse"],
     );
     let ports: Vec<u16> = env.replicas.iter().map(|r| r.port).collect();
-    env.rt.block_on(async {
+    let early = env.rt.block_on(async {
         // A session on the refusing replica, opened while the store is up.
         let early = env.connect_at(ports[2], "heidi@contoso.com").await.unwrap();
         early.simple_query("SELECT 1").await.unwrap();
+        early
     });
     env.store.stop();
     let up = |env: &Env| env.metric("pgward_cluster_store_up");
@@ -787,6 +788,24 @@ fn outage(kind: Kind) {
         };
         let (r, ()) = tokio::join!(query, cancel);
         assert_eq!(sqlstate(&r.expect_err("cancelled locally")), "57014");
+        // Statements go on under the local share of the rate.
+        for _ in 0..50 {
+            local[1].simple_query("SELECT 1").await.unwrap();
+        }
+
+        // "refuse", statements: what the replica leased before the outage runs (a tenth of
+        // a second of the rate: 100), then 53400 naming the store; the session stays usable.
+        let mut ran = 0;
+        let refused = loop {
+            match early.simple_query("SELECT 1").await {
+                Ok(_) => ran += 1,
+                Err(e) => break e,
+            }
+            assert!(ran <= 200, "statements ran on without the store");
+        };
+        assert_eq!(sqlstate(&refused), "53400", "{refused}");
+        assert!(message(&refused).contains("store"), "{}", message(&refused));
+        assert!(ran >= 50, "only {ran} statements before the refusal");
 
         // "refuse": 53300 naming the store.
         let e = env
@@ -822,6 +841,16 @@ fn outage(kind: Kind) {
             .await
             .expect("admitted again");
         c.simple_query("SELECT 1").await.unwrap();
+        // The refused session's statements run again once a lease can be had.
+        let mut back = false;
+        for _ in 0..100 {
+            if early.simple_query("SELECT 1").await.is_ok() {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(back, "statements on the refusing replica did not recover");
         let mut n = 0;
         let mut held = Vec::new();
         for _ in 0..8 {
