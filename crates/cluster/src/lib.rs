@@ -1,4 +1,4 @@
-//! State pgward replicas share (`[cluster]`, docs/operations.md "Several replicas"), kept in
+//! State pgward replicas share (`[cluster]`, docs/operations.md "Scaling out"), kept in
 //! a store operators already run: a PostgreSQL control database (pg.rs) or Redis (redis.rs).
 //!
 //! What is shared, and how little the hot path pays for it:
