@@ -67,7 +67,7 @@ impl Store {
     /// The `[cluster]` section for a replica.
     fn section(&self, on_store_error: &str) -> String {
         let common = format!(
-            "[cluster]\non_store_error = \"{on_store_error}\"\ntimeout_ms = 500\nlease_secs = 3\nreplicas = 3\n"
+            "[cluster]\non_store_error = \"{on_store_error}\"\ntimeout_ms = 2000\nlease_secs = 3\nreplicas = 3\n"
         );
         match self {
             Store::Postgres(pg) => format!(
@@ -911,10 +911,13 @@ fn identity_and_throttle(kind: Kind) {
         "a duplicate instance name started:\n{log}"
     );
     assert!(log.contains("\"replica-0\" is already claimed"), "{log}");
-    assert!(t.elapsed() < Duration::from_secs(15));
+    // lease_secs (3) + 1 of waiting for the claim to lapse, and a start on a busy machine.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 
     // Failed sign-ins spread over the replicas are counted together: after 6 (2 per
-    // replica, under the 3 each allows), the next attempts wait.
+    // replica, under the 3 each allows alone), the next attempts wait as after the 4th, 5th
+    // and 6th failure (250 ms, 500 ms, 1 s). Alone, each replica would not delay at all.
+    // Only lower bounds are checked: a busy machine can make any attempt slower.
     env.rt.block_on(async {
         let ca = &env.ca;
         let bad = |port| {
@@ -929,13 +932,15 @@ fn identity_and_throttle(kind: Kind) {
             }
         };
         for _ in 0..6 {
-            let took = bad(env.balancer.port).await;
-            assert!(took < Duration::from_millis(200), "{took:?}");
+            bad(env.balancer.port).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for _ in 0..3 {
+        for at_least in [240, 490, 990] {
             let took = bad(env.balancer.port).await;
-            assert!(took >= Duration::from_millis(240), "the shared count did not slow this attempt: {took:?}");
+            assert!(
+                took >= Duration::from_millis(at_least),
+                "the shared count did not slow this attempt: {took:?} < {at_least} ms"
+            );
         }
     });
 }

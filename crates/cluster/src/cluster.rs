@@ -126,6 +126,11 @@ impl Cluster {
                         "instance name {instance:?} is already claimed by a running replica; give each replica its own name (PGWARD_INSTANCE)"
                     ))
                 }
+                // A slow or briefly lost store at start is waited for like a stale claim.
+                Err(e) if Instant::now() < deadline => {
+                    warn!(error = %e, "cannot claim the instance name yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 Err(e) => return Err(format!("cannot claim instance name {instance:?}: {e}")),
             }
         }
