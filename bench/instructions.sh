@@ -14,6 +14,10 @@
 #   tls        the same pgward with TLS on the client leg (sslmode=require)
 #   signed     TLS, token sign-in (the development issuer) and a policy
 #   full       signed + the audit file (default settings)
+#   limits     relay + [limits] (a connection cap and a statement rate that never bind)
+#   cluster    limits + [cluster] on a PostgreSQL control database (issue 20: what sharing
+#              limits with other replicas costs a statement); prepare the directory with
+#              BENCH_TARGETS including pgward_limits and pgward_cluster
 #
 # For each column and mode the process runs under callgrind twice, for N1 and N2 transactions;
 # (Ir(N2) - Ir(N1)) / (N2 - N1) is one transaction with start-up, sign-in and shutdown
@@ -91,7 +95,7 @@ cleanup() {
 trap cleanup EXIT
 
 PASSWORD="$(cat "$WORK/upstream-password")"
-USER_PLAIN="$(sed -n 's/^user = "\(.*\)"/\1/p' "$WORK/pgward-plain.toml" | head -1)"
+USER_PLAIN="$({ cat "$WORK"/pgward-plain.toml "$WORK"/pgward-limits.toml 2>/dev/null || true; } | sed -n 's/^user = "\(.*\)"/\1/p' | head -1)"
 
 # The signed-in columns need the token issuer running: start a new one, mint a token, and
 # point copies of the configurations at it.
@@ -120,6 +124,8 @@ config_for() {
         relay | tls) inst=plain ;;
         signed) inst=signed ;;
         full) inst=full ;;
+        limits) inst=limits ;;
+        cluster) inst=cluster ;;
         *) die "no pgward configuration for column $1" ;;
     esac
     src="$WORK/pgward-$inst.toml"
@@ -130,6 +136,11 @@ config_for() {
         sed "s|^authority = .*|authority = \"$ISSUER_URL\"|" "$src" >"$dst"
     else
         cp "$src" "$dst"
+    fi
+    if [[ "$inst" == cluster ]]; then
+        # Under valgrind every call is ~50× slower: no store timeouts, and no heartbeat during
+        # a run (it would land in one of the two runs and not the other).
+        sed -i 's/^\[cluster\]$/[cluster]\ntimeout_ms = 60000\nlease_secs = 3600/' "$dst"
     fi
     if grep -q '^\[policy\]' "$dst"; then
         sed -i 's/^\[policy\]$/[policy]\ncatalog_refresh_secs = 3600/' "$dst"
@@ -158,7 +169,7 @@ count() {
     else
         cfg="$(config_for "$col")"
         port="$(sed -n 's/^addr = "127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$cfg" | head -1)"
-        [[ "$col" != relay ]] && ssl=require
+        [[ "$col" != relay && "$col" != limits && "$col" != cluster ]] && ssl=require
         if [[ "$col" == signed || "$col" == full ]]; then user="$TOKEN_USER"; pw="$TOKEN"; fi
         rm -rf "$WORK/audit" "$WORK/audit-full"
         mkdir -p "$WORK/audit" "$WORK/audit-full"
@@ -226,6 +237,8 @@ label() {
         tls) echo "+ TLS" ;;
         signed) echo "+ sign-in + policy" ;;
         full) echo "+ audit (full)" ;;
+        limits) echo "relay + limits" ;;
+        cluster) echo "relay + limits + cluster" ;;
     esac
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }

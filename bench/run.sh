@@ -25,6 +25,10 @@
 #                   also pgward_policy_base: pgward+policy run by PGWARD_BASE_BIN (an earlier
 #                   build), to compare a change against what it replaces, interleaved
 #   PGWARD_BASE_BIN the binary of pgward_policy_base
+#                   also pgward_limits ([limits]: a connection cap and a statement rate that
+#                   apply to every session, far above what the run uses) and pgward_cluster (the
+#                   same with [cluster] on a PostgreSQL control database on the bench server):
+#                   the cost of replicas sharing a store, in throughput and as connect targets
 #                   also pgward_signed (TLS, token sign-in, policy) and pgward_walls (the same
 #                   with the second wall: a login of its own for the policy role, grants applied,
 #                   the caller recorded in pgward.callers); both also work as connect targets
@@ -246,6 +250,8 @@ CREATE DATABASE $BENCH_DB OWNER $BENCH_USER;
 -- to record callers (other backends' start times).
 CREATE ROLE bench_wall LOGIN PASSWORD '$BENCH_PASSWORD';
 GRANT pg_read_all_stats TO $BENCH_USER;
+-- The [cluster] store of pgward_cluster (docs/configuration.md).
+CREATE DATABASE pgward_control OWNER $BENCH_USER;
 EOF
 }
 
@@ -272,6 +278,8 @@ make_tls_cert() {
 #   audit   plain + [policy] + [audit] file sink, default settings (pgward_audit)
 #   tlsdev  TLS only, allow_unauthenticated (pgward_conn)
 #   token   TLS only, [entra] trusting the development issuer (pgward_token)
+#   limits  plain + [limits] (pgward_limits)
+#   cluster plain + [limits] + [cluster] on the control database (pgward_cluster)
 write_pgward_config() {
     local inst="$1" file="$2"
     printf '%s' "$BENCH_PASSWORD" >"$WORK/upstream-password"
@@ -340,6 +348,28 @@ EOF
         if [[ "$inst" == token || "$inst" == signed || "$inst" == walls || "$inst" == full ]]; then
             printf '\n[entra]\ntenant_id = "%s"\nauthority = "%s"\n' "$TOKEN_TENANT" "$ISSUER_URL"
         fi
+        if [[ "$inst" == limits || "$inst" == cluster ]]; then
+            # Both apply to every session and never bind: the cap takes a slot per connection,
+            # the rate takes a token per statement (with [cluster], from leases).
+            printf '\n[limits]\nconnections_per_identity = 1000\nstatements_per_second = 10000000\n'
+        fi
+        if [[ "$inst" == cluster ]]; then
+            cat <<EOF
+
+[cluster]
+backend = "postgres"
+
+[cluster.postgres]
+host = "127.0.0.1"
+port = $PG_PORT
+database = "pgward_control"
+tls = "disable"
+[cluster.postgres.credential]
+type = "password"
+user = "$BENCH_USER"
+password_file = "$WORK/upstream-password"
+EOF
+        fi
     } >"$file"
 }
 
@@ -376,10 +406,12 @@ pgward_instances() { # the instances the selected targets need
             pgward_signed) need[signed]=1 ;;
             pgward_walls) need[walls]=1 ;;
             pgward_full) need[full]=1 ;;
+            pgward_limits) need[limits]=1 ;;
+            pgward_cluster) need[cluster]=1 ;;
         esac
     done
     local i
-    for i in plain policy policy_base audit tlsdev token signed walls full; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
+    for i in plain policy policy_base audit tlsdev token signed walls full limits cluster; do [[ -n "${need[$i]:-}" ]] && echo "$i"; done
     return 0
 }
 
@@ -474,6 +506,8 @@ target_label() {
         pgward_signed) echo "pgward TLS token+policy" ;;
         pgward_walls) echo "pgward TLS token+policy+walls" ;;
         pgward_full) echo "pgward TLS token+policy+audit" ;;
+        pgward_limits) echo "pgward+limits" ;;
+        pgward_cluster) echo "pgward+limits+cluster" ;;
     esac
 }
 
@@ -501,6 +535,8 @@ pgbench_env() {
         pgward_signed) echo "PGPORT=${PW_PORT[signed]}"; echo "PGSSLMODE=require" ;;
         pgward_walls) echo "PGPORT=${PW_PORT[walls]}"; echo "PGSSLMODE=require" ;;
         pgward_full) echo "PGPORT=${PW_PORT[full]}"; echo "PGSSLMODE=require" ;;
+        pgward_limits) echo "PGPORT=${PW_PORT[limits]}"; echo "PGSSLMODE=disable" ;;
+        pgward_cluster) echo "PGPORT=${PW_PORT[cluster]}"; echo "PGSSLMODE=disable" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -524,6 +560,8 @@ target_pid() {
         pgward_signed) echo "${PW_PID[signed]}" ;;
         pgward_walls) echo "${PW_PID[walls]}" ;;
         pgward_full) echo "${PW_PID[full]}" ;;
+        pgward_limits) echo "${PW_PID[limits]}" ;;
+        pgward_cluster) echo "${PW_PID[cluster]}" ;;
         *) echo "" ;;
     esac
 }
@@ -737,6 +775,42 @@ write_connect_report() {
     fi
 }
 
+# pgward with [cluster] (PostgreSQL control database) against the same configuration without.
+write_cluster_report() {
+    local mode c l k rows_r="" rows_p=""
+    echo
+    echo "## Replicas with a shared store ([cluster], PostgreSQL backend)"
+    echo
+    echo "pgward+limits: \`[limits] connections_per_identity = 1000, statements_per_second = 10000000\`"
+    echo "(they apply to every session and never bind). pgward+limits+cluster: the same with \`[cluster]"
+    echo "backend = \"postgres\"\` on a control database of the bench server: each connection takes a slot"
+    echo "in the store, statements come from leases of the shared bucket. One replica, plaintext."
+    echo
+    echo "| mode | clients | pgward+limits | +cluster | cluster/limits, ratio of medians | median of per-round pairs |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for mode in $BENCH_MODES; do
+        for c in $BENCH_CLIENTS; do
+            l="$(median_of "$mode" "$c" pgward_limits 5)"
+            k="$(median_of "$mode" "$c" pgward_cluster 5)"
+            local pairs
+            pairs="$(pair_median "$mode" "$c" pgward_cluster pgward_limits)"
+            echo "| $mode | $c | $(fmt "$l" 0) | $(fmt "$k" 0) | $(ratio "$k" "$l") | $pairs |"
+            rows_r+="$(ratio "$k" "$l") $mode $c"$'\n'
+            rows_p+="$pairs $mode $c"$'\n'
+        done
+    done
+    echo
+    printf '%s' "$rows_r" | verdict "issue 20: pgward+limits+cluster / pgward+limits, ratio of medians" 0.95
+    printf '%s' "$rows_p" | verdict "issue 20: pgward+limits+cluster / pgward+limits, median of per-round pairs" 0.95
+    if [[ " $BENCH_CONNECT_TARGETS " == *" pgward_cluster "* && " $BENCH_CONNECT_TARGETS " == *" pgward_limits "* ]]; then
+        local d u
+        d="$(awk -v a="$(median_of connect 1 pgward_cluster 6)" -v b="$(median_of connect 1 pgward_limits 6)" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.3f", a - b }')"
+        u="$(awk -v a="$(median_of connect 1 pgward_cluster 9)" -v b="$(median_of connect 1 pgward_limits 9)" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.3f", a - b }')"
+        echo
+        echo "- a new connection's added latency from the store (pgbench -C, cluster − limits): ${d} ms per transaction including the connection, ${u} ms of connection time (median of $(fmt "$(median_of connect 1 pgward_limits 9)" 3) → $(fmt "$(median_of connect 1 pgward_cluster 9)" 3) ms)"
+    fi
+}
+
 write_report() {
     local md="$1" mode c t
     {
@@ -828,6 +902,9 @@ write_report() {
         fi
         if ((${#BENCH_CONNECT_TARGETS})); then
             write_connect_report
+        fi
+        if has_target pgward_limits && has_target pgward_cluster; then
+            write_cluster_report
         fi
         if grep -q ' ERR ' "$RAW"; then
             echo
@@ -926,7 +1003,7 @@ main() {
     PW_PORT[plain]="$PGWARD_PORT"
     PW_ADMIN_PORT[plain]="$PGWARD_ADMIN_PORT"
     local inst
-    for inst in policy policy_base audit tlsdev token signed walls full; do
+    for inst in policy policy_base audit tlsdev token signed walls full limits cluster; do
         PW_PORT[$inst]="$(free_port)"
         PW_ADMIN_PORT[$inst]="$(free_port)"
     done

@@ -105,6 +105,11 @@ def validate_chart(out):
                 "preStopSleepSeconds": 0,
             },
         ),
+        "cluster-postgres": merge(CI_VALUES, {"config": {"cluster": {"backend": "postgres"}}}),
+        "cluster-redis": merge(
+            CI_VALUES,
+            {"config": {"cluster": {"backend": "redis", "onStoreError": "refuse", "redis": {"host": "pgward-cache.westeurope.redis.azure.net", "user": "66666666-7777-4888-9999-000000000000"}}}},
+        ),
     }
     for label, values in variants.items():
         docs = render(values)
@@ -128,10 +133,12 @@ def validate_chart(out):
         ("no upstream host", merge(CI_VALUES, {"config": {"upstream": {"host": ""}}}), "config.upstream.host is required"),
         ("unknown key", merge(CI_VALUES, {"config": {"listen": {"bogus": 1}}}), "additional properties 'bogus' not allowed"),
         ("upstream tls disable", merge(CI_VALUES, {"config": {"upstream": {"tls": "disable"}}}), "/config/upstream/tls"),
+        ("redis without a host", merge(CI_VALUES, {"config": {"cluster": {"backend": "redis", "redis": {"user": "x"}}}}), "config.cluster.redis.host is required"),
+        ("unknown cluster backend", merge(CI_VALUES, {"config": {"cluster": {"backend": "etcd"}}}), "/config/cluster/backend"),
     ]:
         err = render_error(values)
         check(err is not None and needle in err, f"chart accepted {what} (error: {err})")
-    print("ok chart refuses: missing client id, tenant, upstream host or TLS secret; grace period <= drain; unknown keys; upstream tls=disable")
+    print("ok chart refuses: missing client id, tenant, upstream host or TLS secret; grace period <= drain; unknown keys; upstream tls=disable; a Redis store without a host; an unknown store")
 
 
 def cross_check(label, docs, values, out):
@@ -191,6 +198,18 @@ def cross_check(label, docs, values, out):
     ):
         check(any(p.startswith(m + "/") for m in mounts), f"{p} is on no mounted volume (read-only root)")
     check(c["args"][-1].rsplit("/", 1)[0] in mounts, "--config path is not on a mounted volume")
+    env = {e["name"]: e for e in c.get("env", [])}
+    check(env.get("PGWARD_INSTANCE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", "PGWARD_INSTANCE is not the pod name")
+    backend = values["config"].get("cluster", {}).get("backend", "")
+    if backend:
+        cluster = config["cluster"]
+        check(cluster["backend"] == backend and cluster["replicas"] == values.get("replicaCount", 2), f"[cluster] {cluster}")
+        ccred = cluster[backend]["credential"]
+        check(ccred["type"] == "workload-identity" and ccred["client_id"] == values["workloadIdentity"]["clientId"], f"[cluster] credential {ccred}")
+        if backend == "postgres":
+            check(cluster["postgres"]["host"] == config["upstreams"][0]["host"], "control database not on the upstream server by default")
+    else:
+        check("cluster" not in config, "[cluster] rendered without config.cluster.backend")
 
     for sm in [d for _, d in docs if d["kind"] == "ServiceMonitor"]:
         metrics = by_kind(docs, "Service", "pgward-metrics")[0]
@@ -249,28 +268,46 @@ def validate_bicep(out):
     check(str(container["args"]).find("/etc/pgward/pgward.toml") >= 0, "container args do not name the mounted config")
 
     # The generated pgward.toml: the literal lines of `var pgwardConfig = join([...], '\n')`,
-    # with each ${...} interpolation given a plausible value.
-    m = re.search(r"var pgwardConfig = join\(\[\n(.*?)\n\], '\\n'\)", text, re.S)
-    check(m, "pgwardConfig not found")
-    lines = [ln.strip()[1:-1].replace("\\'", "'") for ln in m.group(1).splitlines() if ln.strip()]
+    # with each ${...} interpolation given a plausible value; `${clusterConfig}` becomes
+    # each store's section in turn (`var clusterPostgresConfig`, `var clusterRedisConfig`).
+    def joined(var):
+        m = re.search(rf"var {var} = join\(\[\n(.*?)\n\], '\\n'\)", text, re.S)
+        check(m, f"{var} not found")
+        return [ln.strip()[1:-1].replace("\\'", "'") for ln in m.group(1).splitlines() if ln.strip()]
+
     samples = {
         "drainTimeoutSecs": "30",
         "tenantId": "7a3c1f0e-5b2d-4c8e-9f61-2d4b8e0c1a97",
         "postgres.properties.fullyQualifiedDomainName": "pgward-abc.postgres.database.azure.com",
         "identity.name": "pgward-proxy",
         "identity.properties.clientId": "11111111-2222-4333-8444-555555555555",
+        "identity.properties.principalId": "66666666-7777-4888-9999-000000000000",
         "databaseName": "app",
+        "minReplicas": "2",
+        "redisHost": "pgward-cache.westeurope.redis.azure.net",
+        "redisPort": "10000",
     }
 
-    def subst(mm):
-        check(mm.group(1) in samples, f"no sample value for ${{{mm.group(1)}}}")
-        return samples[mm.group(1)]
+    def render_lines(lines):
+        def subst(mm):
+            check(mm.group(1) in samples, f"no sample value for ${{{mm.group(1)}}}")
+            return samples[mm.group(1)]
 
-    config_text = "\n".join(re.sub(r"\$\{([^}]+)\}", subst, ln) for ln in lines) + "\n"
-    config = tomllib.loads(config_text)
-    check(config["upstreams"][0]["credential"]["type"] == "managed-identity", "bicep credential type")
-    (out / "bicep.toml").write_text(config_text)
-    print(f"ok bicep parsed (pycep): {len(resources)} resources, {len(parsed['parameters'])} params all used; Entra-only server, TCP ingress 6432, user-assigned identity, probes, secret volume")
+        return "\n".join(re.sub(r"\$\{([^}]+)\}", subst, ln) for ln in lines) + "\n"
+
+    check(re.search(r"clusterStore == 'postgres' \? clusterPostgresConfig : \(clusterStore == 'redis' \? clusterRedisConfig : ''\)", text), "clusterConfig does not pick the store's section")
+    for store, name in [("Postgres", "bicep.toml"), ("Redis", "bicep-redis.toml")]:
+        samples["clusterConfig"] = render_lines(joined(f"cluster{store}Config"))
+        config_text = render_lines(joined("pgwardConfig"))
+        config = tomllib.loads(config_text)
+        check(config["upstreams"][0]["credential"]["type"] == "managed-identity", "bicep credential type")
+        cluster = config["cluster"]
+        check(cluster["backend"] == store.lower(), f"bicep [cluster] backend {cluster}")
+        cred = cluster[store.lower()]["credential"]
+        check(cred["type"] == "managed-identity" and cred["client_id"] == samples["identity.properties.clientId"], f"bicep [cluster] credential {cred}")
+        (out / name).write_text(config_text)
+    check(any(r["type"] == "Microsoft.DBforPostgreSQL/flexibleServers/databases" and "pgward_control" in str(r["config"]) for r in resources.values()), "no pgward_control database")
+    print(f"ok bicep parsed (pycep): {len(resources)} resources, {len(parsed['parameters'])} params all used; Entra-only server, TCP ingress 6432, user-assigned identity, probes, secret volume, [cluster] in a control database or Redis")
 
 
 def validate_dockerfile():

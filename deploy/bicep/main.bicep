@@ -66,6 +66,19 @@ param minReplicas int = 2
 @maxValue(30)
 param maxReplicas int = 4
 
+@description('Where the replicas share cancels, limits and instance names (docs/operations.md, "Scaling out"): a control database `pgward_control` on the same server (created here; reached with the managed identity), an existing Azure Managed Redis (`redisHost`; give the identity a data access policy on it), or none (each replica on its own).')
+@allowed([
+  'postgres'
+  'redis'
+  'none'
+])
+param clusterStore string = 'postgres'
+
+@description('Azure Managed Redis host name, e.g. myredis.westeurope.redis.azure.net (clusterStore = redis).')
+param redisHost string = ''
+
+param redisPort int = 10000
+
 param postgresSkuName string = 'Standard_B1ms'
 
 @allowed([
@@ -123,6 +136,17 @@ resource entraAdmin 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@20
 resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = {
   parent: postgres
   name: databaseName
+  properties: {
+    charset: 'UTF8'
+    collation: 'en_US.utf8'
+  }
+}
+
+// The replicas' shared state ([cluster] backend = "postgres"): pgward creates its schema
+// here at start, signed in as its managed identity (grant it CREATE: controlDatabaseSql).
+resource controlDatabase 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = if (clusterStore == 'postgres') {
+  parent: postgres
+  name: 'pgward_control'
   properties: {
     charset: 'UTF8'
     collation: 'en_US.utf8'
@@ -204,6 +228,39 @@ resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
   }
 }
 
+// [cluster] (docs/configuration.md): the store, reached with the same managed identity.
+// Each Container Apps replica's host name is its instance name.
+var clusterPostgresConfig = join([
+  '[cluster]'
+  'backend = "postgres"'
+  'replicas = ${minReplicas}'
+  ''
+  '[cluster.postgres]'
+  'host = "${postgres.properties.fullyQualifiedDomainName}"'
+  'database = "pgward_control"'
+  'tls = "verify-full"'
+  '[cluster.postgres.credential]'
+  'type = "managed-identity"'
+  'user = "${identity.name}"'
+  'client_id = "${identity.properties.clientId}"'
+], '\n')
+
+var clusterRedisConfig = join([
+  '[cluster]'
+  'backend = "redis"'
+  'replicas = ${minReplicas}'
+  ''
+  '[cluster.redis]'
+  'host = "${redisHost}"'
+  'port = ${redisPort}'
+  '[cluster.redis.credential]'
+  'type = "managed-identity"'
+  'user = "${identity.properties.principalId}"'
+  'client_id = "${identity.properties.clientId}"'
+], '\n')
+
+var clusterConfig = clusterStore == 'postgres' ? clusterPostgresConfig : (clusterStore == 'redis' ? clusterRedisConfig : '')
+
 // pgward.toml (docs/configuration.md). The admin endpoint listens on all interfaces so
 // the platform's probes reach it; ingress exposes only 6432.
 var pgwardConfig = join([
@@ -244,6 +301,7 @@ var pgwardConfig = join([
   'file = "/var/lib/pgward/audit/pgward.jsonl"'
   'stdout = true'
   ''
+  '${clusterConfig}'
 ], '\n')
 
 resource app 'Microsoft.App/containerApps@2024-03-01' = {
@@ -385,6 +443,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   dependsOn: [
     entraAdmin
     database
+    controlDatabase
   ]
 }
 
@@ -393,3 +452,4 @@ output postgresHost string = postgres.properties.fullyQualifiedDomainName
 output identityName string = identity.name
 output identityClientId string = identity.properties.clientId
 output createRoleSql string = 'SELECT * FROM pgaadauth_create_principal(\'${identity.name}\', false, false);'
+output controlDatabaseSql string = clusterStore == 'postgres' ? 'GRANT CONNECT, CREATE ON DATABASE pgward_control TO "${identity.name}";' : ''

@@ -2,7 +2,8 @@
 //! what they cover and what they don't): `helm lint --strict` and template rendering with
 //! Helm's Go SDK, Kubernetes schema validation of the rendered objects, a Bicep parse with
 //! resource checks, hadolint on the Dockerfile, `systemd-analyze verify` and `security` on
-//! the unit, and `pgward check` on every configuration the artifacts produce. And the
+//! the unit, and `pgward check` on every configuration the artifacts produce — with and
+//! without a `[cluster]` store (a PostgreSQL control database or Redis). And the
 //! production build they describe (no `dev-tools` feature) links none of the test
 //! stand-ins: no devkit, no rcgen, no code that mints or forges tokens.
 
@@ -40,11 +41,18 @@ fn deploy_artifacts_pass_the_available_validation() {
         "ok helm template [default]",
         "ok chart cross-references [default]",
         "ok helm template [monitoring+hmac+clusterip]",
+        "ok helm template [cluster-postgres]",
+        "ok chart cross-references [cluster-postgres]",
+        "ok helm template [cluster-redis]",
+        "ok chart cross-references [cluster-redis]",
         "ok chart refuses",
         "ok bicep parsed",
         "ok Dockerfile: hadolint clean",
         "ok systemd unit",
         "ok pgward check bicep.toml",
+        "ok pgward check bicep-redis.toml",
+        "ok pgward check helm-cluster-postgres.toml",
+        "ok pgward check helm-cluster-redis.toml",
         "ok pgward check helm-default.toml",
         "ok pgward check systemd.toml",
         "all deploy checks passed",

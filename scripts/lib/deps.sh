@@ -48,6 +48,8 @@ ensure_apt_packages() {
         command -v npm >/dev/null 2>&1 || missing+=(npm)
         command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
         command -v flock >/dev/null 2>&1 || missing+=(util-linux)
+        # The Redis cluster store (proto-tests/tests/cluster.rs starts its own, unprivileged).
+        command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     fi
     if [ "$purpose" = bench ]; then
         command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)

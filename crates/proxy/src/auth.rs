@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -116,9 +116,15 @@ pub async fn sign_in(
 /// Slows down repeated sign-in failures from one address: after `free_failures` within
 /// a minute, each further attempt from it waits before it is even looked at (doubling
 /// from 250 ms, capped at 5 s), so parallel attempts are slowed too.
+///
+/// With `[cluster]`, each failure is also counted in the store, and the count there (all
+/// replicas' failures from that address) becomes this replica's: an address spreading its
+/// guesses over replicas is slowed as if they were one. The sign-in itself never waits for
+/// the store; a replica learns the shared count when a failure reaches it.
 pub struct FailureThrottle {
-    recent: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    recent: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
     free_failures: u32,
+    cluster: OnceLock<Arc<pgward_cluster::Cluster>>,
 }
 
 /// Default for `[listen] auth_failures_before_delay`.
@@ -135,21 +141,29 @@ impl Default for FailureThrottle {
     }
 }
 
+type Recent = HashMap<IpAddr, (u32, Instant)>;
+
+fn lock(m: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl FailureThrottle {
     pub fn new(free_failures: u32) -> Self {
         Self {
-            recent: Mutex::new(HashMap::new()),
+            recent: Arc::new(Mutex::new(HashMap::new())),
             free_failures,
+            cluster: OnceLock::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    /// Shares the failure counts with other replicas through `cluster` from now on.
+    pub fn share_with(&self, cluster: Arc<pgward_cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// How long an attempt from `ip` must wait now.
     pub fn delay(&self, ip: IpAddr) -> Duration {
-        let map = self.lock();
+        let map = lock(&self.recent);
         match map.get(&ip) {
             Some((n, at)) if at.elapsed() < WINDOW && *n > self.free_failures => {
                 let exp = (*n - self.free_failures - 1).min(5);
@@ -160,20 +174,40 @@ impl FailureThrottle {
     }
 
     pub fn failed(&self, ip: IpAddr) {
-        let mut map = self.lock();
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, at)| at.elapsed() < WINDOW);
+        {
+            let mut map = lock(&self.recent);
+            if map.len() >= MAX_TRACKED {
+                map.retain(|_, (_, at)| at.elapsed() < WINDOW);
+            }
+            let entry = map.entry(ip).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
+            entry.1 = Instant::now();
         }
-        let entry = map.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= WINDOW {
-            *entry = (0, Instant::now());
+        if let Some(cluster) = self.cluster.get().cloned() {
+            let recent = self.recent.clone();
+            tokio::spawn(async move {
+                if let Ok(n) = cluster.auth_failed(&ip.to_string(), WINDOW).await {
+                    let mut map = lock(&recent);
+                    if let Some(entry) = map.get_mut(&ip) {
+                        entry.0 = entry.0.max(n);
+                    }
+                }
+            });
         }
-        entry.0 += 1;
-        entry.1 = Instant::now();
     }
 
     pub fn succeeded(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
+        let had = lock(&self.recent).remove(&ip).is_some();
+        // Only an address that failed here is cleared in the store: a successful sign-in
+        // costs no store call.
+        if let (true, Some(cluster)) = (had, self.cluster.get().cloned()) {
+            tokio::spawn(async move {
+                let _ = cluster.auth_cleared(&ip.to_string()).await;
+            });
+        }
     }
 }
 

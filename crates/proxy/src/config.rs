@@ -27,6 +27,9 @@ pub struct Config {
     /// Per-identity and per-role connection and statement-rate limits (docs/operations.md).
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// State shared with the other replicas through a store (docs/operations.md "Several
+    /// replicas"). Off by default: one replica keeps everything in memory.
+    pub cluster: Option<pgward_cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +285,9 @@ impl Config {
         {
             pgward_upstream::CredentialConfig::resolve_table_paths(&mut g.0, base);
         }
+        if let Some(c) = self.cluster.as_mut() {
+            c.resolve_paths(base);
+        }
         for u in &mut self.upstreams {
             if let Some(p) = u.ca_file.as_mut() {
                 fix(p);
@@ -375,6 +381,9 @@ impl Config {
             (None, true) => {}
         }
         p.extend(self.limits.problems());
+        if let Some(c) = &self.cluster {
+            p.extend(c.problems());
+        }
         if let Some(policy) = &self.policy {
             match load_policy(&policy.file) {
                 Err(e) => p.push(e),

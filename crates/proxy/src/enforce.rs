@@ -218,12 +218,15 @@ impl Denial {
     }
 
     /// Over the identity's statement rate (`[limits]`).
-    pub fn rate_limited(per_second: f64) -> Self {
+    pub fn rate_limited(refusal: crate::limits::RateRefusal) -> Self {
         Self {
             rule: "limits.statement_rate".into(),
-            reason: format!(
-                "statement rate limit for this identity exceeded ({per_second}/s); retry shortly"
-            ),
+            reason: match refusal {
+                crate::limits::RateRefusal::OverRate(per_second) => format!(
+                    "statement rate limit for this identity exceeded ({per_second}/s); retry shortly"
+                ),
+                crate::limits::RateRefusal::StoreUnavailable => "statement rate limit cannot be checked: the store pgward's replicas share is unreachable; retry shortly".to_owned(),
+            },
             code: "53400",
             position: 0,
         }

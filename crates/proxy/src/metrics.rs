@@ -74,6 +74,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the cluster store's metrics (`[cluster]`) to what /metrics serves.
+    pub fn register_cluster(&mut self, m: &pgward_cluster::ClusterMetrics) {
+        m.register(&mut self.registry);
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("pgward");
         let connections = Family::<Labels, Counter>::default();

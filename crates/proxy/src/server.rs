@@ -153,18 +153,35 @@ impl Server {
             None => (ClientAuth::Unauthenticated, None),
         };
         let throttle = FailureThrottle::new(config.listen.auth_failures_before_delay);
+        let instance = instance_name();
+        let cancels = Arc::new(CancelRegistry::default());
+        // Claimed before the audit log opens: a duplicate name never writes a record.
+        let cluster = match &config.cluster {
+            Some(c) => Some(
+                pgward_cluster::Cluster::start(c.clone(), &instance, remote_cancels(&cancels))
+                    .await
+                    .map_err(|e| format!("[cluster] {e}"))?,
+            ),
+            None => None,
+        };
+        if let Some(c) = &cluster {
+            throttle.share_with(c.clone());
+        }
         let policy = match &config.policy {
             Some(p) => Some(Arc::new(PolicyStore::open(&p.file, p)?)),
             None => None,
         };
         let audit = match &config.audit {
             Some(a) => Some(
-                pgward_audit::AuditLog::open(a, &instance_name())
+                pgward_audit::AuditLog::open(a, &instance)
                     .map_err(|e| format!("[audit] cannot open the audit log: {e}"))?,
             ),
             None => None,
         };
         let limiter = Limiter::new(config.limits.clone());
+        if let Some(c) = &cluster {
+            limiter.share_with(c.clone());
+        }
         let catalogs = crate::catalogs::ServerCatalogs::new(Duration::from_secs(
             config
                 .policy
@@ -188,9 +205,12 @@ impl Server {
             callers: Default::default(),
             upstreams,
             handshake,
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels,
             metrics: {
-                let m = Metrics::new();
+                let mut m = Metrics::new();
+                if let Some(c) = &cluster {
+                    m.register_cluster(&c.metrics);
+                }
                 m.watch_credentials(credentials.clone());
                 m.watch_audit(audit_for_metrics);
                 m.watch_policy_cache(policy.clone().map(|store| {
@@ -199,6 +219,7 @@ impl Server {
                 Arc::new(m)
             },
             hard_stop: CancellationToken::new(),
+            cluster,
         });
         let workers = Workers::start(worker_count)
             .map_err(|e| format!("cannot start the session workers: {e}"))?;
@@ -422,6 +443,27 @@ async fn start_credentials(
     }
     while waits.join_next().await.is_some() {}
     list
+}
+
+/// Where cancels passed on by other replicas (`[cluster]`) go: the session whose pid and
+/// secret both match, if it is this replica's.
+fn remote_cancels(cancels: &Arc<CancelRegistry>) -> pgward_cluster::CancelSink {
+    let cancels = cancels.clone();
+    Arc::new(move |pid, secret| match cancels.lookup(pid, &secret) {
+        Some(crate::cancel::Target::Postgres { upstream, key }) => {
+            tokio::spawn(async move {
+                if let Err(e) = upstream.cancel(&key).await {
+                    warn!(pid, error = %e, "cancel from another replica could not be forwarded");
+                }
+            });
+            true
+        }
+        Some(crate::cancel::Target::Signal(signal)) => {
+            signal.notify_waiters();
+            true
+        }
+        None => false,
+    })
 }
 
 /// This instance's name in audit records: $PGWARD_INSTANCE, else the host name.

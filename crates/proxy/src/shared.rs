@@ -36,6 +36,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Per-identity and per-role limits.
     pub limiter: Arc<crate::limits::Limiter>,
+    /// The store shared with other replicas (`[cluster]`).
+    pub cluster: Option<Arc<pgward_cluster::Cluster>>,
 }
 
 /// Session ids unique across processes, restarts and replicas: a random boot id drawn

@@ -102,6 +102,15 @@ impl Upstream {
     }
 }
 
+impl UpstreamSession {
+    /// Waits for the server's next message on a session of pgward's own (a notification
+    /// on a session that ran LISTEN, say): its tag and body. Not bounded in time; the caller
+    /// bounds it. Messages over 1 MiB end the session.
+    pub async fn next_message(&mut self, buf: &mut BytesMut) -> Result<(u8, bytes::Bytes), String> {
+        read_backend_message(&mut self.stream, buf, MAX_ROW).await
+    }
+}
+
 /// `text` as a SQL string literal for pgward's own sessions (standard_conforming_strings
 /// on, UTF-8): quotes doubled, NUL (which no text value can hold) removed.
 pub fn quote_literal(text: &str) -> String {

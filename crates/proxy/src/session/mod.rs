@@ -94,6 +94,32 @@ async fn forward_cancel(pid: u32, secret: &[u8], peer: SocketAddr, shared: &Shar
             debug!(pid, "cancel signalled to an azure-sql session");
         }
         Lookup::Unknown => {
+            if let (Some(cluster), Ok(secret)) = (&shared.cluster, <[u8; 4]>::try_from(secret)) {
+                // Maybe another replica's session: passed on through the store, where the
+                // replica holding the pid checks the secret. This address's unmatched keys
+                // were counted above (`lookup_from`), so a guesser is cut off before the
+                // store as before; and each replica passes on at most so many per second.
+                if !cluster.is_up() {
+                    cluster.metrics.fallback("cancel_local");
+                    shared.metrics.cancel("unknown_key");
+                    debug!(
+                        pid,
+                        "cancel with unknown key not passed on: cluster store unreachable"
+                    );
+                } else if !cluster.allow_remote_cancel() {
+                    shared.metrics.cancel("throttled");
+                    debug!(
+                        pid,
+                        "cancel not passed on: too many cancels for other replicas"
+                    );
+                } else if cluster.send_cancel(pid, &secret).await.is_ok() {
+                    shared.metrics.cancel("passed_on");
+                    debug!(pid, "cancel passed on to the other replicas");
+                } else {
+                    shared.metrics.cancel("failed");
+                }
+                return;
+            }
             // Like PostgreSQL: no answer, so a guesser learns nothing.
             shared.metrics.cancel("unknown_key");
             debug!(pid, "cancel with unknown key ignored");

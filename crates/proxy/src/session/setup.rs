@@ -303,10 +303,11 @@ impl<'a> Setup<'a> {
             .map_or(self.client.user.as_str(), |id| id.oid.as_str());
         let permit = shared
             .limiter
-            .admit(
+            .admit_shared(
                 limit_key,
                 gate.as_ref().map(Gate::role_names).unwrap_or_default(),
             )
+            .await
             .map_err(SetupError::Limit)?;
         let upstream_role = gate.as_ref().and_then(Gate::upstream_role);
         // The second wall: a role with a login of its own signs in as it (no role to SET

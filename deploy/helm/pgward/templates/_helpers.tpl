@@ -85,6 +85,39 @@ failure_mode = {{ $c.audit.failureMode | toJson }}
 {{- if $c.audit.hmacKeySecret }}
 hmac_key_file = "/etc/pgward/audit-key/audit.key"
 {{- end }}
+{{- with $c.cluster }}
+{{- if .backend }}
+
+[cluster]
+backend = {{ .backend | toJson }}
+on_store_error = {{ .onStoreError | toJson }}
+timeout_ms = {{ int .timeoutMs }}
+lease_secs = {{ int .leaseSecs }}
+replicas = {{ int $.Values.replicaCount }}
+{{- if eq .backend "postgres" }}
+
+[cluster.postgres]
+host = {{ default $c.upstream.host .postgres.host | toJson }}
+port = {{ int .postgres.port }}
+database = {{ .postgres.database | toJson }}
+tls = {{ .postgres.tls | toJson }}
+[cluster.postgres.credential]
+type = "workload-identity"
+user = {{ default $c.upstream.user .postgres.user | toJson }}
+client_id = {{ $.Values.workloadIdentity.clientId | toJson }}
+{{- else }}
+
+[cluster.redis]
+host = {{ required "config.cluster.redis.host is required with backend redis" .redis.host | toJson }}
+port = {{ int .redis.port }}
+tls = true
+[cluster.redis.credential]
+type = "workload-identity"
+user = {{ required "config.cluster.redis.user (the identity's object id) is required with backend redis" .redis.user | toJson }}
+client_id = {{ $.Values.workloadIdentity.clientId | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with $c.extra }}
 
 {{ . }}
