@@ -1618,29 +1618,52 @@ impl Planner<'_> {
     }
 
     fn update(&mut self, s: &pb::UpdateStmt) -> Result<Vec<Col>, Deny> {
-        let pushed = s.with_clause.is_some();
-        if let Some(w) = &s.with_clause {
-            self.with_clause(w)?;
+        self.write(Write {
+            with: s.with_clause.as_ref(),
+            relation: s.relation.as_ref(),
+            from: &s.from_clause,
+            where_clause: s.where_clause.as_deref(),
+            set: &s.target_list,
+            returning: &s.returning_list,
+        })
+    }
+
+    fn delete(&mut self, s: &pb::DeleteStmt) -> Result<Vec<Col>, Deny> {
+        self.write(Write {
+            with: s.with_clause.as_ref(),
+            relation: s.relation.as_ref(),
+            from: &s.using_clause,
+            where_clause: s.where_clause.as_deref(),
+            set: &[],
+            returning: &s.returning_list,
+        })
+    }
+
+    /// UPDATE and DELETE: the target and the other FROM (USING) items in one scope, the
+    /// WHERE as a filter, SET values may not carry a masked value, RETURNING is the output.
+    fn write(&mut self, w: Write<'_>) -> Result<Vec<Col>, Deny> {
+        if let Some(with) = w.with {
+            self.with_clause(with)?;
         }
         self.scopes.push(Vec::new());
         let r = (|| {
-            if let Some(rv) = &s.relation {
+            if let Some(rv) = w.relation {
                 let t = self.relation_item(rv)?;
                 self.note_target(&t);
                 if let Some(level) = self.scopes.last_mut() {
                     level.push(t);
                 }
             }
-            for f in &s.from_clause {
+            for f in w.from {
                 let items = self.scope_item(f)?;
                 if let Some(level) = self.scopes.last_mut() {
                     level.extend(items);
                 }
             }
-            if let Some(w) = &s.where_clause {
-                self.filter(w, "WHERE")?;
+            if let Some(c) = w.where_clause {
+                self.filter(c, "WHERE")?;
             }
-            for t in &s.target_list {
+            for t in w.set {
                 if let Some(N::ResTarget(rt)) = &t.node {
                     if let Some(v) = rt.val.as_deref() {
                         let lin = self.value(v)?;
@@ -1650,42 +1673,10 @@ impl Planner<'_> {
                     }
                 }
             }
-            self.target_list(&s.returning_list)
+            self.target_list(w.returning)
         })();
         self.scopes.pop();
-        if pushed {
-            self.ctes.pop();
-        }
-        r
-    }
-
-    fn delete(&mut self, s: &pb::DeleteStmt) -> Result<Vec<Col>, Deny> {
-        let pushed = s.with_clause.is_some();
-        if let Some(w) = &s.with_clause {
-            self.with_clause(w)?;
-        }
-        self.scopes.push(Vec::new());
-        let r = (|| {
-            if let Some(rv) = &s.relation {
-                let t = self.relation_item(rv)?;
-                self.note_target(&t);
-                if let Some(level) = self.scopes.last_mut() {
-                    level.push(t);
-                }
-            }
-            for f in &s.using_clause {
-                let items = self.scope_item(f)?;
-                if let Some(level) = self.scopes.last_mut() {
-                    level.extend(items);
-                }
-            }
-            if let Some(w) = &s.where_clause {
-                self.filter(w, "WHERE")?;
-            }
-            self.target_list(&s.returning_list)
-        })();
-        self.scopes.pop();
-        if pushed {
+        if w.with.is_some() {
             self.ctes.pop();
         }
         r
@@ -1721,6 +1712,16 @@ impl Planner<'_> {
         }
         Ok(Vec::new())
     }
+}
+
+/// The parts of an UPDATE or DELETE the planner reads.
+struct Write<'s> {
+    with: Option<&'s pb::WithClause>,
+    relation: Option<&'s pb::RangeVar>,
+    from: &'s [pb::Node],
+    where_clause: Option<&'s pb::Node>,
+    set: &'s [pb::Node],
+    returning: &'s [pb::Node],
 }
 
 /// The lineage a denial names: a plain masked column (its rule) before a derived value.
