@@ -561,19 +561,7 @@ impl Store for PgStore {
             }
             if let Some(idx) = full {
                 if !got.is_empty() {
-                    let keys: Vec<String> = got
-                        .iter()
-                        .map(|s| quote_literal(&slot_key(&s.scope, s.n)))
-                        .collect();
-                    i.run(
-                        &mut c,
-                        &format!(
-                            "SELECT pg_catalog.pg_advisory_unlock({}) FROM unnest(ARRAY[{}]::text[]) k",
-                            lock_expr("k"),
-                            keys.join(",")
-                        ),
-                    )
-                    .await?;
+                    i.run(&mut c, &unlock_sql(&got)).await?;
                 }
                 return Ok(Err(idx));
             }
@@ -589,19 +577,7 @@ impl Store for PgStore {
             let i = &self.0;
             let mut c = i.conn().await;
             forget_held(&mut c, &ids);
-            let keys: Vec<String> = ids
-                .iter()
-                .map(|s| quote_literal(&slot_key(&s.scope, s.n)))
-                .collect();
-            i.run(
-                &mut c,
-                &format!(
-                    "SELECT pg_catalog.pg_advisory_unlock({}) FROM unnest(ARRAY[{}]::text[]) k",
-                    lock_expr("k"),
-                    keys.join(",")
-                ),
-            )
-            .await?;
+            i.run(&mut c, &unlock_sql(&ids)).await?;
             Ok(())
         })
     }
@@ -713,6 +689,19 @@ fn forget_held(c: &mut Conn, ids: &[SlotId]) {
             }
         }
     }
+}
+
+/// The statement that gives back these slots' advisory locks.
+fn unlock_sql(ids: &[SlotId]) -> String {
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|s| quote_literal(&slot_key(&s.scope, s.n)))
+        .collect();
+    format!(
+        "SELECT pg_catalog.pg_advisory_unlock({}) FROM unnest(ARRAY[{}]::text[]) k",
+        lock_expr("k"),
+        keys.join(",")
+    )
 }
 
 #[cfg(test)]
