@@ -575,11 +575,22 @@ impl Planner<'_> {
             let out = out?;
             let mut cols = Vec::with_capacity(r.columns.len());
             for (i, c) in r.columns.iter().enumerate() {
-                let lin = out.get(i).map_or(Lin::Clear, |o| o.lin.clone());
-                if !lin.is_clear() {
-                    if let Lin::Plain(m) = &lin {
-                        self.origins.push((r.oid, c.attnum, Arc::clone(m)));
-                    }
+                let mut lin = out.get(i).map_or(Lin::Clear, |o| o.lin.clone());
+                // A mask may name the view's own column too: the stricter one applies
+                // (a computed value stays NULL whatever the view's mask says).
+                if let Some(mut m) = self.masks.column_mask(&r.schema, &r.name, &c.name) {
+                    m.type_oid = c.type_oid;
+                    m.category = c.category;
+                    lin = match lin {
+                        Lin::Plain(under) if under.kind.reveals() <= m.kind.reveals() => {
+                            Lin::Plain(under)
+                        }
+                        Lin::Derived(d) => Lin::Derived(d),
+                        _ => Lin::Plain(Arc::new(m)),
+                    };
+                }
+                if let Lin::Plain(m) = &lin {
+                    self.origins.push((r.oid, c.attnum, Arc::clone(m)));
                 }
                 cols.push(Col {
                     name: c.name.clone(),
