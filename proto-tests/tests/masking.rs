@@ -423,3 +423,103 @@ fn jdbc_sees_masked_values() {
     );
     assert_clean("jdbc", &stdout);
 }
+
+/// A reload that gives a connected caller masks: that session's statements are refused
+/// until it reconnects (nothing would rewrite its rows), and a new session sees them masked.
+#[test]
+fn a_reload_that_adds_masks_holds_for_open_sessions() {
+    let db = Database::start();
+    db.sql("app", SCHEMA);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let policy = dir.path().join("policy.toml");
+    let unmasked = r#"
+[[roles]]
+name = "analyst"
+members = { users = ["alice@contoso.com"] }
+allow = [ { actions = ["select"], objects = ["public.*"] } ]
+"#;
+    std::fs::write(&policy, unmasked).unwrap_or_else(|e| panic!("write policy: {e}"));
+    let pgward = Pgward::start(
+        &db,
+        PgwardOptions {
+            tls: false,
+            policy: Some(policy.clone()),
+            ..Default::default()
+        },
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        let (client, conn) =
+            tokio_postgres::connect(&conn_as(&pgward, ANALYST), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+        tokio::spawn(conn);
+        let before: String = client
+            .query_one("SELECT email FROM customers WHERE id = 1", &[])
+            .await
+            .unwrap_or_else(|e| panic!("query: {e}"))
+            .get(0);
+        assert_eq!(before, "alice.secret@contoso.com");
+        let masked = format!(
+            "{unmasked}mask = [ {{ columns = [\"public.customers.email\"], with = \"email\" }} ]\n"
+        );
+        std::fs::write(&policy, masked).unwrap_or_else(|e| panic!("write policy: {e}"));
+        // The policy file is watched every second.
+        let mut refused = None;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            match client
+                .simple_query("SELECT email FROM customers WHERE id = 1")
+                .await
+            {
+                Ok(rows) => {
+                    let text = format!("{rows:?}");
+                    assert!(
+                        text.contains("alice.secret"),
+                        "masked rows before the refusal? {text}"
+                    );
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = refused.unwrap_or_else(|| panic!("the open session was never refused"));
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        );
+        assert!(format!("{e:?}").contains("reconnect"), "{e:?}");
+        // A new session has the masks.
+        let (fresh, conn) =
+            tokio_postgres::connect(&conn_as(&pgward, ANALYST), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+        tokio::spawn(conn);
+        // Until the catalog is read again with the columns masks need (it was read
+        // without them: the policy had no masks), the statement is refused, never
+        // answered unmasked.
+        let mut after = None;
+        for _ in 0..50 {
+            match fresh
+                .query_one("SELECT email FROM customers WHERE id = 1", &[])
+                .await
+            {
+                Ok(row) => {
+                    after = Some(row.get::<_, String>(0));
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(
+                        e.code(),
+                        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                        "{e:?}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        assert_eq!(after.as_deref(), Some("****@contoso.com"));
+    });
+}
