@@ -672,14 +672,7 @@ impl Planner<'_> {
                     .collect()
             } else {
                 let out = self.statement(q)?;
-                let alias = names(&c.aliascolnames);
-                out.into_iter()
-                    .enumerate()
-                    .map(|(i, col)| Col {
-                        name: alias.get(i).cloned().unwrap_or(col.name),
-                        lin: col.lin,
-                    })
-                    .collect()
+                rename_to(out, &names(&c.aliascolnames))
             };
             if let Some(level) = self.ctes.last_mut() {
                 level.push((c.ctename.clone(), cols));
@@ -1752,8 +1745,14 @@ fn unknown_relation(name: &str) -> Deny {
 }
 
 fn rename(cols: Vec<Col>, alias: Option<&pb::Alias>) -> Vec<Col> {
-    let Some(a) = alias else { return cols };
-    let new = names(&a.colnames);
+    match alias {
+        Some(a) => rename_to(cols, &names(&a.colnames)),
+        None => cols,
+    }
+}
+
+/// Columns renamed by a column list (`AS t(a, b)`, `WITH x(a, b)`); the rest keep theirs.
+fn rename_to(cols: Vec<Col>, new: &[String]) -> Vec<Col> {
     cols.into_iter()
         .enumerate()
         .map(|(i, c)| Col {

@@ -204,15 +204,6 @@ impl MaskStream {
         }
     }
 
-    /// A simple Query was forwarded with these statements' plans (empty when it was
-    /// replaced by a denial). (The relay notes them one by one: `on_statement`.)
-    pub fn on_query(&mut self, plans: Vec<Option<Arc<MaskPlan>>>) {
-        for p in plans {
-            self.on_statement(p);
-        }
-        self.on_sync();
-    }
-
     /// One statement of a simple Query, in order (the Query's end is `on_sync`).
     pub fn on_statement(&mut self, plan: Option<Arc<MaskPlan>>) {
         self.expect
@@ -800,10 +791,9 @@ mod tests {
             !s.rewrite_row(&row, &mut BytesMut::new()),
             "nothing expected: forwarded"
         );
-        s.on_query(vec![
-            None,
-            Some(plan(vec![OutputMask::Derived(vec!["x".into()])])),
-        ]);
+        s.on_statement(None);
+        s.on_statement(Some(plan(vec![OutputMask::Derived(vec!["x".into()])])));
+        s.on_sync();
         assert!(
             !s.rewrite_row(&row, &mut BytesMut::new()),
             "first statement has no plan"
