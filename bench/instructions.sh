@@ -26,7 +26,7 @@
 # fallback (~2,000 instructions per 64-byte block where a CPU with SHA-NI spends a few
 # hundred cycles); the SHA-256 compression functions' inclusive count (callgrind_annotate,
 # self = inclusive for these leaves) is reported per transaction and subtracted in the "full
-# without SHA-256" column. aws-lc's jitter entropy source (jent_*, per TLS handshake, a
+# without SHA-256" column. aws-lc's jitter entropy source (its whole source, per thread seeding, a
 # different amount in every run) is left out of every total.
 #
 # Environment: COLUMNS_ (default "pgbouncer relay tls signed full"), MODES (default "simple
@@ -199,11 +199,12 @@ count() {
     local own
     own="$(callgrind_annotate --inclusive=no --threshold=100 "$OUT/cg.out" 2>/dev/null)"
     sha="$(awk '/sha256_block_data_order|sha2::sha256::.*compress/ { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }' <<<"$own")"
-    # aws-lc's jitter entropy source (jent_*) runs when a TLS handshake needs randomness and
-    # loops for as long as valgrind's timing takes to look random enough: per connection,
-    # not per transaction, and a different amount in every run, so it does not cancel out
-    # between N1 and N2. Left out of the total (and reported).
-    jent="$(awk '/jent_/ { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }' <<<"$own")"
+    # aws-lc's jitter entropy source runs when a thread's random generator is first seeded
+    # (a TLS handshake needs randomness) and loops for as long as valgrind's timing takes to
+    # look random enough: per thread, not per transaction, and a different amount in every
+    # run, so it does not cancel out between N1 and N2. Every function of its source files
+    # (jent_*, and its helpers rol64 and xoshiro128starstar) is left out of the total.
+    jent="$(awk '/jitterentropy|jent_/ { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }' <<<"$own")"
     total=$((total - jent))
     echo "jent $jent" >>"$OUT/jent.log"
     if [[ -n "${PROFILE_DIR:-}" ]]; then

@@ -25,6 +25,9 @@
 #                   also pgward_policy_base: pgward+policy run by PGWARD_BASE_BIN (an earlier
 #                   build), to compare a change against what it replaces, interleaved
 #   PGWARD_BASE_BIN the binary of pgward_policy_base
+#                   also pgbouncer_tls: PgBouncer (session mode) with TLS on the client leg
+#                   (client_tls_sslmode = require, the same certificate as pgward): the
+#                   like-for-like comparison for pgward_full, whose clients also pay for TLS
 #                   also pgward_limits ([limits]: a connection cap and a statement rate that
 #                   apply to every session, far above what the run uses) and pgward_cluster (the
 #                   same with [cluster] on a PostgreSQL control database on the bench server):
@@ -117,6 +120,7 @@ WORK=""
 PG_STARTED=0
 PGWARD_PID=""   # the plain instance (targets pgward, pgward_tls)
 PGBOUNCER_PID=""
+PGBOUNCER_TLS_PID=""
 ISSUER_PID=""
 # pgward instances, by name: plain (pgward, pgward_tls), policy (pgward_policy), audit
 # (pgward_audit), tlsdev (pgward_conn: TLS, unauthenticated), token (pgward_token: [entra]).
@@ -137,11 +141,14 @@ cleanup() {
         kill -KILL "$p" 2>/dev/null
         wait "$p" 2>/dev/null
     done
-    if [[ -n "$PGBOUNCER_PID" ]] && kill -0 "$PGBOUNCER_PID" 2>/dev/null; then
-        kill -INT "$PGBOUNCER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$PGBOUNCER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PGBOUNCER_PID" 2>/dev/null
-    fi
+    local bp
+    for bp in "$PGBOUNCER_PID" "$PGBOUNCER_TLS_PID"; do
+        if [[ -n "$bp" ]] && kill -0 "$bp" 2>/dev/null; then
+            kill -INT "$bp" 2>/dev/null
+            for _ in $(seq 50); do kill -0 "$bp" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$bp" 2>/dev/null
+        fi
+    done
     if ((PG_STARTED)); then
         as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/pgdata" -m immediate -w -t 30 stop >/dev/null 2>&1
     fi
@@ -489,6 +496,27 @@ EOF
         || { tail -n 30 "$WORK/pgbouncer.log" >&2; die "PgBouncer does not answer"; }
 }
 
+# PgBouncer with TLS on the client leg (pgward_full's clients pay for TLS too): the same
+# configuration, its own port, the bench certificate (a copy its user can read).
+start_pgbouncer_tls() {
+    log "starting PgBouncer (session mode, client TLS) on 127.0.0.1:$PGBOUNCER_TLS_PORT"
+    printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$WORK/userlist.txt"
+    cp "$WORK/pgward.key" "$WORK/pgbouncer-tls.key"
+    cp "$WORK/pgward.crt" "$WORK/pgbouncer-tls.crt"
+    sed -e "s/^listen_port = .*/listen_port = $PGBOUNCER_TLS_PORT/" \
+        -e "s|^client_tls_sslmode = disable|client_tls_sslmode = require\nclient_tls_key_file = $WORK/pgbouncer-tls.key\nclient_tls_cert_file = $WORK/pgbouncer-tls.crt|" \
+        -e "s|/pgbouncer\.log$|/pgbouncer-tls.log|" -e "s|/pgbouncer\.pid$|/pgbouncer-tls.pid|" \
+        "$WORK/pgbouncer.ini" >"$WORK/pgbouncer-tls.ini"
+    [[ -n "$RUN_USER" ]] && chown "$RUN_USER" "$WORK/userlist.txt" "$WORK/pgbouncer-tls.ini" "$WORK/pgbouncer-tls.key" "$WORK/pgbouncer-tls.crt"
+    chmod 600 "$WORK/userlist.txt" "$WORK/pgbouncer-tls.key"
+    as_pg "$PGBOUNCER" -d -q "$WORK/pgbouncer-tls.ini" >"$WORK/pgbouncer-tls.stdout" 2>&1 \
+        || { cat "$WORK/pgbouncer-tls.stdout" "$WORK/pgbouncer-tls.log" >&2 2>/dev/null; die "PgBouncer (TLS) did not start"; }
+    wait_until 10 "PgBouncer (TLS) pidfile" test -s "$WORK/pgbouncer-tls.pid" || die "PgBouncer (TLS) wrote no pidfile"
+    PGBOUNCER_TLS_PID="$(cat "$WORK/pgbouncer-tls.pid")"
+    wait_until 30 "PgBouncer (TLS)" target_query pgbouncer_tls "SELECT 1" \
+        || { tail -n 30 "$WORK/pgbouncer-tls.log" >&2; die "PgBouncer (TLS) does not answer"; }
+}
+
 # --------------------------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------------------------
@@ -498,6 +526,7 @@ target_label() {
         pgward) echo "pgward" ;;
         pgward_tls) echo "pgward TLS" ;;
         pgbouncer) echo "PgBouncer" ;;
+        pgbouncer_tls) echo "PgBouncer TLS" ;;
         pgward_policy) echo "pgward+policy" ;;
         pgward_policy_base) echo "pgward+policy (base build)" ;;
         pgward_audit) echo "pgward+policy+audit" ;;
@@ -527,6 +556,7 @@ pgbench_env() {
         pgward) echo "PGPORT=$PGWARD_PORT"; echo "PGSSLMODE=disable" ;;
         pgward_tls) echo "PGPORT=$PGWARD_PORT"; echo "PGSSLMODE=require" ;;
         pgbouncer) echo "PGPORT=$PGBOUNCER_PORT"; echo "PGSSLMODE=disable" ;;
+        pgbouncer_tls) echo "PGPORT=$PGBOUNCER_TLS_PORT"; echo "PGSSLMODE=require" ;;
         pgward_policy) echo "PGPORT=${PW_PORT[policy]}"; echo "PGSSLMODE=disable" ;;
         pgward_policy_base) echo "PGPORT=${PW_PORT[policy_base]}"; echo "PGSSLMODE=disable" ;;
         pgward_audit) echo "PGPORT=${PW_PORT[audit]}"; echo "PGSSLMODE=disable" ;;
@@ -552,6 +582,7 @@ target_pid() {
     case "$1" in
         pgward | pgward_tls) echo "$PGWARD_PID" ;;
         pgbouncer) echo "$PGBOUNCER_PID" ;;
+        pgbouncer_tls) echo "$PGBOUNCER_TLS_PID" ;;
         pgward_policy) echo "${PW_PID[policy]}" ;;
         pgward_policy_base) echo "${PW_PID[policy_base]}" ;;
         pgward_audit) echo "${PW_PID[audit]}" ;;
@@ -862,6 +893,28 @@ write_report() {
             done
             echo
             printf '%s' "$rows_f" | verdict "pgward full / PgBouncer at 16 clients, ratio of medians" 1.0
+            if has_target pgbouncer_tls; then
+                echo
+                echo "The same against PgBouncer with TLS on the client leg (\`pgbouncer_tls\`: the same"
+                echo "certificate, session mode, no checks), where both proxies' clients pay for TLS:"
+                echo
+                echo "| mode | clients | PgBouncer TLS TPS | pgward full TPS | full/PgBouncer TLS (ratio of medians) | per-round pairs | PgBouncer TLS / PgBouncer | PgBouncer TLS CPU µs/txn |"
+                echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+                local rows_t=""
+                for mode in $BENCH_MODES; do
+                    for c in $BENCH_CLIENTS; do
+                        local f bt b rt
+                        f="$(median_of "$mode" "$c" pgward_full 5)"
+                        bt="$(median_of "$mode" "$c" pgbouncer_tls 5)"
+                        b="$(median_of "$mode" "$c" pgbouncer 5)"
+                        rt="$(ratio "$f" "$bt")"
+                        echo "| $mode | $c | $(fmt "$bt" 0) | $(fmt "$f" 0) | $rt | $(pair_median "$mode" "$c" pgward_full pgbouncer_tls) | $(ratio "$bt" "$b") | $(fmt "$(median_of "$mode" "$c" pgbouncer_tls 8)" 1) |"
+                        ((c >= 16)) && rows_t+="$rt $mode $c"$'\n'
+                    done
+                done
+                echo
+                printf '%s' "$rows_t" | verdict "pgward full / PgBouncer TLS at 16 clients, ratio of medians" 1.0
+            fi
         fi
         echo
         echo "## Average latency (ms)"
@@ -1000,6 +1053,7 @@ main() {
     PGWARD_PORT="$(free_port)"
     PGWARD_ADMIN_PORT="$(free_port)"
     PGBOUNCER_PORT="$(free_port)"
+    PGBOUNCER_TLS_PORT="$(free_port)"
     PW_PORT[plain]="$PGWARD_PORT"
     PW_ADMIN_PORT[plain]="$PGWARD_ADMIN_PORT"
     local inst
@@ -1017,7 +1071,9 @@ main() {
     local -a instances
     mapfile -t instances < <(pgward_instances)
     for inst in "${instances[@]}"; do start_pgward "$inst"; done
-    if has_target pgbouncer; then start_pgbouncer; fi
+    # The TLS instance copies the plain one's configuration.
+    if has_target pgbouncer || has_target pgbouncer_tls; then start_pgbouncer; fi
+    if has_target pgbouncer_tls; then start_pgbouncer_tls; fi
     if [[ -n "${PW_PID[walls]:-}" ]]; then
         # pgward applies the grants and creates pgward.callers in the background at start.
         wait_until 60 "pgward_walls grants" target_query pgward_walls "SELECT count(*) FROM public.pgbench_branches" \

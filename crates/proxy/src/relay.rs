@@ -945,6 +945,14 @@ fn decide_message(
             let read = match text {
                 Some(Ok(sql)) => Ok(sql),
                 Some(Err(e)) => Err(e),
+                // Nothing reads the text (no policy, no audit log): only the rate applies,
+                // and nothing is allocated for a text no one reads.
+                None if gate.is_none() && conv.trail.is_none() => {
+                    return Ok(match over_rate(conv) {
+                        Some(d) => conv.denials.replace_query(d),
+                        None => Verdict::Forward,
+                    });
+                }
                 None => Err(Unreadable::Invalid("malformed".into())),
             };
             // Refused before the policy: over the rate, nothing could record it, or text
@@ -1001,6 +1009,8 @@ fn decide_message(
             let read = match text {
                 Some(Ok(sql)) => Ok(sql),
                 Some(Err(e)) => Err(e),
+                // Nothing reads the text (no policy, no audit log).
+                None if gate.is_none() && conv.trail.is_none() => return Ok(Verdict::Forward),
                 None => Err(Unreadable::Invalid("malformed".into())),
             };
             let early = if audit_down(conv) {
