@@ -16,6 +16,7 @@ pub mod cancel;
 pub mod catalogs;
 pub mod client_encoding;
 pub mod config;
+mod deadline;
 pub mod enforce;
 pub mod grants;
 pub mod handshake;

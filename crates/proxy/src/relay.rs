@@ -247,8 +247,9 @@ impl ToClient {
 pub struct RelayParams {
     /// Transaction status from the upstream's first ReadyForQuery.
     pub tx: TxStatus,
-    /// When the client's token (plus grace) runs out.
-    pub expires_at: Option<Instant>,
+    /// When the client's token (plus grace) runs out, and the runtime that times it (the
+    /// main one: deadline.rs).
+    pub expires_at: Option<(Instant, tokio::runtime::Handle)>,
     pub max_message_bytes: usize,
     /// Policy enforcement, when a policy is configured.
     pub gate: Option<Gate>,
@@ -339,7 +340,7 @@ where
         );
         let expiry = async {
             match expires_at {
-                Some(t) => tokio::time::sleep_until(t).await,
+                Some((t, timers)) => crate::deadline::Deadline::at(&timers, t).await,
                 None => std::future::pending().await,
             }
         };

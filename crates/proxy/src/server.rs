@@ -220,6 +220,7 @@ impl Server {
             },
             hard_stop: CancellationToken::new(),
             cluster,
+            timers: tokio::runtime::Handle::current(),
         });
         let workers = Workers::start(worker_count)
             .map_err(|e| format!("cannot start the session workers: {e}"))?;

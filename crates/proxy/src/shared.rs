@@ -38,6 +38,9 @@ pub struct Shared {
     pub limiter: Arc<crate::limits::Limiter>,
     /// The store shared with other replicas (`[cluster]`).
     pub cluster: Option<Arc<pgward_cluster::Cluster>>,
+    /// The main runtime: sessions' token expiries are timed there, off the session
+    /// workers' timer wheels (deadline.rs).
+    pub timers: tokio::runtime::Handle,
 }
 
 /// Session ids unique across processes, restarts and replicas: a random boot id drawn

@@ -246,7 +246,7 @@ async fn run_session(
         Opened::Postgres(session) => {
             let params = relay::RelayParams {
                 tx,
-                expires_at: a.expires_at,
+                expires_at: a.expires_at.map(|t| (t, shared.timers.clone())),
                 max_message_bytes: shared.config.listen.max_message_bytes,
                 gate: a.gate.take(),
                 trail,
