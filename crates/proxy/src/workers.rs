@@ -5,7 +5,8 @@
 //! average, idle and unpark accounting, stealing), which callgrind showed to be about a fifth
 //! of what relaying a transaction costs. A session never needs another thread: it stays
 //! on the worker it was given, as a PgBouncer process keeps its clients, and each worker
-//! only has the timers of its own sessions. Background work (the admin endpoint, token and
+//! only has the short timers of its own sessions (token expiries, an hour away, are kept on
+//! the main runtime: deadline.rs). Background work (the admin endpoint, token and
 //! catalog refreshes started at start-up, the accept loop) stays on the main runtime.
 
 use std::future::Future;
