@@ -56,17 +56,27 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The timer runs on another runtime (the main one); the waiting runtime has no timers.
-    #[test]
-    fn fires_at_its_instant_from_a_runtime_without_timers() {
-        let main = tokio::runtime::Builder::new_multi_thread()
+    /// Stands for pgward's main runtime: it has the timers.
+    fn main_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_time()
             .build()
-            .expect("main runtime");
-        let worker = tokio::runtime::Builder::new_current_thread()
+            .expect("main runtime")
+    }
+
+    /// Stands for a session worker: no timers of its own.
+    fn worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .build()
-            .expect("worker runtime");
+            .expect("worker runtime")
+    }
+
+    /// The timer runs on another runtime (the main one); the waiting runtime has no timers.
+    #[test]
+    fn fires_at_its_instant_from_a_runtime_without_timers() {
+        let main = main_runtime();
+        let worker = worker_runtime();
         let at = main.block_on(async { Instant::now() + Duration::from_millis(150) });
         let d = Deadline::at(main.handle(), at);
         let start = std::time::Instant::now();
@@ -82,11 +92,7 @@ mod tests {
     /// Dropping a deadline cancels its timer task.
     #[test]
     fn a_dropped_deadline_leaves_no_timer() {
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_time()
-            .build()
-            .expect("main runtime");
+        let main = main_runtime();
         let at = main.block_on(async { Instant::now() + Duration::from_secs(3600) });
         let d = Deadline::at(main.handle(), at);
         let timer = d.timer.clone();
@@ -105,17 +111,11 @@ mod tests {
     /// outliving its token.
     #[test]
     fn a_deadline_without_its_runtime_fires() {
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_time()
-            .build()
-            .expect("main runtime");
+        let main = main_runtime();
         let at = main.block_on(async { Instant::now() + Duration::from_secs(3600) });
         let d = Deadline::at(main.handle(), at);
         main.shutdown_background();
-        let worker = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("worker runtime");
+        let worker = worker_runtime();
         worker.block_on(d);
     }
 }
