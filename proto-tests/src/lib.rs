@@ -277,11 +277,44 @@ upstream = "main"
             env: opts.env.clone(),
             wait_for_readyz: opts.wait_ready,
         };
-        p.spawn(opts.file_size_limit);
-        p
+        let mut retries = 0;
+        loop {
+            match p.try_spawn(opts.file_size_limit) {
+                Ok(()) => return p,
+                // Another process took a port between free_port and pgward's bind: tests
+                // run in parallel, and every outgoing connection takes an ephemeral port.
+                // Fresh ports, same configuration otherwise.
+                Err(log) if log.contains("Address already in use") && retries < 5 => {
+                    retries += 1;
+                    let (old, old_admin) = (p.port, p.admin_port);
+                    p.port = pgward_devkit::free_port().unwrap();
+                    p.admin_port = pgward_devkit::free_port().unwrap();
+                    let text = std::fs::read_to_string(&p.config_path)
+                        .unwrap()
+                        .replace(
+                            &format!("\"127.0.0.1:{old}\""),
+                            &format!("\"127.0.0.1:{}\"", p.port),
+                        )
+                        .replace(
+                            &format!("\"127.0.0.1:{old_admin}\""),
+                            &format!("\"127.0.0.1:{}\"", p.admin_port),
+                        );
+                    std::fs::write(&p.config_path, text).unwrap();
+                }
+                Err(log) => panic!("pgward exited during startup {log}"),
+            }
+        }
     }
 
     fn spawn(&mut self, file_size_limit: Option<u64>) {
+        if let Err(log) = self.try_spawn(file_size_limit) {
+            panic!("pgward exited during startup {log}");
+        }
+    }
+
+    /// Starts the binary and waits until it answers; `Err` with its exit status and log
+    /// when it exits first.
+    fn try_spawn(&mut self, file_size_limit: Option<u64>) -> Result<(), String> {
         let log = std::fs::File::create(self.log_path()).unwrap();
         let mut cmd = Command::new(pgward_bin());
         if let Some(limit) = file_size_limit {
@@ -312,10 +345,10 @@ upstream = "main"
             .spawn()
             .expect("start pgward");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self
@@ -323,7 +356,7 @@ upstream = "main"
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("pgward exited during startup ({status}):\n{}", self.log());
+                return Err(format!("({status}):\n{}", self.log()));
             }
             let probe = if self.wait_for_readyz {
                 "/readyz"
@@ -331,7 +364,7 @@ upstream = "main"
                 "/healthz"
             };
             if matches!(self.admin_get(probe), Some((200, _))) {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
