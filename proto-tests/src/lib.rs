@@ -104,6 +104,9 @@ pub struct PgwardOptions {
     pub wait_ready: bool,
     /// Extra keys of the `[[upstreams]]` entry (e.g. `identity_table = true`).
     pub upstream_extra: Vec<String>,
+    /// The client port to try first (default: one found free). A port another process
+    /// holds when pgward binds is replaced by a fresh one.
+    pub listen_port: Option<u16>,
 }
 
 impl Default for PgwardOptions {
@@ -126,6 +129,7 @@ impl Default for PgwardOptions {
             env: Vec::new(),
             wait_ready: true,
             upstream_extra: Vec::new(),
+            listen_port: None,
         }
     }
 }
@@ -169,7 +173,9 @@ impl Pgward {
             .prefix("pgward-test-")
             .tempdir()
             .unwrap();
-        let port = pgward_devkit::free_port().unwrap();
+        let port = opts
+            .listen_port
+            .unwrap_or_else(|| pgward_devkit::free_port().unwrap());
         let admin_port = pgward_devkit::free_port().unwrap();
         let mut listen = vec![
             format!("addr = \"127.0.0.1:{port}\""),

@@ -24,6 +24,9 @@ pub struct PgOptions {
     pub log_statements: bool,
     /// Extra `name = value` lines for postgresql.conf.
     pub extra_conf: Vec<String>,
+    /// The port to try first (default: one found free). A port another process holds
+    /// when the server binds is replaced by a fresh one.
+    pub port: Option<u16>,
 }
 
 pub struct EphemeralPostgres {
@@ -124,7 +127,10 @@ impl EphemeralPostgres {
         );
         fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
 
-        let port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => crate::free_port().map_err(|e| format!("free port: {e}"))?,
+        };
         let mut conf = vec![
             format!("port = {port}"),
             "listen_addresses = '127.0.0.1'".into(),
@@ -166,26 +172,58 @@ impl EphemeralPostgres {
         writeln!(auto, "\n# pgward test settings\n{}", conf.join("\n"))
             .map_err(|e| format!("postgresql.conf: {e}"))?;
 
-        let log = fs::File::create(root.join("postgres.log")).map_err(|e| format!("log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("log: {e}"))?;
-        let mut postgres = Command::new(bindir.join("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        run_as_postgres(&mut postgres)?;
-        let child = postgres.spawn().map_err(|e| format!("postgres: {e}"))?;
         let mut pg = Self {
             dir,
             port,
             bindir,
-            child: Some(child),
+            child: None,
             ca_file,
         };
-        pg.wait_ready()?;
-        Ok(pg)
+        let mut retries = 0;
+        loop {
+            pg.spawn()?;
+            match pg.wait_ready() {
+                Ok(()) => return Ok(pg),
+                // Another process took the port between free_port and the server's bind:
+                // tests run in parallel, and every outgoing connection takes an ephemeral
+                // port. A fresh port, the same cluster otherwise.
+                Err(e) if e.contains("Address already in use") && retries < 5 => {
+                    retries += 1;
+                    if let Some(mut child) = pg.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    let old = pg.port;
+                    pg.port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+                    let conf_path = data.join("postgresql.conf");
+                    let conf = fs::read_to_string(&conf_path)
+                        .map_err(|e| format!("postgresql.conf: {e}"))?
+                        .replace(
+                            &format!("\nport = {old}\n"),
+                            &format!("\nport = {}\n", pg.port),
+                        );
+                    fs::write(&conf_path, conf).map_err(|e| format!("postgresql.conf: {e}"))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts the server process on the cluster (as the `postgres` user when root).
+    fn spawn(&mut self) -> Result<(), String> {
+        let root = self.dir.path();
+        let log = fs::File::create(root.join("postgres.log")).map_err(|e| format!("log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("log: {e}"))?;
+        let mut postgres = Command::new(self.bindir.join("postgres"));
+        postgres
+            .arg("-D")
+            .arg(root.join("data"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        run_as_postgres(&mut postgres)?;
+        self.child = Some(postgres.spawn().map_err(|e| format!("postgres: {e}"))?);
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
