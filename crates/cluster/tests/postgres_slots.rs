@@ -32,6 +32,29 @@ password = "{PASSWORD}"
     .unwrap()
 }
 
+/// A control database on a new server, and two replicas `a` and `b` on it.
+async fn control_store() -> (Arc<EphemeralPostgres>, Arc<Cluster>, Arc<Cluster>) {
+    let pg = Arc::new(EphemeralPostgres::start(PgOptions::default()).unwrap());
+    pg.create_login("pgward_cluster", PASSWORD, "scram-sha-256")
+        .unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE pgward_control OWNER pgward_cluster",
+    )
+    .unwrap();
+    let a = Cluster::start(config(pg.port), "a", no_cancels())
+        .await
+        .unwrap();
+    let b = Cluster::start(config(pg.port), "b", no_cancels())
+        .await
+        .unwrap();
+    (pg, a, b)
+}
+
+fn no_cancels() -> pgward_cluster::CancelSink {
+    Arc::new(|_, _| false)
+}
+
 async fn take(cluster: &Arc<Cluster>, scope: &Scope, n: usize) -> Vec<pgward_cluster::Slots> {
     let mut held = Vec::new();
     for _ in 0..n {
@@ -45,21 +68,7 @@ async fn take(cluster: &Arc<Cluster>, scope: &Scope, n: usize) -> Vec<pgward_clu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_are_exact_and_all_come_back() {
-    let pg = EphemeralPostgres::start(PgOptions::default()).unwrap();
-    pg.create_login("pgward_cluster", PASSWORD, "scram-sha-256")
-        .unwrap();
-    pg.psql(
-        "postgres",
-        "CREATE DATABASE pgward_control OWNER pgward_cluster",
-    )
-    .unwrap();
-    let sink: pgward_cluster::CancelSink = Arc::new(|_, _| false);
-    let a = Cluster::start(config(pg.port), "a", sink.clone())
-        .await
-        .unwrap();
-    let b = Cluster::start(config(pg.port), "b", sink.clone())
-        .await
-        .unwrap();
+    let (pg, a, b) = control_store().await;
     let scope = Scope {
         key: "identity alice".into(),
         limit: 30,
@@ -100,7 +109,7 @@ async fn slots_are_exact_and_all_come_back() {
     assert_eq!(rest.len(), 19);
 
     // The instance name is claimed once.
-    let dup = Cluster::start(config(pg.port), "a", sink).await;
+    let dup = Cluster::start(config(pg.port), "a", no_cancels()).await;
     assert!(dup.unwrap_err().contains("already claimed"));
     drop(other);
 }
@@ -110,21 +119,7 @@ async fn slots_are_exact_and_all_come_back() {
 /// the name and every slot in use again — none of them is left for another replica to take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_call_loses_no_slot() {
-    let pg = Arc::new(EphemeralPostgres::start(PgOptions::default()).unwrap());
-    pg.create_login("pgward_cluster", PASSWORD, "scram-sha-256")
-        .unwrap();
-    pg.psql(
-        "postgres",
-        "CREATE DATABASE pgward_control OWNER pgward_cluster",
-    )
-    .unwrap();
-    let sink: pgward_cluster::CancelSink = Arc::new(|_, _| false);
-    let a = Cluster::start(config(pg.port), "a", sink.clone())
-        .await
-        .unwrap();
-    let b = Cluster::start(config(pg.port), "b", sink.clone())
-        .await
-        .unwrap();
+    let (pg, a, b) = control_store().await;
     let scope = Scope {
         key: "identity carol".into(),
         limit: 5,
@@ -169,7 +164,7 @@ async fn an_abandoned_call_loses_no_slot() {
         "a slot was lost in the reconnect"
     );
     // And a's name is still a's.
-    let dup = Cluster::start(config(pg.port), "a", sink).await;
+    let dup = Cluster::start(config(pg.port), "a", no_cancels()).await;
     assert!(dup.unwrap_err().contains("already claimed"));
     drop(held);
 }
