@@ -83,38 +83,10 @@ impl fmt::Display for MaskKind {
 
 /// The non-string types `redact` has a fixed value for (see docs/masking.md).
 pub mod redact_types {
-    /// bool
-    pub const BOOL: u32 = 16;
-    /// bytea
-    pub const BYTEA: u32 = 17;
-    /// int8
-    pub const INT8: u32 = 20;
-    /// int2
-    pub const INT2: u32 = 21;
-    /// int4
-    pub const INT4: u32 = 23;
-    /// oid
-    pub const OID: u32 = 26;
-    /// json
-    pub const JSON: u32 = 114;
-    /// float4
-    pub const FLOAT4: u32 = 700;
-    /// float8
-    pub const FLOAT8: u32 = 701;
-    /// date
-    pub const DATE: u32 = 1082;
-    /// time
-    pub const TIME: u32 = 1083;
-    /// timestamp
-    pub const TIMESTAMP: u32 = 1114;
-    /// timestamptz
-    pub const TIMESTAMPTZ: u32 = 1184;
-    /// numeric
-    pub const NUMERIC: u32 = 1700;
-    /// uuid
-    pub const UUID: u32 = 2950;
-    /// jsonb
-    pub const JSONB: u32 = 3802;
+    pub use pgward_wire::type_oid::{
+        BOOL, BYTEA, DATE, FLOAT4, FLOAT8, INT2, INT4, INT8, JSON, JSONB, NUMERIC, OID, TIME,
+        TIMESTAMP, TIMESTAMPTZ, UUID,
+    };
 
     /// Whether `redact` has a value for this (non-string) type.
     pub fn supported(oid: u32) -> bool {

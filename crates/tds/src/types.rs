@@ -26,21 +26,10 @@ use tiberius::{ColumnData, ColumnType};
 
 use crate::pg::PgColumn;
 
-pub const BOOL: u32 = 16;
-pub const BYTEA: u32 = 17;
-pub const INT8: u32 = 20;
-pub const INT2: u32 = 21;
-pub const INT4: u32 = 23;
-pub const TEXT: u32 = 25;
-pub const FLOAT4: u32 = 700;
-pub const FLOAT8: u32 = 701;
-pub const VARCHAR: u32 = 1043;
-pub const DATE: u32 = 1082;
-pub const TIME: u32 = 1083;
-pub const TIMESTAMP: u32 = 1114;
-pub const TIMESTAMPTZ: u32 = 1184;
-pub const NUMERIC: u32 = 1700;
-pub const UUID: u32 = 2950;
+pub use pgward_wire::type_oid::{
+    BOOL, BYTEA, DATE, FLOAT4, FLOAT8, INT2, INT4, INT8, NUMERIC, TEXT, TIME, TIMESTAMP,
+    TIMESTAMPTZ, UUID, VARCHAR,
+};
 
 /// The PostgreSQL type (oid, typlen) for a SQL Server column type.
 pub fn pg_type(t: ColumnType) -> (u32, i16) {

@@ -11,6 +11,7 @@ pub mod build;
 pub mod frontend;
 pub mod startup;
 pub mod tag;
+pub mod type_oid;
 
 mod error;
 pub use error::WireError;
