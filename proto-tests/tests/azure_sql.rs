@@ -323,10 +323,13 @@ impl Env {
     }
 
     fn conn(&self) -> String {
+        self.conn_with(&self.token())
+    }
+
+    fn conn_with(&self, token: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} dbname=sqlapp user=alice@contoso.com password={} sslmode=verify-full sslrootcert={} connect_timeout=10",
+            "host=127.0.0.1 port={} dbname=sqlapp user=alice@contoso.com password={token} sslmode=verify-full sslrootcert={} connect_timeout=10",
             self.pgward.port,
-            self.token(),
             self.pgward.ca.as_ref().unwrap().display()
         )
     }
@@ -810,4 +813,40 @@ fn sessions_run_as_the_roles_database_user() {
     ] {
         assert!(script.lines().any(|l| l == line), "{line}\n{script}");
     }
+}
+
+/// Azure SQL sessions end with their token too; the timer lives on pgward's main runtime
+/// (deadline.rs), one per session. A session idle across its token's expiry is closed
+/// and its next statement never runs. A session with a valid token idles as long and
+/// goes on.
+#[test]
+fn azure_sql_sessions_end_with_their_token() {
+    let env = env();
+    let mut short = TokenSpec::user("alice@contoso.com");
+    short.oid = Some(ALICE_OID.to_owned());
+    short.lifetime_secs = 3;
+    let script = "SELECT * FROM dbo.orders WHERE id = 2;\n\\! sleep 5\nSELECT * FROM dbo.orders WHERE id = 2;\n";
+    let args = ["-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"];
+
+    let expiring = psql(
+        &env.conn_with(&env.issuer.mint(&short).unwrap()),
+        &args,
+        Some(script),
+    );
+    let out = String::from_utf8_lossy(&expiring.stdout);
+    assert_eq!(out.matches("gadget").count(), 1, "{out}");
+    assert!(!expiring.status.success());
+    assert!(
+        env.pgward.log().contains("token expired"),
+        "{}",
+        env.pgward.log()
+    );
+
+    let valid = psql(&env.conn(), &args, Some(script));
+    let out = String::from_utf8_lossy(&valid.stdout);
+    assert!(
+        valid.status.success() && out.matches("gadget").count() == 2,
+        "{out}\n{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
 }

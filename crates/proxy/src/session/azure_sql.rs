@@ -251,19 +251,21 @@ impl Relay {
         expires_at: Option<tokio::time::Instant>,
     ) -> RelayEnd {
         let expired = || expires_at.is_some_and(|t| tokio::time::Instant::now() >= t);
+        // One timer for the session, on the main runtime as for PostgreSQL routes
+        // (deadline.rs), not one per read on the worker's wheel.
+        let mut token_expiry = std::pin::pin!(async {
+            match expires_at {
+                Some(t) => crate::deadline::Deadline::at(&shared.timers, t).await,
+                None => std::future::pending().await,
+            }
+        });
         loop {
             let msg = match framer.next(buf) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    let token_expiry = async {
-                        match expires_at {
-                            Some(t) => tokio::time::sleep_until(t).await,
-                            None => std::future::pending().await,
-                        }
-                    };
                     let read = tokio::select! {
                         r = stream.read_buf(buf) => r,
-                        _ = token_expiry => {
+                        _ = &mut token_expiry => {
                             fatal(stream, "28000", "token expired").await;
                             return RelayEnd::TokenExpired;
                         }
